@@ -1,0 +1,341 @@
+"""ModelProfile probe: real diffusers checkpoints (tiny), published configs (exact bytes), bad input."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import struct
+from pathlib import Path
+
+import pytest
+
+from sglang_autoperf.probe.model import (
+    SAMPLING_DEFAULTS,
+    ModelProbeError,
+    format_model_table,
+    model_profile_to_dict,
+    probe_model,
+    read_safetensors_header,
+)
+
+FIXTURES = Path(__file__).parent / "fixtures" / "models"
+BF16 = 2
+
+
+# ---- tiny real checkpoints -------------------------------------------------------------------
+
+def _write_json(path: Path, data: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2))
+
+
+def _wan_tiny(root: Path, shard: str | None = None):
+    torch = pytest.importorskip("torch")
+    diffusers = pytest.importorskip("diffusers")
+    torch.manual_seed(0)
+    dit = diffusers.WanTransformer3DModel(
+        patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=8, in_channels=4,
+        out_channels=4, text_dim=16, freq_dim=16, ffn_dim=32, num_layers=3,
+        cross_attn_norm=True, qk_norm="rms_norm_across_heads")
+    kw = {"max_shard_size": shard} if shard else {}
+    dit.save_pretrained(root / "transformer", safe_serialization=True, **kw)
+    _write_json(root / "model_index.json", {
+        "_class_name": "WanPipeline", "_diffusers_version": "0.35.0",
+        "transformer": ["diffusers", "WanTransformer3DModel"], "vae": ["diffusers", "AutoencoderKLWan"],
+        "scheduler": ["diffusers", "UniPCMultistepScheduler"], "tokenizer": ["transformers", "T5TokenizerFast"]})
+    # config-only VAE: built on the meta device by the probe
+    _write_json(root / "vae" / "config.json", {
+        "_class_name": "AutoencoderKLWan", "base_dim": 8, "z_dim": 4, "dim_mult": [1, 2, 4, 4],
+        "num_res_blocks": 1, "attn_scales": [], "temperal_downsample": [False, True, True], "dropout": 0.0,
+        "latents_mean": [0.0] * 4, "latents_std": [1.0] * 4})
+    return dit
+
+
+def _flux_tiny(root: Path):
+    torch = pytest.importorskip("torch")
+    diffusers = pytest.importorskip("diffusers")
+    torch.manual_seed(0)
+    dit = diffusers.FluxTransformer2DModel(
+        patch_size=1, in_channels=16, num_layers=2, num_single_layers=3, attention_head_dim=8,
+        num_attention_heads=2, joint_attention_dim=16, pooled_projection_dim=16, guidance_embeds=True,
+        axes_dims_rope=(2, 2, 4))
+    dit.save_pretrained(root / "transformer", safe_serialization=True)
+    vae = diffusers.AutoencoderKL(block_out_channels=(8, 8, 8, 8), latent_channels=4, norm_num_groups=4,
+                                  down_block_types=("DownEncoderBlock2D",) * 4,
+                                  up_block_types=("UpDecoderBlock2D",) * 4, layers_per_block=1)
+    vae.save_pretrained(root / "vae", safe_serialization=True)
+    _write_json(root / "model_index.json", {
+        "_class_name": "FluxPipeline", "_diffusers_version": "0.35.0",
+        "transformer": ["diffusers", "FluxTransformer2DModel"], "vae": ["diffusers", "AutoencoderKL"]})
+    return dit, vae
+
+
+def _block_bytes(module, prefix: str, n: int, itemsize: int = BF16) -> list[int]:
+    """Run-time bytes of each block, from the loaded module itself."""
+    out = []
+    for i in range(n):
+        block = module.get_submodule(f"{prefix}.{i}")
+        out.append(sum(p.numel() * itemsize for p in block.parameters()))
+    return out
+
+
+def test_wan_tiny_checkpoint(tmp_path):
+    dit = _wan_tiny(tmp_path / "wan")
+    prof = probe_model(tmp_path / "wan")
+    assert (prof.family, prof.task, prof.is_video) == ("wan", "text-to-video", True)
+    d = prof.dit
+    assert [g.name for g in d.block_groups] == ["blocks"]
+    assert list(d.layer_bytes) == _block_bytes(dit, "blocks", 3)
+    total = sum(p.numel() * BF16 for p in dit.parameters())
+    assert d.total_bytes == total
+    assert d.non_block_bytes == total - sum(d.layer_bytes)
+    assert (d.hidden_size, d.num_heads, d.head_dim, d.patch_size, d.in_channels) == (16, 2, 8, (1, 2, 2), 4)
+    assert d.dtype == "bfloat16"
+    assert prof.components["transformer"].source == "weights"
+    assert prof.components["vae"].source == "config"
+    assert prof.components["vae"].dtype == "float32"  # sglang runs the Wan VAE in fp32
+    assert (prof.vae_spatial_compression, prof.vae_temporal_compression, prof.latent_channels) == (8, 4, 4)
+    assert prof.cfg_default is True
+
+
+def test_wan_tiny_sharded_matches_single_file(tmp_path):
+    _wan_tiny(tmp_path / "single")
+    _wan_tiny(tmp_path / "sharded", shard="20KB")
+    assert list((tmp_path / "sharded" / "transformer").glob("*.safetensors.index.json"))
+    a, b = probe_model(tmp_path / "single"), probe_model(tmp_path / "sharded")
+    assert a.dit == b.dit
+    assert a.fingerprint == b.fingerprint
+
+
+def test_flux_tiny_checkpoint(tmp_path):
+    dit, vae = _flux_tiny(tmp_path / "flux")
+    prof = probe_model(tmp_path / "flux")
+    d = prof.dit
+    assert [(g.name, g.count) for g in d.block_groups] == [("transformer_blocks", 2), ("single_transformer_blocks", 3)]
+    assert list(d.layer_bytes) == (_block_bytes(dit, "transformer_blocks", 2)
+                                   + _block_bytes(dit, "single_transformer_blocks", 3))
+    assert d.num_layers == 5
+    assert d.patch_size == (2, 2)  # 2x2 latent packing into 16 = 4*4 channels
+    assert prof.components["vae"].bytes == sum(p.numel() * BF16 for p in vae.parameters())
+    assert prof.cfg_default is False and prof.default_guidance_scale == 3.5
+
+
+def test_header_reader_reads_no_tensor_data(tmp_path, monkeypatch):
+    _wan_tiny(tmp_path / "wan")
+    f = next((tmp_path / "wan" / "transformer").glob("*.safetensors"))
+    import builtins
+    real_open = builtins.open
+    read_sizes = []
+
+    class Spy:
+        def __init__(self, fh):
+            self.fh = fh
+
+        def read(self, n=-1):
+            read_sizes.append(n)
+            return self.fh.read(n)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *a):
+            self.fh.close()
+
+    monkeypatch.setattr(builtins, "open", lambda p, m="r", *a, **k: Spy(real_open(p, m, *a, **k)) if str(p) == str(f) else real_open(p, m, *a, **k))
+    hdr = read_safetensors_header(f)
+    monkeypatch.undo()
+    assert hdr and read_sizes[0] == 8
+    (n,) = struct.unpack("<Q", f.read_bytes()[:8])
+    assert read_sizes == [8, n]
+
+
+# ---- published configs (config-only, exact bytes) ---------------------------------------------
+
+def _wan_block_params(d: int, ffn: int) -> int:
+    attn = 4 * (d * d + d) + 2 * d  # q, k, v, o + rms norm_q / norm_k across heads
+    return 2 * attn + 2 * d + (d * ffn + ffn + ffn * d + d) + 6 * d  # self, cross, norm2, ffn, modulation
+
+
+def _mmdit_double_params(d: int, head_dim: int) -> int:
+    ada = 2 * (6 * d * d + 6 * d)  # AdaLayerNormZero for image and text streams
+    attn = 8 * (d * d + d) + 4 * head_dim  # q,k,v,o for both streams + 4 rms norms
+    ff = 2 * ((4 * d * d + 4 * d) + (4 * d * d + d))
+    return ada + attn + ff
+
+
+def _mmdit_single_params(d: int, head_dim: int) -> int:
+    return (3 * d * d + 3 * d) + (4 * d * d + 4 * d) + 3 * (d * d + d) + 2 * head_dim + (5 * d * d + d)
+
+
+def test_wan21_t2v_14b():
+    p = probe_model(FIXTURES / "Wan2.1-T2V-14B-Diffusers")
+    assert p.dit.num_layers == 40
+    assert set(p.dit.layer_bytes) == {702_788_608}
+    assert _wan_block_params(5120, 13824) * BF16 == 702_788_608
+    assert p.components["transformer"].source == "config"
+    assert p.default_guidance_scale == 5.0 and p.default_steps == 50 and p.cfg_default
+    assert (p.vae_spatial_compression, p.vae_temporal_compression, p.latent_channels) == (8, 4, 16)
+    assert p.components["vae"].dtype == "float32"
+
+
+def test_flux1_dev():
+    p = probe_model(FIXTURES / "FLUX.1-dev")
+    assert [(g.name, g.count) for g in p.dit.block_groups] == [("transformer_blocks", 19), ("single_transformer_blocks", 38)]
+    assert p.dit.num_layers == 57
+    assert p.dit.layer_bytes[:19] == (679_662_592,) * 19
+    assert p.dit.layer_bytes[19:] == (283_183_616,) * 38
+    assert (p.dit.hidden_size, p.dit.num_heads, p.dit.head_dim, p.dit.patch_size) == (3072, 24, 128, (2, 2))
+    assert (p.task, p.cfg_default, p.default_guidance_scale) == ("text-to-image", False, 3.5)
+    assert (p.vae_spatial_compression, p.vae_temporal_compression, p.latent_channels) == (8, 1, 16)
+
+
+def test_qwen_image():
+    p = probe_model(FIXTURES / "Qwen-Image")
+    assert p.dit.num_layers == 60 and set(p.dit.layer_bytes) == {679_662_592}
+    assert [g.name for g in p.dit.block_groups] == ["transformer_blocks"]
+    assert p.cfg_default and p.default_guidance_scale == 4.0
+
+
+def test_wan22_two_experts():
+    p = probe_model(FIXTURES / "Wan2.2-T2V-A14B-Diffusers")
+    assert set(p.dits) == {"transformer", "transformer_2"}
+    expected = _wan_block_params(5120, 13824) * BF16  # by hand from the config shapes
+    for d in p.dits.values():
+        assert d.num_layers == 40 and set(d.layer_bytes) == {expected}
+    assert p.dit is p.dits["transformer"]
+    assert (p.default_guidance_scale, p.default_steps) == (4.0, 40)
+    out = model_profile_to_dict(p)
+    assert set(out["dits"]) == {"transformer", "transformer_2"}
+    assert out["dits"]["transformer_2"]["num_layers"] == 40
+
+
+def test_hunyuan_video():
+    p = probe_model(FIXTURES / "HunyuanVideo")
+    assert [(g.name, g.count) for g in p.dit.block_groups] == [("transformer_blocks", 20), ("single_transformer_blocks", 40)]
+    assert set(p.dit.layer_bytes[:20]) == {_mmdit_double_params(3072, 128) * BF16}
+    assert set(p.dit.layer_bytes[20:]) == {_mmdit_single_params(3072, 128) * BF16}
+    assert p.dit.patch_size == (1, 2, 2)
+    assert (p.vae_spatial_compression, p.vae_temporal_compression) == (8, 4)
+    assert p.components["vae"].dtype == "float16"
+    assert not p.cfg_default
+
+
+def test_serialisation_and_table():
+    p = probe_model(FIXTURES / "FLUX.1-dev")
+    out = json.loads(json.dumps(model_profile_to_dict(p)))
+    assert out["task"] == "text-to-image"
+    assert out["dit"]["num_layers"] == 57 and len(out["dit"]["layer_bytes"]) == 57
+    assert out["components"]["transformer"]["bytes"] == p.dit.total_bytes
+    assert out["dits"]["transformer"]["layer_bytes"] == out["dit"]["layer_bytes"]
+    table = format_model_table(p)
+    assert "single_transformer_blocks" in table and "38 x" in table
+
+
+# ---- fingerprint ------------------------------------------------------------------------------
+
+def test_fingerprint(tmp_path):
+    src = FIXTURES / "Wan2.1-T2V-14B-Diffusers"
+    a = probe_model(src).fingerprint
+    assert probe_model(src).fingerprint == a
+    copy = shutil.copytree(src, tmp_path / "elsewhere")
+    assert probe_model(copy).fingerprint == a
+    cfg = copy / "transformer" / "config.json"
+    data = json.loads(cfg.read_text())
+    data["ffn_dim"] = 13312  # a shape change
+    cfg.write_text(json.dumps(data))
+    assert probe_model(copy).fingerprint != a
+    data["ffn_dim"] = 13824
+    data["eps"] = 1e-5  # a config value that changes no shape
+    cfg.write_text(json.dumps(data))
+    assert probe_model(copy).fingerprint != a
+
+
+def test_fingerprint_tensor_shape(tmp_path):
+    _wan_tiny(tmp_path / "a")
+    a = probe_model(tmp_path / "a").fingerprint
+    f = next((tmp_path / "a" / "transformer").glob("*.safetensors"))
+    raw = f.read_bytes()
+    (n,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8:8 + n])
+    name = next(k for k in header if k.endswith("scale_shift_table") and k.startswith("blocks.0"))
+    header[name]["shape"] = header[name]["shape"][::-1]  # same bytes, new shape
+    new = json.dumps(header).encode()
+    f.write_bytes(struct.pack("<Q", len(new)) + new + raw[8 + n:])
+    assert probe_model(tmp_path / "a").fingerprint != a
+
+
+# ---- bad input --------------------------------------------------------------------------------
+
+def test_missing_folder(tmp_path):
+    with pytest.raises(ModelProbeError, match="no-such"):
+        probe_model(tmp_path / "no-such")
+
+
+def test_not_diffusers(tmp_path):
+    with pytest.raises(ModelProbeError, match="model_index.json"):
+        probe_model(tmp_path)
+    _write_json(tmp_path / "model_index.json", {"_class_name": "WanPipeline"})
+    with pytest.raises(ModelProbeError, match=r"model_index\.json.*_diffusers_version"):
+        probe_model(tmp_path)
+
+
+def test_corrupt_json(tmp_path):
+    m = shutil.copytree(FIXTURES / "Qwen-Image", tmp_path / "m")
+    (m / "transformer" / "config.json").write_text("{not json")
+    with pytest.raises(ModelProbeError, match=r"transformer.config\.json.*not valid JSON"):
+        probe_model(m)
+
+
+def test_unknown_family(tmp_path):
+    _write_json(tmp_path / "model_index.json", {"_class_name": "FancyNewPipeline", "_diffusers_version": "0.35.0"})
+    with pytest.raises(ModelProbeError, match=r"model_index\.json.*FancyNewPipeline"):
+        probe_model(tmp_path)
+
+
+def _safetensors(tmp_path):
+    _wan_tiny(tmp_path / "m")
+    return tmp_path / "m", next((tmp_path / "m" / "transformer").glob("*.safetensors"))
+
+
+def test_corrupt_header_length(tmp_path):
+    m, f = _safetensors(tmp_path)
+    raw = f.read_bytes()
+    f.write_bytes(struct.pack("<Q", 10**12) + raw[8:])
+    with pytest.raises(ModelProbeError, match=rf"{f.name}.*header length"):
+        probe_model(m)
+
+
+def test_corrupt_header_json(tmp_path):
+    m, f = _safetensors(tmp_path)
+    raw = f.read_bytes()
+    (n,) = struct.unpack("<Q", raw[:8])
+    f.write_bytes(raw[:8] + b"!" * n + raw[8 + n:])
+    with pytest.raises(ModelProbeError, match=rf"{f.name}.*not valid JSON"):
+        probe_model(m)
+
+
+def test_truncated_file(tmp_path):
+    m, f = _safetensors(tmp_path)
+    raw = f.read_bytes()
+    f.write_bytes(raw[: len(raw) - 100])
+    with pytest.raises(ModelProbeError, match=rf"{f.name}.*truncated"):
+        probe_model(m)
+    f.write_bytes(raw[:5])
+    with pytest.raises(ModelProbeError, match=f.name):
+        probe_model(m)
+
+
+# ---- the static sampling table matches sglang ---------------------------------------------------
+
+def test_sampling_table_matches_sglang():
+    pytest.importorskip("sglang.multimodal_gen.configs.sample.sampling_params")
+    import importlib
+
+    mods = [importlib.import_module(f"sglang.multimodal_gen.configs.sample.{m}")
+            for m in ("wan", "flux", "qwenimage", "hunyuan")]
+    for cls_name, want in SAMPLING_DEFAULTS.items():
+        cls = next(getattr(m, cls_name) for m in mods if hasattr(m, cls_name))
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        assert fields["guidance_scale"].default == want.guidance_scale, cls_name
+        assert fields["num_inference_steps"].default == want.steps, cls_name
+        assert (fields["negative_prompt"].default is not None) == want.has_negative_prompt, cls_name
