@@ -1,0 +1,81 @@
+"""The plugin's own environment variables, parsed once, strictly.
+
+A value we do not understand is an error that turns the plugin off (never a guess): the user
+set the variable for a reason and deserves to be told it had no effect.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+ENV_ENABLE = "SGLANG_AUTOPERF"
+ENV_LOSSY = "SGLANG_AUTOPERF_LOSSY"
+ENV_VRAM_BUDGET = "SGLANG_AUTOPERF_VRAM_BUDGET"
+ENV_CACHE_DIR = "SGLANG_AUTOPERF_CACHE_DIR"
+ENV_CALIBRATE = "SGLANG_AUTOPERF_CALIBRATE"
+# Test-only: names a stage ("apply", "worker", "measure") that raises on purpose, so tests can
+# prove an internal failure never breaks the user's run.
+ENV_FAIL_AT = "SGLANG_AUTOPERF_FAIL_AT"
+
+_ON = ("1", "true", "on", "yes")
+_OFF = ("", "0", "false", "off", "no")
+FAIL_STAGES = ("apply", "worker", "measure")
+
+
+class SettingsError(ValueError):
+    """An environment variable of ours holds a value we do not accept."""
+
+
+def parse_switch(name: str, value: str | None) -> bool:
+    text = (value or "").strip().lower()
+    if text in _ON:
+        return True
+    if text in _OFF:
+        return False
+    raise SettingsError(
+        f"{name}={value!r} is not understood; accepted: "
+        f"{'/'.join(v for v in _ON)} to enable, unset/empty/{'/'.join(v for v in _OFF if v)} to disable"
+    )
+
+
+def default_cache_dir(env: dict[str, str] | os._Environ = os.environ) -> Path:
+    if env.get(ENV_CACHE_DIR):
+        return Path(env[ENV_CACHE_DIR]).expanduser()
+    base = env.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "sglang-autoperf"
+
+
+@dataclass(frozen=True)
+class Settings:
+    enabled: bool
+    lossy: bool = False
+    vram_budget: str | None = None  # raw text; parsed against free memory by plan.budget
+    cache_dir: str = ""
+    calibrate: bool = True  # measure + retune live; off = plan at startup only
+    fail_at: str | None = None
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | os._Environ = os.environ) -> "Settings":
+        """Raises SettingsError for any value we do not accept (the caller turns the plugin off)."""
+        enabled = parse_switch(ENV_ENABLE, env.get(ENV_ENABLE))
+        if not enabled:
+            return cls(enabled=False)
+        lossy = parse_switch(ENV_LOSSY, env.get(ENV_LOSSY))
+        calibrate = parse_switch(ENV_CALIBRATE, env.get(ENV_CALIBRATE, "1"))
+        budget = (env.get(ENV_VRAM_BUDGET) or "").strip() or None
+        fail_at = (env.get(ENV_FAIL_AT) or "").strip() or None
+        if fail_at is not None and fail_at not in FAIL_STAGES:
+            raise SettingsError(f"{ENV_FAIL_AT}={fail_at!r} is not one of {', '.join(FAIL_STAGES)}")
+        return cls(
+            enabled=True,
+            lossy=lossy,
+            vram_budget=budget,
+            cache_dir=str(default_cache_dir(env)),
+            calibrate=calibrate,
+            fail_at=fail_at,
+        )
+
+    def maybe_fail(self, stage: str) -> None:
+        if self.fail_at == stage:
+            raise RuntimeError(f"forced failure at stage {stage!r} ({ENV_FAIL_AT})")

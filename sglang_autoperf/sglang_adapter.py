@@ -1,0 +1,453 @@
+"""The one module that knows sglang's internals (0.5.23): hook targets, ServerArgs fields,
+LayerwiseOffloadManager. When sglang changes, this is the room to repair.
+
+Everything else in the package works on plain dataclasses; this module translates between them
+and sglang objects, and wraps every hook so that a failure of ours leaves sglang's own settings
+in effect and the user's run going.
+"""
+from __future__ import annotations
+
+import argparse
+import functools
+import sys
+import traceback
+from typing import Any, Callable
+
+from sglang_autoperf.plugin import logger
+from sglang_autoperf.settings import Settings
+
+# Hook targets (dotted paths resolved by sglang's HookRegistry when hooks are applied).
+# launch_server(server_args, ...) runs in the main process for `sglang generate`, `sglang serve`
+# and DiffGenerator.from_pretrained, after ServerArgs is final and before workers spawn.
+TARGET_LAUNCH = "sglang.multimodal_gen.runtime.launch_server.launch_server"
+TARGET_WORKER_INIT = "sglang.multimodal_gen.runtime.managers.gpu_worker.GPUWorker.init_device_and_model"
+TARGET_DENOISE_LOOP = (
+    "sglang.multimodal_gen.runtime.pipelines_core.stages.denoising.DenoisingStage._run_denoising_loop"
+)
+TARGET_DENOISE_STEP = (
+    "sglang.multimodal_gen.runtime.pipelines_core.stages.denoising.DenoisingStage._run_denoising_step"
+)
+TARGET_PREFETCH = (
+    "sglang.multimodal_gen.runtime.managers.memory_managers.layerwise_offload."
+    "LayerwiseOffloadManager.prefetch_layer"
+)
+
+# sglang 0.5.23's CPU path calls sgl-kernel ops that only a CPU build of sgl-kernel has (not on
+# PyPI). These are routed to sglang's own native implementations, only after the original failed.
+_CPU_FALLBACKS = (
+    ("sglang.multimodal_gen.runtime.layers.layernorm._NormScaleShift.forward_cpu", "method"),
+    ("sglang.multimodal_gen.runtime.layers.layernorm._ScaleResidualNormScaleShift.forward_cpu", "method"),
+    ("sglang.kernels.ops.diffusion.modulate.scale_shift_triton.fuse_scale_shift_kernel", "function"),
+)
+
+# The ServerArgs fields a plan may change.
+PLANNED_FIELDS = (
+    "dit_layerwise_offload",
+    "dit_offload_prefetch_size",
+    "dit_layerwise_resident_layers",
+    "dit_layerwise_residency_policy",
+    "dit_cpu_offload",
+    "text_encoder_cpu_offload",
+    "image_encoder_cpu_offload",
+    "vae_cpu_offload",
+    "enable_torch_compile",
+    "attention_backend",
+    "enable_attention_backend_autotune",
+    "enable_cfg_parallel",
+    "ulysses_degree",
+    "ring_degree",
+    "warmup_mode",
+    "warmup_steps",
+)
+# Fields whose change requires re-deriving sglang's layerwise component selection.
+_RESIDENCY_FIELDS = {
+    "dit_layerwise_offload": "dit",
+    "text_encoder_cpu_offload": "text_encoder",
+    "image_encoder_cpu_offload": "image_encoder",
+    "vae_cpu_offload": "vae",
+}
+
+# The plan rides inside ServerArgs (pickled to every worker by sglang's ServerArgsPayload).
+PLAN_ATTR = "autoperf_plan"
+
+_settings: Settings | None = None
+
+
+def _step_aside(what: str, exc: BaseException) -> None:
+    logger().warning(
+        "[autoperf] %s failed (%s: %s); sglang's own settings are in effect",
+        what,
+        type(exc).__name__,
+        str(exc).splitlines()[0][:300] if str(exc) else "",
+    )
+    logger().debug("[autoperf] %s", "".join(traceback.format_exception(exc)))
+
+
+def _guarded(what: str, fallback: Any = None) -> Callable:
+    """A hook body that can never raise into sglang."""
+
+    def deco(fn: Callable) -> Callable:
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            try:
+                return fn(*args, **kwargs)
+            except Exception as exc:  # the user's run matters more than our plan
+                _step_aside(what, exc)
+                return fallback
+
+        return wrapper
+
+    return deco
+
+
+# ---------------------------------------------------------------------------- registration
+
+
+def register_hooks(settings: Settings) -> None:
+    """Called from the plugin callback in every process: registration only, nothing resolved."""
+    global _settings
+    _settings = settings
+    from sglang.multimodal_gen.runtime.platforms.plugins import HookRegistry, HookType
+
+    HookRegistry.register(TARGET_LAUNCH, _before_launch_server, HookType.BEFORE)
+    HookRegistry.register(TARGET_WORKER_INIT, _after_worker_init, HookType.AFTER)
+    register_cpu_fallbacks()
+    if settings.calibrate:
+        from sglang_autoperf.measure import live
+
+        HookRegistry.register(TARGET_DENOISE_LOOP, live.around_denoising_loop, HookType.AROUND)
+        HookRegistry.register(TARGET_DENOISE_STEP, live.around_denoising_step, HookType.AROUND)
+        HookRegistry.register(TARGET_PREFETCH, live.around_prefetch_layer, HookType.AROUND)
+
+
+def register_cpu_fallbacks() -> None:
+    """Route the three sgl-kernel CPU ops PyPI's sgl-kernel lacks to sglang's native code.
+
+    Each wrapper calls the original first; only if that raises on CPU tensors does it switch,
+    once and for good, to the native implementation. A run that works without us is unchanged.
+    """
+    from sglang.multimodal_gen.runtime.platforms.plugins import HookRegistry, HookType
+
+    for target, kind in _CPU_FALLBACKS:
+        HookRegistry.register(target, _make_cpu_fallback(target, kind), HookType.AROUND)
+
+
+def _make_cpu_fallback(target: str, kind: str) -> Callable:
+    state = {"native": False}
+    short = target.rsplit(".", 2)[-2] + "." + target.rsplit(".", 1)[-1]
+
+    def native(*args, **kwargs):
+        if kind == "method":
+            self, rest = args[0], args[1:]
+            return self.forward_native(*rest, **kwargs)
+        from sglang.kernels.ops.diffusion.common.fallback_torch import fuse_scale_shift_kernel_native
+
+        return fuse_scale_shift_kernel_native(*args, **kwargs)
+
+    def hook(original, *args, **kwargs):
+        if state["native"]:
+            return native(*args, **kwargs)
+        try:
+            return original(*args, **kwargs)
+        except (RuntimeError, AttributeError, NotImplementedError, AssertionError, ImportError, OSError) as exc:
+            if not _on_cpu(args):
+                raise
+            state["native"] = True
+            logger().info(
+                "[autoperf] CPU compatibility: %s is unavailable (%s); using sglang's native implementation",
+                short,
+                type(exc).__name__,
+            )
+            return native(*args, **kwargs)
+
+    return hook
+
+
+def _on_cpu(args: tuple) -> bool:
+    for a in args:
+        device = getattr(a, "device", None)
+        if device is not None and getattr(device, "type", None) is not None:
+            return device.type == "cpu"
+    return False
+
+
+# ---------------------------------------------------------------------------- main process
+
+
+def _platform_name() -> str:
+    from sglang.multimodal_gen.runtime.platforms import current_platform as p
+
+    for name in ("cpu", "cuda", "rocm", "mps", "npu", "xpu", "musa"):
+        probe = getattr(p, f"is_{name}", None)
+        if probe is not None and probe():
+            return name
+    return type(p).__name__
+
+
+def _explicit(server_args) -> set[str]:
+    return set(getattr(server_args, "_explicit_arg_names", set()) or set())
+
+
+def current_settings(server_args) -> dict[str, Any]:
+    """sglang's effective values for what a plan may change (after its own auto-tuning)."""
+    values = {name: getattr(server_args, name, None) for name in PLANNED_FIELDS}
+    # sglang's auto mode may select the DiT for layerwise offload through the component list
+    # without setting dit_layerwise_offload; what matters is where the DiT's weights will live.
+    if _platform_name() != "cpu":
+        values["dit_layerwise_offload"] = bool(server_args.is_dit_layerwise_offload_selected)
+    values["num_gpus"] = server_args.num_gpus
+    values["layerwise_offload_components"] = list(server_args.layerwise_offload_components or [])
+    return values
+
+
+def _workload_hints(server_args) -> dict[str, Any]:
+    """The request shape where it is known before any request: CLI args, then warmup settings."""
+    parser = argparse.ArgumentParser(add_help=False)
+    for flag, typ in (("--width", int), ("--height", int), ("--num-frames", int),
+                      ("--num-inference-steps", int), ("--guidance-scale", float)):
+        parser.add_argument(flag, type=typ, default=None)
+    try:
+        known, _ = parser.parse_known_args(sys.argv[1:])
+        hints = {
+            "width": known.width,
+            "height": known.height,
+            "num_frames": known.num_frames,
+            "steps": known.num_inference_steps,
+            "guidance_scale": known.guidance_scale,
+        }
+    except SystemExit:  # argparse on a malformed value; sglang will report it itself
+        hints = {}
+    resolutions = getattr(server_args, "warmup_resolutions", None)
+    if resolutions and not hints.get("width"):
+        first = str(resolutions[0] if isinstance(resolutions, (list, tuple)) else resolutions)
+        if "x" in first:
+            w, h = first.lower().split("x", 1)
+            hints["width"], hints["height"] = int(w), int(h)
+    if getattr(server_args, "warmup_num_frames", None) and not hints.get("num_frames"):
+        hints["num_frames"] = server_args.warmup_num_frames
+    return {k: v for k, v in hints.items() if v is not None}
+
+
+def run_context(server_args):
+    from sglang_autoperf.startup import RunContext
+
+    explicit = _explicit(server_args)
+    return RunContext(
+        model_path=str(server_args.model_path),
+        platform=_platform_name(),
+        num_gpus=int(server_args.num_gpus or 1),
+        base_gpu_id=int(getattr(server_args, "base_gpu_id", 0) or 0),
+        performance_mode=str(getattr(server_args, "performance_mode", "auto")),
+        pinned={name: getattr(server_args, name, None) for name in sorted(explicit)},
+        current=current_settings(server_args),
+        **_workload_hints(server_args),
+    )
+
+
+def _before_launch_server(server_args, *args, **kwargs):
+    """BEFORE hook on launch_server: probe, plan, write the plan into ServerArgs."""
+    if getattr(server_args, PLAN_ATTR, None):  # launched twice (pool roles): plan once
+        return None
+    saved = {name: getattr(server_args, name, None) for name in PLANNED_FIELDS}
+    saved["layerwise_offload_components"] = getattr(server_args, "layerwise_offload_components", None)
+    try:
+        startup = _plan_and_apply(server_args)
+    except Exception as exc:
+        for name, value in saved.items():  # leave no half-applied plan behind
+            setattr(server_args, name, value)
+        _step_aside("planning at startup", exc)
+        return None
+    setattr(server_args, PLAN_ATTR, startup.to_json())
+    return None
+
+
+def _plan_and_apply(server_args):
+    from sglang_autoperf.startup import plan_startup
+
+    assert _settings is not None
+    _settings.maybe_fail("apply")
+    ctx = run_context(server_args)
+    log = logger()
+    log.info(
+        "[autoperf] main process sees model %s on platform %s (%d GPU(s)); flags pinned by the user: %s",
+        ctx.model_path,
+        ctx.platform,
+        ctx.num_gpus,
+        ", ".join(f"--{k.replace('_', '-')}" for k in ctx.pinned) or "none",
+    )
+    startup = plan_startup(ctx, _settings)
+    if not startup.active:
+        log.warning("[autoperf] %s; sglang's own settings are in effect", startup.reason)
+        return startup
+    applied = apply_changes(server_args, startup.changes, pinned=set(ctx.pinned))
+    startup.changes = applied
+    for change in applied:
+        log.info(
+            "[autoperf] set %s: %r -> %r: %s", change["setting"], change["before"], change["after"], change["reason"]
+        )
+    for note in startup.notes:
+        log.info("[autoperf] %s", note)
+    log.info("[autoperf] plan: %s", startup.summary())
+    return startup
+
+
+def apply_changes(server_args, changes: list[dict[str, Any]], *, pinned: set[str]) -> list[dict[str, Any]]:
+    """Write plan changes into ServerArgs, never touching a pinned flag, then re-derive what
+    sglang derives from them (its own adjustments ran before this hook)."""
+    from sglang.multimodal_gen.runtime.managers.memory_managers import layerwise_offload_components as lc
+
+    applied = []
+    residency_touched = False
+    for change in changes:
+        name = change["setting"]
+        if name not in PLANNED_FIELDS:
+            raise ValueError(f"plan changes unknown ServerArgs field {name!r}")
+        if name in pinned or server_args.is_arg_explicitly_set(name):
+            continue  # the planner already reported what it would have done
+        setattr(server_args, name, change["after"])
+        residency_touched |= name in _RESIDENCY_FIELDS
+        applied.append(dict(change))
+    if residency_touched:
+        _rederive_residency(server_args, lc)
+    return applied
+
+
+def _rederive_residency(server_args, lc) -> None:
+    groups = list(server_args.layerwise_offload_components or [])
+    for name, group in _RESIDENCY_FIELDS.items():
+        if server_args.is_arg_explicitly_set("layerwise_offload_components"):
+            break
+        value = getattr(server_args, name)
+        # A component we place resident (or component-offload) must leave sglang's auto-chosen
+        # layerwise group list, or the list would still stream it.
+        if name == "dit_layerwise_offload":
+            if not value and group in groups:
+                groups.remove(group)
+        elif value is not None and group in groups and group != "dit":
+            groups.remove(group)
+    server_args.layerwise_offload_components = groups or None
+    if server_args.dit_layerwise_offload:
+        # layerwise streaming replaces whole-DiT component offload
+        if not server_args.is_arg_explicitly_set("dit_cpu_offload"):
+            server_args.dit_cpu_offload = False
+    elif not server_args.is_arg_explicitly_set("dit_cpu_offload") and server_args.dit_layerwise_offload is False:
+        server_args.dit_cpu_offload = False
+    server_args._adjust_layerwise_offload_components()
+
+
+# ---------------------------------------------------------------------------- workers
+
+
+def received_plan(server_args):
+    from sglang_autoperf.startup import StartupPlan
+
+    text = getattr(server_args, PLAN_ATTR, None)
+    return StartupPlan.from_json(text) if text else None
+
+
+@_guarded("the worker's plan check")
+def _after_worker_init(result, worker, *args, **kwargs):
+    assert _settings is not None
+    _settings.maybe_fail("worker")
+    plan = received_plan(worker.server_args)
+    rank = getattr(worker, "rank", "?")
+    if plan is None:
+        logger().info("[autoperf] worker rank %s received no plan; sglang's own settings are in effect", rank)
+        return None
+    logger().info("[autoperf] worker rank %s received plan: %s", rank, plan.summary())
+    if plan.active and _settings.calibrate:
+        from sglang_autoperf.measure import live
+
+        live.attach_worker(worker, plan, _settings)
+    return None
+
+
+# ---------------------------------------------------------------------------- offload managers
+
+
+def offload_managers(pipeline) -> dict[str, list]:
+    """The enabled LayerwiseOffloadManagers of each DiT component, keyed by component name."""
+    found: dict[str, list] = {}
+    modules = getattr(pipeline, "modules", {}) or {}
+    for name, module in modules.items():
+        managers = [m for m in (getattr(module, "layerwise_offload_managers", None) or []) if m.enabled]
+        if managers and name.startswith("transformer"):
+            found[name] = managers
+    return found
+
+
+def manager_setting(manager) -> dict[str, Any]:
+    return {
+        "prefetch_layers": int(manager.prefetch_size),
+        "resident_layers": int(manager.resident_layers),
+        "policy": str(manager.residency_policy),
+        "num_layers": int(manager.num_layers),
+    }
+
+
+def set_manager_placement(manager, *, prefetch_layers: int, resident_layers: int, policy: str) -> None:
+    """Change a live manager's prefetch depth and resident set, between forward passes.
+
+    Prefetch depth is read live by sglang's pre-hooks. The resident set under the default
+    `forward` lifetime is re-pinned by the layer-0 pre-hook of every forward from the manager's
+    `_resident_set`, with every layer's host copy kept, so changing it needs: drain and release
+    what is on the device, swap the sets, and let the next forward pin the new set.
+    """
+    from sglang.multimodal_gen.runtime.managers.memory_managers import layerwise_offload as lo
+
+    if manager.residency_lifetime != lo.RESIDENCY_LIFETIME_FORWARD:
+        raise RuntimeError("live residency changes need --dit-layerwise-residency-lifetime forward")
+    resident = min(max(0, int(resident_layers)), manager.num_layers)
+    manager.release_all()
+    manager.prefetch_size = min(max(1, int(prefetch_layers)), manager.num_layers)
+    manager.resident_layers = resident
+    manager.residency_policy = policy
+    manager._streamed_order = lo.compute_streamed_layers(
+        num_layers=manager.num_layers, resident_layers=resident, policy=policy
+    )
+    manager._resident_set = frozenset(range(manager.num_layers)) - set(manager._streamed_order)
+    # The next forward starts from layer 0: stream its head now, as sglang does after a request.
+    manager.prepare_for_next_req(non_blocking=True)
+
+
+def manager_layer_modules(manager) -> list:
+    return list(dict(manager.model.named_modules())[manager.layers_attr_str])
+
+
+def manager_copy_stream(manager):
+    return manager.copy_stream
+
+
+def manager_will_copy(manager, layer_idx: int) -> bool:
+    """Whether prefetch_layer(layer_idx) is about to issue an H2D copy (not already there)."""
+    if not manager.enabled or manager.device is None:
+        return False
+    if layer_idx < 0 or layer_idx >= manager.num_layers or layer_idx in manager._gpu_layers:
+        return False
+    return bool(manager._consolidated_cpu_weights.get(layer_idx) or manager._mapped_cpu_weights.get(layer_idx))
+
+
+def manager_layer_bytes(manager, layer_idx: int) -> int:
+    total = 0
+    for meta in manager._weight_metadata.get(layer_idx, {}).values():
+        numel = meta.get("numel")
+        if numel is None:
+            numel = 1
+            for d in meta.get("shape", ()):
+                numel *= int(d)
+        total += int(numel) * meta["dtype"].itemsize
+    return total
+
+
+def denoise_request_info(stage, ctx) -> dict[str, Any]:
+    """Shape and kind of the request a denoising loop serves (DenoisingContext fields)."""
+    latents = getattr(ctx, "latents", None)
+    return {
+        "is_warmup": bool(getattr(ctx, "is_warmup", False)),
+        "num_inference_steps": int(getattr(ctx, "num_inference_steps", 0) or 0),
+        "latent_shape": tuple(latents.shape) if latents is not None else (),
+    }
+
+
+def step_index(step) -> int:
+    return int(getattr(step, "step_index", -1))

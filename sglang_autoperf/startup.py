@@ -1,0 +1,136 @@
+"""probe -> plan at startup, free of sglang: the adapter hands in a RunContext of plain values
+read from ServerArgs and gets back a StartupPlan to write into them.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from sglang_autoperf.settings import Settings
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """What the main process knows before any weight loads, as plain values."""
+
+    model_path: str
+    platform: str  # "cuda", "cpu", "rocm", "mps", "npu", "xpu", ...
+    num_gpus: int
+    base_gpu_id: int
+    performance_mode: str  # sglang's --performance-mode
+    pinned: dict[str, Any]  # flags the user set explicitly, with their values
+    current: dict[str, Any]  # sglang's effective values for the settings we may change
+    width: int | None = None  # request shape, where known (CLI args, warmup settings)
+    height: int | None = None
+    num_frames: int | None = None
+    steps: int | None = None
+    guidance_scale: float | None = None
+
+
+@dataclass
+class StartupPlan:
+    """What travels from the main process to every worker (as JSON inside ServerArgs)."""
+
+    active: bool  # False: the plugin steps aside in this run (reason says why)
+    reason: str
+    model_path: str
+    platform: str
+    pinned: list[str]
+    changes: list[dict[str, Any]] = field(default_factory=list)  # {setting, before, after, reason}
+    notes: list[str] = field(default_factory=list)
+    plan: dict[str, Any] | None = None  # the planner's full Plan, when one was made
+    model_fingerprint: str | None = None
+    workload: dict[str, Any] | None = None
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True, default=str)
+
+    @classmethod
+    def from_json(cls, text: str) -> "StartupPlan":
+        return cls(**json.loads(text))
+
+    def summary(self) -> str:
+        if not self.active:
+            return f"stepping aside: {self.reason}"
+        if not self.changes:
+            return f"no changes ({self.reason})"
+        return "; ".join(f"{c['setting']}: {c['before']!r} -> {c['after']!r}" for c in self.changes)
+
+
+# Platforms we have measured and plan for; everything else gets one line and no changes.
+TUNED_PLATFORMS = ("cuda",)
+
+
+def plan_startup(ctx: RunContext, settings: Settings) -> StartupPlan:
+    """probe -> plan. Raises only on internal bugs; expected problems become an inactive plan."""
+    pinned = sorted(ctx.pinned)
+    base = dict(model_path=ctx.model_path, platform=ctx.platform, pinned=pinned)
+    if ctx.performance_mode == "manual":
+        return StartupPlan(active=True, reason="--performance-mode manual: reporting only", **base)
+    if ctx.platform == "cpu":
+        # Layerwise offload never activates on CPU and forcing it kills the worker (facts §4).
+        return StartupPlan(active=True, reason="CPU platform: nothing to tune, nothing changed", **base)
+    if ctx.platform not in TUNED_PLATFORMS:
+        return StartupPlan(
+            active=False,
+            reason=f"platform {ctx.platform!r} is not tuned yet (only {', '.join(TUNED_PLATFORMS)})",
+            **base,
+        )
+    return _plan_cuda(ctx, settings, base)
+
+
+def _plan_cuda(ctx: RunContext, settings: Settings, base: dict[str, Any]) -> StartupPlan:
+    from sglang_autoperf.probe.gpu import probe_gpus
+    from sglang_autoperf.probe.model import ModelProbeError, probe_model
+    from sglang_autoperf.probe.workload import workload_for
+    from sglang_autoperf.plan.budget import BudgetError, parse_vram_budget
+    from sglang_autoperf.plan.planner import make_plan
+
+    gpu = probe_gpus(base_gpu_id=ctx.base_gpu_id, num_gpus=ctx.num_gpus)
+    if not gpu.has_gpu:
+        return StartupPlan(active=False, reason=f"no GPU visible to NVML: {gpu.no_gpu_reason}", **base)
+    mig = [d.index for d in gpu.devices if d.mig_enabled]
+    if mig:
+        return StartupPlan(active=False, reason=f"MIG is enabled on GPU {mig}: slices are not tuned yet", **base)
+    try:
+        model = probe_model(ctx.model_path)
+    except ModelProbeError as exc:
+        return StartupPlan(active=False, reason=f"cannot profile the model: {exc}", **base)
+    free = min(d.memory_free_bytes for d in gpu.devices)
+    budget = None
+    if settings.vram_budget:
+        try:
+            budget = parse_vram_budget(settings.vram_budget, free)
+        except BudgetError as exc:
+            return StartupPlan(active=False, reason=str(exc), **base)
+    if model.is_video:
+        width, height, frames = ctx.width or 832, ctx.height or 480, ctx.num_frames or 81
+    else:
+        width, height, frames = ctx.width or 1024, ctx.height or 1024, 1
+    workload = workload_for(
+        model, width, height, num_frames=frames, steps=ctx.steps, guidance_scale=ctx.guidance_scale
+    )
+    plan = make_plan(
+        gpu=gpu,
+        model=model,
+        workload=workload,
+        pinned=ctx.pinned,
+        current=ctx.current,
+        budget_bytes=budget,
+        lossy=settings.lossy,
+        performance_mode=ctx.performance_mode,
+        num_gpus=ctx.num_gpus,
+        platform=ctx.platform,
+    )
+    plan_dict = plan.to_dict()
+    return StartupPlan(
+        active=True,
+        reason="planned from probes" + (f" within a {budget / 2**30:.1f} GiB budget" if budget else ""),
+        changes=[dict(c) for c in plan_dict.get("changes", [])],
+        notes=list(plan_dict.get("notes", [])),
+        plan=plan_dict,
+        model_fingerprint=model.fingerprint,
+        workload=asdict(workload),
+        **base,
+    )
