@@ -339,3 +339,107 @@ def test_sampling_table_matches_sglang():
         assert fields["guidance_scale"].default == want.guidance_scale, cls_name
         assert fields["num_inference_steps"].default == want.steps, cls_name
         assert (fields["negative_prompt"].default is not None) == want.has_negative_prompt, cls_name
+
+
+# ---- text encoders of the published configs (config-only, exact parameters) --------------------
+# Parameter counts written out from each config's shapes, independent of the probe and of
+# transformers; run-time dtype per sglang 0.5.23's text_encoder_precisions (the probe's _PRECISIONS):
+# wan fp32, flux bf16 + bf16, qwen_image bf16, hunyuan_video fp16 + fp16.
+
+def _t5_encoder_params(vocab: int, d: int, ff: int, layers: int, heads: int, d_kv: int, buckets: int,
+                       bias_every_layer: bool) -> int:
+    inner = heads * d_kv
+    attn = 4 * d * inner  # q, k, v, o, no biases
+    ffn = 2 * d * ff + ff * d  # gated: wi_0, wi_1, wo
+    layer = attn + ffn + 2 * d  # + the two T5 layer norms (weight only)
+    rel_bias = buckets * heads * (layers if bias_every_layer else 1)  # UMT5: every block; T5: block 0
+    return vocab * d + layers * layer + rel_bias + d  # shared embedding (tied to embed_tokens) + final norm
+
+
+def _clip_text_params(vocab: int, positions: int, d: int, ff: int, layers: int) -> int:
+    layer = 4 * (d * d + d) + (d * ff + ff) + (ff * d + d) + 2 * 2 * d  # q,k,v,out; fc1, fc2; 2 layer norms
+    return vocab * d + positions * d + layers * layer + 2 * d  # token + position embeddings, final norm
+
+
+def _llama_params(vocab: int, d: int, layers: int, heads: int, kv_heads: int, head_dim: int, ff: int,
+                  qkv_bias: bool = False) -> int:
+    q, kv = heads * head_dim, kv_heads * head_dim
+    attn = d * q + 2 * d * kv + q * d + ((q + 2 * kv) if qkv_bias else 0)
+    return vocab * d + layers * (attn + 3 * d * ff + 2 * d) + d  # embeddings, layers, final RMSNorm
+
+
+def _qwen25_vision_params(depth: int, d: int, ff: int, in_ch: int, patch: int, t_patch: int,
+                          merge: int, out: int) -> int:
+    patch_embed = d * in_ch * t_patch * patch * patch  # Conv3d, no bias
+    block = 2 * d + (d * 3 * d + 3 * d) + (d * d + d) + 2 * (d * ff + ff) + (ff * d + d)  # 2 RMSNorm, qkv, proj, gate/up/down
+    m = d * merge * merge
+    merger = d + (m * m + m) + (m * out + out)  # ln_q RMSNorm, mlp Linear(m, m), Linear(m, out)
+    return patch_embed + depth * block + merger
+
+
+UMT5_XXL_PARAMS = _t5_encoder_params(256384, 4096, 10240, 24, 64, 64, 32, bias_every_layer=True)
+T5_V1_1_XXL_PARAMS = _t5_encoder_params(32128, 4096, 10240, 24, 64, 64, 32, bias_every_layer=False)
+CLIP_L_TEXT_PARAMS = _clip_text_params(49408, 77, 768, 3072, 12)
+LLAVA_LLAMA3_8B_TEXT_PARAMS = _llama_params(128320, 4096, 32, 32, 8, 128, 14336)
+QWEN25_VL_7B_PARAMS = (
+    _llama_params(152064, 3584, 28, 28, 4, 128, 18944, qkv_bias=True) + 152064 * 3584  # + untied lm_head
+    + _qwen25_vision_params(32, 1280, 3420, 3, 14, 2, 2, 3584))
+
+
+def test_text_encoder_param_formulas():
+    # the well-known sizes, as a check on the formulas themselves
+    assert UMT5_XXL_PARAMS == 5_680_910_336
+    assert T5_V1_1_XXL_PARAMS == 4_762_310_656
+    assert CLIP_L_TEXT_PARAMS == 123_060_480
+    assert LLAVA_LLAMA3_8B_TEXT_PARAMS == 7_505_186_816
+    assert QWEN25_VL_7B_PARAMS == 8_292_166_656
+
+
+def _assert_text_encoder(p, name: str, cls: str, params: int, dtype: str, itemsize: int):
+    c = p.components[name]
+    assert (c.library, c.class_name, c.source) == ("transformers", cls, "config")
+    assert c.params == params, (name, c.params, params)
+    assert c.dtype == dtype
+    assert c.bytes == params * itemsize
+
+
+@pytest.mark.parametrize("model", ["Wan2.1-T2V-14B-Diffusers", "Wan2.2-T2V-A14B-Diffusers"])
+def test_wan_text_encoder(model):
+    p = probe_model(FIXTURES / model)
+    _assert_text_encoder(p, "text_encoder", "UMT5EncoderModel", UMT5_XXL_PARAMS, "float32", 4)
+    assert "tokenizer" not in p.components
+
+
+def test_flux1_dev_text_encoders():
+    p = probe_model(FIXTURES / "FLUX.1-dev")
+    _assert_text_encoder(p, "text_encoder", "CLIPTextModel", CLIP_L_TEXT_PARAMS, "bfloat16", 2)
+    _assert_text_encoder(p, "text_encoder_2", "T5EncoderModel", T5_V1_1_XXL_PARAMS, "bfloat16", 2)
+
+
+def test_qwen_image_text_encoder():
+    p = probe_model(FIXTURES / "Qwen-Image")
+    _assert_text_encoder(p, "text_encoder", "Qwen2_5_VLForConditionalGeneration", QWEN25_VL_7B_PARAMS,
+                         "bfloat16", 2)
+
+
+def test_hunyuan_video_text_encoders():
+    p = probe_model(FIXTURES / "HunyuanVideo")
+    _assert_text_encoder(p, "text_encoder", "LlamaModel", LLAVA_LLAMA3_8B_TEXT_PARAMS, "float16", 2)
+    _assert_text_encoder(p, "text_encoder_2", "CLIPTextModel", CLIP_L_TEXT_PARAMS, "float16", 2)
+
+
+def test_text_encoder_fixtures_name_their_source():
+    for cfg in FIXTURES.glob("*/text_encoder*/config.json"):
+        assert json.loads(cfg.read_text()).get("_source"), cfg
+
+
+def test_config_only_8b_text_encoder_is_fast():
+    pytest.importorskip("transformers")
+    import time
+
+    import diffusers  # noqa: F401  (import cost is not probe cost)
+    import transformers  # noqa: F401
+    probe_model(FIXTURES / "Qwen-Image")  # warm: first use of the lazy model modules
+    t = time.perf_counter()
+    probe_model(FIXTURES / "Qwen-Image")  # 8.29 B-parameter text encoder built on the meta device
+    assert time.perf_counter() - t < 5.0
