@@ -1,0 +1,330 @@
+"""Cost model: per-layer compute and copy time, a step simulation of layerwise offload, and VRAM.
+
+Pure functions over plain numbers; no torch, no sglang. Every constant names the measurement it
+reproduces (facts.md). The planner uses this to prune; measurement on the GPU decides.
+"""
+from __future__ import annotations
+
+import bisect
+
+from dataclasses import dataclass, field
+from typing import Iterable, Sequence
+
+GiB = 1024**3
+GB = 1000**3
+
+# --- compute efficiency ---------------------------------------------------------------------
+# Fraction of the card's dense bf16 rate reached, fit to facts.md §1 (H200, eager, SDPA flash):
+# Wan2.1-14B block 480p 81f 98.5 ms and 720p 81f 411 ms (two equations, two unknowns);
+# the same pair then gives FLUX double 3.22 ms (measured 3.12) and single 2.80 ms (2.83).
+EFF_LINEAR = 0.634
+EFF_ATTENTION = 0.365
+
+# Joint-attention families (MMDiT): text and image tokens share one attention; "double" blocks
+# hold separate image/text weights (half the params see each stream), "single" blocks see both.
+MMDIT_FAMILIES = frozenset({"flux", "flux2", "qwen_image", "hunyuan_video", "sd3", "hunyuan_image"})
+
+# --- memory ---------------------------------------------------------------------------------
+# CUDA context, cuBLAS/cuDNN workspaces and NCCL buffers are outside the allocator's view.
+CONTEXT_RESERVE_BYTES = int(1.5 * GiB)
+# Caching-allocator fragmentation, as a share of what the plan places on the card. With the
+# 1.5 GiB above, #31538 (Qwen-Image, 32 GB RTX 5090, 1024^2, prefetch 1: 34 resident ran, 38 OOM)
+# comes out at a limit of 36.
+FRAGMENTATION_FRACTION = 0.065
+# Activation peak = tokens x hidden x 2 bytes x factor. The factor absorbs everything that
+# scales with the shape while the DiT is on the card (block intermediates, attention workspace,
+# latents, and for video the VAE decode that follows with the DiT still resident).
+#  wan: Wan2.2-A14B 1280x720x81f peaked at 108 GB with both experts resident (#21248): 57.2 GB
+#       DiTs + 0.5 GB VAE + reserve leave 42 GB over 75,600 tokens x 5120. The umT5 encoder is
+#       assumed off the card at that peak: the larger (safer) of the two readings.
+#  qwen_image: #31538 (RTX 5090, Qwen-Image, prefetch 1, nothing resident) peaked at 5.43 GB:
+#       1.36 GB of prefetch buffers + 0.3 GB non-block/VAE leave ~3.7 GB; 130 gives 3.5 GB at 1024^2.
+ACTIVATION_FACTOR = {
+    "wan": 54.5,
+    "hunyuan_video": 54.5,
+    "qwen_image": 130.0,
+    "flux": 130.0,
+}
+DEFAULT_ACTIVATION_FACTOR = 130.0
+
+
+@dataclass(frozen=True)
+class LayerCost:
+    compute_s: float  # one forward pass through this block
+    copy_s: float  # host-to-device copy of its weights
+    bytes: int
+    group: int  # index of its ModuleList (each gets its own offload manager in sglang)
+    local_index: int
+
+
+def attention_flops(family: str, tokens: int, text_tokens: int, hidden: int) -> float:
+    """Attention-core FLOPs (QK^T and PV) of one block for one pass."""
+    if family in MMDIT_FAMILIES:
+        seq = tokens + text_tokens
+        return 4.0 * seq * seq * hidden
+    # self-attention over image/video tokens, cross-attention to the text (Wan-style)
+    return 4.0 * tokens * tokens * hidden + 4.0 * tokens * text_tokens * hidden
+
+
+def linear_flops(family: str, group_name: str, params: int, tokens: int, text_tokens: int) -> float:
+    if family in MMDIT_FAMILIES:
+        if "single" in group_name:
+            return 2.0 * params * (tokens + text_tokens)
+        # dual-stream: half the weights on each stream
+        return params * (tokens + text_tokens)
+    return 2.0 * params * tokens
+
+
+def block_compute_seconds(
+    *, family: str, group_name: str, params: int, hidden: int, tokens: int, text_tokens: int,
+    flops_per_s: float,
+) -> float:
+    lin = linear_flops(family, group_name, params, tokens, text_tokens)
+    att = attention_flops(family, tokens, text_tokens, hidden)
+    return lin / (flops_per_s * EFF_LINEAR) + att / (flops_per_s * EFF_ATTENTION)
+
+
+def layer_costs(dit, family: str, tokens: int, text_tokens: int, flops_per_s: float,
+                h2d_bytes_per_s: float, seq_parallel: int = 1) -> list[LayerCost]:
+    """Per-block costs for one forward pass, in execution order.
+
+    `dit` is a DitProfile-like object (block_groups with name/count/block_bytes/block_params,
+    hidden_size). Sequence parallelism of degree k gives each GPU 1/k of the tokens and 1/k of
+    the attention (Ulysses splits heads); communication is not modelled.
+    """
+    out: list[LayerCost] = []
+    sp = max(1, int(seq_parallel))
+    for g, group in enumerate(dit.block_groups):
+        for j in range(group.count):
+            params = group.block_params[j]
+            nbytes = group.block_bytes[j]
+            lin = linear_flops(family, group.name, params, tokens, text_tokens) / sp
+            att = attention_flops(family, tokens, text_tokens, dit.hidden_size) / sp
+            compute = lin / (flops_per_s * EFF_LINEAR) + att / (flops_per_s * EFF_ATTENTION)
+            out.append(LayerCost(compute, nbytes / h2d_bytes_per_s, nbytes, g, j))
+    return out
+
+
+# --- residency layout (mirrors sglang 0.5.23 layerwise_offload.compute_streamed_layers) --------
+
+def streamed_layers(num_layers: int, resident_layers: int, policy: str) -> tuple[int, ...]:
+    resident = min(max(0, resident_layers), num_layers)
+    streamed = num_layers - resident
+    if streamed <= 0:
+        return ()
+    if resident <= 0:
+        return tuple(range(num_layers))
+    if policy == "leading":
+        return tuple(range(resident, num_layers))
+    return tuple(round(i * num_layers / streamed) for i in range(streamed))
+
+
+def resident_per_group(group_counts: Sequence[int], setting: float) -> tuple[int, ...]:
+    """How sglang turns --dit-layerwise-resident-layers into a count per ModuleList:
+    <=0 none, <1 a fraction of each list, >=1 a count applied to each list (capped)."""
+    out = []
+    for n in group_counts:
+        if setting <= 0:
+            out.append(0)
+        elif setting < 1.0:
+            out.append(max(1, int(round(setting * n))))
+        else:
+            out.append(min(n, int(setting)))
+    return tuple(out)
+
+
+def prefetch_per_group(group_counts: Sequence[int], setting: float) -> tuple[int, ...]:
+    """--dit-offload-prefetch-size: <1 a fraction (0.0 = 1 layer), >=1 a layer count."""
+    out = []
+    for n in group_counts:
+        p = 1 + int(round(setting * (n - 1))) if setting < 1.0 else int(setting)
+        out.append(min(max(1, p), n))
+    return tuple(out)
+
+
+def prefetch_buffer_layers(prefetch: int, policy: str) -> int:
+    """Streamed layers on the card at once: `leading` issues a batch of P at every P-th layer
+    while the previous batch is still being computed (2P; P+1 when P=1); `strided` tops up to
+    P ahead of the running layer (P+1)."""
+    if policy == "leading" and prefetch > 1:
+        return 2 * prefetch
+    return prefetch + 1
+
+
+# --- step simulation ------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class StepSim:
+    step_s: float  # wall time of one denoise step (all passes)
+    compute_s: float  # sum of block compute in the step
+    copy_s: float  # sum of copy time in the step
+    exposed_s: float  # time the compute stream waited for a copy
+
+    @property
+    def hidden(self) -> bool:
+        return self.exposed_s <= 0.02 * max(self.step_s, 1e-12)
+
+
+def simulate_step(
+    layers: Sequence[LayerCost],
+    resident: Sequence[int],
+    prefetch: Sequence[int],
+    policy: str,
+    passes: int,
+    warm_passes: int = 2,
+) -> StepSim:
+    """Discrete simulation of sglang's LayerwiseOffloadManager over `passes` forward passes.
+
+    Rules read from sglang 0.5.23: one manager per ModuleList; a prefetch issued in a layer's
+    pre-hook starts once the compute issued before it has finished (copy_stream.wait_stream) and
+    copies share one PCIe link (serialized); layer 0's pre-hook drains its copy stream and issues
+    the head of the stream; `leading` prefetches layers i+P..i+2P-1 (mod n) when i % P == 0,
+    `strided` keeps the next P streamed layers in flight; a layer is released after it runs.
+    Warm passes are simulated first so that wrap-around prefetches reach steady state.
+    """
+    groups: dict[int, list[LayerCost]] = {}
+    for lc in layers:
+        groups.setdefault(lc.group, []).append(lc)
+    order = sorted(groups)
+    streamed = {}
+    stream_sets = {}
+    for gi, g in enumerate(order):
+        n = len(groups[g])
+        s = streamed_layers(n, resident[gi], policy)
+        streamed[g] = s
+        stream_sets[g] = set(s)
+
+    t = 0.0  # compute stream clock
+    link_free = 0.0  # the PCIe link
+    stream_end = {g: 0.0 for g in order}  # last copy end on each manager's stream
+    ready: dict[int, dict[int, float]] = {g: {} for g in order}  # streamed layer -> copy end
+
+    def issue(g: int, j: int, at: float) -> None:
+        nonlocal link_free
+        if j not in stream_sets[g] or j in ready[g]:
+            return
+        start = max(at, link_free)
+        end = start + groups[g][j].copy_s
+        link_free = end
+        stream_end[g] = max(stream_end[g], end)
+        ready[g][j] = end
+
+    def next_streamed(g: int, after: int, count: int) -> list[int]:
+        s = streamed[g]
+        if not s:
+            return []
+        k = bisect.bisect_right(s, after)
+        return [s[(k + o) % len(s)] for o in range(min(count, len(s)))]
+
+    total_passes = warm_passes + passes
+    t_measure = 0.0
+    compute_sum = copy_sum = exposed = 0.0
+    for p in range(total_passes):
+        measuring = p >= warm_passes
+        if p == warm_passes:
+            t_measure = t
+        for gi, g in enumerate(order):
+            n = len(groups[g])
+            P = prefetch[gi]
+            if not streamed[g]:
+                for lc in groups[g]:
+                    t += lc.compute_s
+                    if measuring:
+                        compute_sum += lc.compute_s
+                continue
+            for i in range(n):
+                lc = groups[g][i]
+                if i == 0:
+                    head = next_streamed(g, -1, P)
+                    for j in list(ready[g]):
+                        if j not in head:
+                            del ready[g][j]
+                    t = max(t, stream_end[g]) if ready[g] else t
+                    for j in head:
+                        issue(g, j, t)
+                start = t
+                if i in stream_sets[g]:
+                    if i not in ready[g]:  # not prefetched: synchronous load
+                        issue(g, i, t)
+                    start = max(t, ready[g][i])
+                if measuring:
+                    exposed += start - t
+                    compute_sum += lc.compute_s
+                    if i in stream_sets[g]:
+                        copy_sum += lc.copy_s
+                if policy == "strided":
+                    for j in next_streamed(g, i, P):
+                        issue(g, j, start)
+                elif i % P == 0:
+                    for j in range(i + P, i + 2 * P):
+                        issue(g, j % n, start)
+                t = start + lc.compute_s
+                ready[g].pop(i, None)  # post-hook release
+    return StepSim(step_s=t - t_measure, compute_s=compute_sum, copy_s=copy_sum, exposed_s=exposed)
+
+
+def resident_step(layers: Sequence[LayerCost], passes: int) -> StepSim:
+    c = sum(lc.compute_s for lc in layers) * passes
+    return StepSim(c, c, 0.0, 0.0)
+
+
+# --- memory ---------------------------------------------------------------------------------
+
+def activation_bytes(family: str, tokens: int, text_tokens: int, hidden: int,
+                     batch: int = 1, seq_parallel: int = 1) -> int:
+    factor = ACTIVATION_FACTOR.get(family, DEFAULT_ACTIVATION_FACTOR)
+    seq = tokens + (text_tokens if family in MMDIT_FAMILIES else 0)
+    return int(seq / max(1, seq_parallel) * hidden * 2 * factor * max(1, batch))
+
+
+@dataclass(frozen=True)
+class MemoryBreakdown:
+    dit_weights: int  # non-block weights + resident blocks, every DiT
+    prefetch_buffers: int
+    activations: int
+    components: int  # non-DiT components kept on the card
+    reserve: int  # context + fragmentation
+
+    @property
+    def total(self) -> int:
+        return self.dit_weights + self.prefetch_buffers + self.activations + self.components + self.reserve
+
+    def to_dict(self) -> dict:
+        return {
+            "dit_weights": self.dit_weights, "prefetch_buffers": self.prefetch_buffers,
+            "activations": self.activations, "components": self.components,
+            "reserve": self.reserve, "total": self.total,
+        }
+
+
+def memory_breakdown(*, dit_weights: int, prefetch_buffers: int, activations: int,
+                     components: int) -> MemoryBreakdown:
+    placed = dit_weights + prefetch_buffers + activations + components
+    reserve = CONTEXT_RESERVE_BYTES + int(FRAGMENTATION_FRACTION * placed)
+    return MemoryBreakdown(dit_weights, prefetch_buffers, activations, components, reserve)
+
+
+def dit_placed_bytes(dits: Iterable, resident_setting: float | None, prefetch_setting: float,
+                     policy: str) -> tuple[int, int]:
+    """(weights kept on the card, prefetch buffers) summed over every DiT (both Wan2.2 experts:
+    counted together, since the idle expert's resident set is not guaranteed released).
+    resident_setting None = fully resident (no layerwise offload)."""
+    weights = buffers = 0
+    for dit in dits:
+        counts = [g.count for g in dit.block_groups]
+        if resident_setting is None:
+            weights += dit.total_bytes
+            continue
+        weights += dit.non_block_bytes
+        res = resident_per_group(counts, resident_setting)
+        pf = prefetch_per_group(counts, prefetch_setting)
+        buf = 0
+        for g, r, p in zip(dit.block_groups, res, pf):
+            s = streamed_layers(g.count, r, policy)
+            weights += sum(g.block_bytes[j] for j in range(g.count) if j not in set(s))
+            if s:
+                k = min(len(s), prefetch_buffer_layers(p, policy))
+                buf = max(buf, sum(sorted((g.block_bytes[j] for j in s), reverse=True)[:k]))
+        # managers run one after another, and one expert at a time: buffers do not add up
+        buffers = max(buffers, buf)
+    return weights, buffers

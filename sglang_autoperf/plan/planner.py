@@ -1,0 +1,485 @@
+"""Planner: profiles + user-pinned flags + budget -> Plan (changes with reasons, predicted cost).
+
+Pure: no torch, no sglang, no NVML. Setting names are sglang 0.5.23 ServerArgs fields. Semantics
+read from sglang's source (runtime/server_args, managers/memory_managers/layerwise_offload.py):
+  dit_offload_prefetch_size      <1: fraction of each layer list (0.0 = 1 layer); >=1: layer count
+  dit_layerwise_resident_layers  0: none; <1: fraction; >=1: count, applied to *each* ModuleList
+  dit_layerwise_residency_policy "leading" | "strided"
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from sglang_autoperf.plan import cost
+
+# torch.compile: families with measured eager->compiled wins at served shapes (SGLang Diffusion
+# performance guide; Qwen-Image 502 -> 190 ms/step #13641). Z-Image-Turbo lost (0.79 s eager vs
+# 0.99 s compiled, #30016), so it is not here.
+COMPILE_GAIN_FAMILIES = frozenset({"flux", "qwen_image", "wan"})
+# DiT forwards one process must run before compile time is repaid (compile is per process and
+# per shape; serving repeats shapes, one-shot generate of a few steps does not).
+MIN_COMPILE_FORWARDS = 16
+# Sequence parallel below this many tokens per GPU spends more on all-to-all than it saves.
+MIN_TOKENS_PER_GPU_FOR_SP = 2048
+PREFETCH_CHOICES = (1, 2, 3, 4, 6, 8)
+# Copies count as hidden when the compute stream waits less than this share of the step.
+HIDDEN_FRACTION = 0.02
+# Candidates within this share of the fastest are ties; ties go to more resident layers
+# (less PCIe traffic beside compute: GEMMs lost 0-10% with copies in flight, facts §1).
+TIE_FRACTION = 0.01
+# Candidates are ranked with compute this much faster than predicted: the cost model's
+# calibration band is about +-30%, and torch.compile shortens compute further, so copies that
+# hide only behind the nominal compute are not counted as hidden.
+ROBUST_COMPUTE_SCALE = 0.7
+# Attention-backend autotune is validated by sglang only on these architectures.
+AUTOTUNE_MAJORS = (9, 12)
+
+COMPONENT_FLAGS = {  # component name prefix -> sglang flag
+    "text_encoder": "text_encoder_cpu_offload",
+    "image_encoder": "image_encoder_cpu_offload",
+    "vae": "vae_cpu_offload",
+}
+DIT_COMPONENTS = ("transformer", "transformer_2", "transformer_3")
+
+
+@dataclass
+class Change:
+    setting: str
+    before: Any
+    after: Any
+    reason: str
+
+
+@dataclass
+class DitDecision:
+    offload: bool = False
+    resident_layers: int = 0  # the setting's value: a count applied to each layer list
+    prefetch_layers: int = 1
+    policy: str = "leading"
+    resident_per_group: list[int] = field(default_factory=list)
+    total_layers: int = 0
+
+
+@dataclass
+class Predicted:
+    step_ms: float = 0.0
+    compute_ms: float = 0.0
+    copy_ms: float = 0.0
+    exposed_copy_ms: float = 0.0
+    vram_bytes: int = 0
+    resident_step_ms: float = 0.0  # the same step with the DiT fully resident
+    request_overhead_ms: float = 0.0  # per request: component and resident-set transfers
+    budget_bytes: int = 0
+    per_gpu: list[dict] = field(default_factory=list)
+    memory: dict = field(default_factory=dict)
+
+
+@dataclass
+class Plan:
+    changes: list[Change] = field(default_factory=list)
+    dit: DitDecision = field(default_factory=DitDecision)
+    components: dict[str, str] = field(default_factory=dict)
+    predicted: Predicted = field(default_factory=Predicted)
+    notes: list[str] = field(default_factory=list)
+    objective: str = "speed"
+    settings: dict[str, Any] = field(default_factory=dict)  # every value the plan wants
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Plan":
+        return cls(
+            changes=[Change(**c) for c in d.get("changes", [])],
+            dit=DitDecision(**d.get("dit", {})),
+            components=dict(d.get("components", {})),
+            predicted=Predicted(**d.get("predicted", {})),
+            notes=list(d.get("notes", [])),
+            objective=d.get("objective", "speed"),
+            settings=dict(d.get("settings", {})),
+        )
+
+
+def plan_to_json_dict(plan: Plan) -> dict:
+    return plan.to_dict()
+
+
+def _gib(n: float) -> str:
+    return f"{n / cost.GiB:.1f}"
+
+
+# --- internal candidate ---------------------------------------------------------------------
+
+@dataclass
+class _Cand:
+    offload: bool
+    resident: int
+    prefetch: int
+    policy: str
+    sim: cost.StepSim
+    dit_bytes: int
+    buffer_bytes: int
+    resident_per_group: tuple[int, ...]
+    offloaded: tuple[str, ...] = ()  # components moved to the CPU
+    vram: int = 0
+    request_s: float = 0.0  # ranking key: steps x robust step + per-request transfers
+    memory: dict = field(default_factory=dict)
+    robust: cost.StepSim | None = None  # the step with compute x ROBUST_COMPUTE_SCALE
+
+
+def _component_flag(name: str) -> str | None:
+    for prefix, flag in COMPONENT_FLAGS.items():
+        if name.startswith(prefix):
+            return flag
+    return None
+
+
+def _as_bool(v) -> bool:
+    return bool(v) and v not in ("false", "False", "0")
+
+
+def make_plan(
+    gpu,
+    model,
+    workload,
+    pinned: dict[str, Any],
+    current: dict[str, Any],
+    budget_bytes: int | None,
+    lossy: bool = False,
+    performance_mode: str = "auto",
+    num_gpus: int = 1,
+    platform: str = "cuda",
+    available_attention_backends: list[str] | None = None,
+) -> Plan:
+    pinned = dict(pinned or {})
+    current = dict(current or {})
+    objective = {"manual": "report", "memory": "memory"}.get(performance_mode, "speed")
+    plan = Plan(objective=objective)
+
+    if platform != "cuda":
+        plan.notes.append(f"platform {platform}: sglang never streams layers there; no changes planned")
+        return plan
+    devices = list(getattr(gpu, "devices", ()) or ())
+    if not devices or model.dit is None:
+        plan.notes.append("no GPU or no DiT profiled; no changes planned")
+        return plan
+    num_gpus = max(1, int(num_gpus or current.get("num_gpus") or 1))
+    used = devices[:num_gpus]
+    dev = min(used, key=lambda d: d.memory_free_bytes)
+    flops = dev.bf16_dense_flops or 989e12
+    h2d = dev.h2d_bytes_per_s or 25e9
+    budget = int(budget_bytes) if budget_bytes else int(dev.memory_free_bytes)
+    budget = min(budget, int(dev.memory_free_bytes))
+
+    # ---- multi-GPU layout -------------------------------------------------------------------
+    want: dict[str, Any] = {}
+    reasons: dict[str, str] = {}
+    cfg_parallel = _as_bool(pinned["enable_cfg_parallel"]) if "enable_cfg_parallel" in pinned else False
+    runs_cfg = workload.cfg_passes >= 2 or (_as_bool(current.get("enable_cfg_parallel")) and model.cfg_default)
+    if num_gpus >= 2:
+        if "enable_cfg_parallel" not in pinned and runs_cfg and num_gpus % 2 == 0:
+            cfg_parallel = True
+            want["enable_cfg_parallel"] = True
+            reasons["enable_cfg_parallel"] = (
+                f"split the 2 CFG passes over {num_gpus} GPUs instead of splitting "
+                f"{workload.tokens_per_pass} tokens (2xH200 #22763: Qwen-Image 11.21 -> 7.14 s, Wan-14B 23.75 -> 21.27 s)")
+        elif "enable_cfg_parallel" not in pinned and not runs_cfg and current.get("enable_cfg_parallel"):
+            want["enable_cfg_parallel"] = False
+            reasons["enable_cfg_parallel"] = "turned CFG parallel off: this model runs 1 pass per step, so the CFG rank would recompute it"
+    passes = 1 if (cfg_parallel and runs_cfg) else workload.cfg_passes
+    sp = max(1, num_gpus // (2 if cfg_parallel and runs_cfg else 1))
+    if "ulysses_degree" in pinned or "ring_degree" in pinned:
+        sp = max(1, int(pinned.get("ulysses_degree") or 1) * int(pinned.get("ring_degree") or 1))
+    tokens_per_gpu = workload.tokens_per_pass // sp
+    if sp > 1 and tokens_per_gpu < MIN_TOKENS_PER_GPU_FOR_SP:
+        plan.notes.append(
+            f"sequence parallel {sp} leaves {tokens_per_gpu} tokens per GPU, below {MIN_TOKENS_PER_GPU_FOR_SP}: "
+            "all-to-all likely costs more than it saves; consider fewer GPUs")
+    if sp > 1:
+        plan.notes.append(f"sglang derives the sequence-parallel degree {sp} from num_gpus; left to it")
+
+    # ---- DiT and components ----------------------------------------------------------------
+    dits = [model.dits[k] for k in sorted(model.dits)] if model.dits else [model.dit]
+    dit = model.dit
+    layers = cost.layer_costs(dit, model.family, workload.tokens_per_pass, workload.text_tokens,
+                              flops, h2d, seq_parallel=sp)
+    group_counts = [g.count for g in dit.block_groups]
+    acts = cost.activation_bytes(model.family, workload.tokens_per_pass, workload.text_tokens,
+                                 dit.hidden_size, batch=workload.batch_size, seq_parallel=sp)
+    passes_eff = passes * max(1, workload.batch_size)  # batch>1 modelled as more passes
+    res_sim = cost.resident_step(layers, passes_eff)  # nominal, for reporting
+
+    # components grouped by the flag that places them (FLUX's CLIP and T5 share one flag)
+    comp_bytes = {n: c.bytes for n, c in model.components.items()
+                  if n not in model.dits and _component_flag(n) is not None}
+    comp_flag_of = {n: _component_flag(n) for n in comp_bytes}
+    flag_bytes: dict[str, int] = {}
+    flag_names: dict[str, list[str]] = {}
+    for n, flag in comp_flag_of.items():
+        flag_bytes[flag] = flag_bytes.get(flag, 0) + comp_bytes[n]
+        flag_names.setdefault(flag, []).append(n)
+
+    # offload order: largest encoders first, VAE last (its decode follows the DiT every request)
+    free_flags = sorted((f for f in flag_bytes if f not in pinned),
+                        key=lambda f: (f == "vae_cpu_offload", -flag_bytes[f]))
+    forced_cpu = tuple(f for f in flag_bytes if f in pinned and _as_bool(pinned[f]))
+    comp_sets = [forced_cpu + tuple(free_flags[:k]) for k in range(len(free_flags) + 1)]
+    if objective == "memory":  # encoders run once per request: off the card first
+        comp_sets = [s for s in comp_sets if all(f in s for f in free_flags if f != "vae_cpu_offload")]
+
+    # DiT candidates honoring pinned DiT flags
+    pin_lw = pinned.get("dit_layerwise_offload")
+    pin_res = pinned.get("dit_layerwise_resident_layers")
+    pin_pf = pinned.get("dit_offload_prefetch_size")
+    pin_pol = pinned.get("dit_layerwise_residency_policy")
+    table = _SimTable(dits, layers, group_counts, passes_eff)
+    cands = _dit_candidates(table, pin_lw, pin_res, pin_pf, pin_pol)
+    dit_pinned = any(v is not None for v in (pin_lw, pin_res, pin_pf, pin_pol))
+    free_cands = _dit_candidates(table, None, None, None, None) if dit_pinned else cands
+
+    steps = max(1, workload.steps)
+
+    def expand(cs):
+        out = []
+        for c in cs:
+            for offl in comp_sets:
+                on_gpu = sum(b for f, b in flag_bytes.items() if f not in offl)
+                mem = cost.memory_breakdown(dit_weights=c.dit_bytes, prefetch_buffers=c.buffer_bytes,
+                                            activations=acts, components=on_gpu)
+                # per request: offloaded components come in once; the resident set loads once
+                moved = sum(flag_bytes[f] for f in offl)
+                res_load = (c.dit_bytes - sum(d.non_block_bytes for d in dits)) if c.offload else 0
+                req = steps * c.robust.step_s + (moved + res_load) / h2d
+                out.append(_Cand(c.offload, c.resident, c.prefetch, c.policy, c.sim, c.dit_bytes,
+                                 c.buffer_bytes, c.resident_per_group, offl, mem.total, req, mem.to_dict(),
+                                 c.robust))
+        return out
+
+    all_c = expand(cands)
+    best = _choose(all_c, budget, objective)
+    free_best = _choose(expand(free_cands), budget, objective)
+    if best is None:  # nothing fits: least memory, and say so
+        best = min(all_c, key=lambda c: c.vram)
+        plan.notes.append(
+            f"nothing fits the {_gib(budget)} GiB budget; least-memory plan needs {_gib(best.vram)} GiB")
+
+    # ---- record the DiT decision ----------------------------------------------------------
+    plan.dit = DitDecision(offload=best.offload, resident_layers=best.resident if best.offload else 0,
+                           prefetch_layers=best.prefetch if best.offload else 0, policy=best.policy,
+                           resident_per_group=list(best.resident_per_group), total_layers=len(layers))
+    plan.components = {n: ("cpu" if comp_flag_of[n] in best.offloaded else "gpu") for n in comp_bytes}
+    for n in model.dits or {dit.component: dit}:
+        plan.components[n] = "layerwise" if best.offload else "gpu"
+    ms = 1e3
+    plan.predicted = Predicted(
+        step_ms=best.sim.step_s * ms, compute_ms=best.sim.compute_s * ms, copy_ms=best.sim.copy_s * ms,
+        exposed_copy_ms=best.sim.exposed_s * ms, vram_bytes=best.vram, resident_step_ms=res_sim.step_s * ms,
+        request_overhead_ms=(best.request_s - steps * best.robust.step_s) * ms, budget_bytes=budget,
+        per_gpu=[{"index": d.index, "vram_bytes": best.vram, "tokens": tokens_per_gpu,
+                  "passes_per_step": passes} for d in used],
+        memory=best.memory,
+    )
+
+    n_layers = len(layers)
+    if best.offload:
+        want["dit_layerwise_offload"] = True
+        want["dit_cpu_offload"] = False
+        want["dit_layerwise_resident_layers"] = best.resident
+        want["dit_offload_prefetch_size"] = float(best.prefetch)
+        want["dit_layerwise_residency_policy"] = best.policy
+        hidden = "hidden" if best.sim.exposed_s <= HIDDEN_FRACTION * best.sim.step_s else \
+            f"{best.sim.exposed_s * ms:.0f} ms exposed"
+        kept = sum(best.resident_per_group)
+        r = (f"kept {kept} of {n_layers} DiT layers resident ({_gib(best.vram)} of {_gib(budget)} GiB budget): "
+             f"predicted copy {best.sim.copy_s * ms:.0f} ms vs compute {best.sim.compute_s * ms:.0f} ms per step {hidden}")
+        reasons["dit_layerwise_offload"] = (
+            f"streamed the DiT layer by layer: fully resident needs "
+            f"{_gib(_resident_vram(dits, acts, flag_bytes, forced_cpu))} GiB, over the {_gib(budget)} GiB budget")
+        reasons["dit_cpu_offload"] = (
+            f"layerwise streaming replaces whole-DiT offload, which would move all "
+            f"{_gib(sum(d.total_bytes for d in dits))} GiB of DiT weights every use")
+        reasons["dit_layerwise_resident_layers"] = r
+        reasons["dit_offload_prefetch_size"] = (
+            f"prefetch {best.prefetch} layer(s): predicted step {best.sim.step_s * ms:.0f} ms "
+            f"({best.sim.exposed_s * ms:.0f} ms copy exposed) vs {res_sim.step_s * ms:.0f} ms fully resident")
+        reasons["dit_layerwise_residency_policy"] = (
+            f"{best.policy} residency: predicted step {best.sim.step_s * ms:.0f} ms, the faster layout in the simulation")
+    else:
+        want["dit_layerwise_offload"] = False
+        want["dit_cpu_offload"] = False
+        reasons["dit_layerwise_offload"] = (
+            f"kept the whole DiT resident ({_gib(best.vram)} of {_gib(budget)} GiB budget): "
+            f"predicted step {res_sim.step_s * ms:.0f} ms with no copies")
+        reasons["dit_cpu_offload"] = reasons["dit_layerwise_offload"]
+    for flag, names in flag_names.items():
+        to_cpu = flag in best.offloaded
+        label = "+".join(names)
+        want[flag] = to_cpu
+        reasons[flag] = (
+            f"moved {label} ({_gib(flag_bytes[flag])} GiB) to the CPU: it runs once per request "
+            f"({flag_bytes[flag] / h2d * ms:.0f} ms to bring back) and its room goes to the DiT"
+            if to_cpu else
+            f"kept {label} ({_gib(flag_bytes[flag])} GiB) on the GPU: the plan fits in {_gib(best.vram)} of {_gib(budget)} GiB")
+
+    # ---- compile, attention, lossy -----------------------------------------------------------
+    forwards = steps * passes_eff
+    copy_bound = best.offload and best.sim.exposed_s > 0.1 * best.sim.step_s
+    if model.family in COMPILE_GAIN_FAMILIES and forwards >= MIN_COMPILE_FORWARDS and not copy_bound:
+        want["enable_torch_compile"] = True
+        reasons["enable_torch_compile"] = (
+            f"torch.compile on: {model.family} has measured compile wins (perf guide; Qwen-Image 502 -> 190 ms/step #13641) "
+            f"and {forwards} DiT forwards per request repay the compile")
+    else:
+        why = (f"{model.family} has no measured compile win (Z-Image-Turbo lost 0.79 -> 0.99 s, #30016)"
+               if model.family not in COMPILE_GAIN_FAMILIES else
+               f"only {forwards} DiT forwards per request" if forwards < MIN_COMPILE_FORWARDS else
+               f"the step is copy-bound ({best.sim.exposed_s * ms:.0f} of {best.sim.step_s * ms:.0f} ms waiting on copies)")
+        want["enable_torch_compile"] = False
+        reasons["enable_torch_compile"] = f"torch.compile off: {why}"
+    cc = tuple(dev.compute_capability or (0, 0))
+    avail = available_attention_backends
+    if avail is None:
+        avail = current.get("available_attention_backends")
+    if lossy and avail and "sage_attn" in avail and cc[0] in (8, 9, 12):
+        want["attention_backend"] = "sage_attn"
+        reasons["attention_backend"] = "sage attention (lossy, opted in): ~2x faster attention kernels on sm80-sm120"
+    else:
+        backend = current.get("attention_backend")
+        default = "fa" if (cc >= (8, 0) and (avail is None or "fa" in avail)) else "torch_sdpa"
+        plan.notes.append(f"attention_backend left to sglang ({backend or 'default'}; it resolves to {default} on sm{cc[0]}{cc[1]})")
+    if cc[0] in AUTOTUNE_MAJORS:
+        want["enable_attention_backend_autotune"] = True
+        reasons["enable_attention_backend_autotune"] = (
+            f"per-layer attention autotune on: validated by sglang on sm90/sm12x, this card is sm{cc[0]}{cc[1]}")
+    if lossy:
+        plan.notes.append("lossy opt-in: cache-dit and fp8 weights are not planned yet (set them explicitly)")
+
+    # ---- pinned flags and changes ------------------------------------------------------------
+    plan.settings = dict(want)
+    _pinned_notes(plan, pinned, want, best, free_best, ms)
+    for setting, after in want.items():
+        if setting in pinned:
+            continue
+        before = current.get(setting)
+        if _same(before, after):
+            continue
+        plan.changes.append(Change(setting, before, after, reasons.get(setting, "")))
+    if objective == "report":
+        for c in plan.changes:
+            plan.notes.append(f"performance_mode=manual: would set {c.setting}={c.after!r} ({c.reason})")
+        plan.changes = []
+    return plan
+
+
+def _same(a, b) -> bool:
+    if isinstance(b, bool) or isinstance(a, bool):
+        return a is not None and bool(a) == bool(b)
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+        return math.isclose(float(a), float(b))
+    return a == b
+
+
+def _resident_vram(dits, acts, comp_bytes, forced_cpu) -> int:
+    w = sum(d.total_bytes for d in dits)
+    comps = sum(b for n, b in comp_bytes.items() if n not in forced_cpu)
+    return cost.memory_breakdown(dit_weights=w, prefetch_buffers=0, activations=acts, components=comps).total
+
+
+class _SimTable:
+    """Simulations shared by the pinned and the unconstrained search, computed on demand."""
+
+    def __init__(self, dits, layers, group_counts, passes):
+        self.dits, self.layers, self.group_counts, self.passes = dits, layers, group_counts, passes
+        self.fast = [dataclasses.replace(lc, compute_s=lc.compute_s * ROBUST_COMPUTE_SCALE) for lc in layers]
+        self.res_sim = cost.resident_step(layers, passes)
+        self.res_robust = cost.resident_step(self.fast, passes)
+        self._memo: dict = {}
+
+    def get(self, r: int, p: int, pol: str) -> _Cand:
+        key = (r, p, pol)
+        if key not in self._memo:
+            res_pg = cost.resident_per_group(self.group_counts, float(r))
+            pf_pg = cost.prefetch_per_group(self.group_counts, float(p))
+            sim = cost.simulate_step(self.layers, res_pg, pf_pg, pol, self.passes)
+            robust = cost.simulate_step(self.fast, res_pg, pf_pg, pol, self.passes)
+            w, b = cost.dit_placed_bytes(self.dits, float(r), float(p), pol)
+            self._memo[key] = _Cand(True, r, max(pf_pg), pol, sim, w, b, res_pg, robust=robust)
+        return self._memo[key]
+
+
+def _dit_candidates(table: _SimTable, pin_lw, pin_res, pin_pf, pin_pol) -> list[_Cand]:
+    out: list[_Cand] = []
+    if pin_lw is None or not _as_bool(pin_lw):
+        w, _ = cost.dit_placed_bytes(table.dits, None, 0.0, "leading")
+        out.append(_Cand(False, 0, 0, "leading", table.res_sim, w, 0, tuple(table.group_counts),
+                         robust=table.res_robust))
+    if pin_lw is not None and not _as_bool(pin_lw):
+        return out
+    max_g = max(table.group_counts)
+    residents = [float(pin_res)] if pin_res is not None else range(0, max_g)
+    prefetches = [float(pin_pf)] if pin_pf is not None else PREFETCH_CHOICES
+    policies = [pin_pol] if pin_pol is not None else ("leading", "strided")
+    for r in residents:
+        for p in prefetches:
+            for pol in policies:
+                if r == 0 and pol == "strided" and pin_pol is None:
+                    continue  # identical run: nothing resident to place
+                out.append(table.get(r, p, pol))
+    return out
+
+
+def _choose(cands: list[_Cand], budget: int, objective: str) -> _Cand | None:
+    fits = [c for c in cands if c.vram <= budget]
+    if not fits:
+        return None
+    if objective == "memory":
+        hidden = [c for c in fits if c.sim.exposed_s <= HIDDEN_FRACTION * c.sim.step_s]
+        if hidden:
+            return min(hidden, key=lambda c: (c.vram, c.request_s))
+    fastest = min(c.request_s for c in fits)
+    ties = [c for c in fits if c.request_s <= fastest * (1 + TIE_FRACTION)]
+    # ties: no offload, fewer components moved, more resident layers, shallower prefetch, sglang's default policy
+    return min(ties, key=lambda c: (c.offload, len(c.offloaded), -sum(c.resident_per_group), c.prefetch,
+                                    c.policy != "leading", c.request_s))
+
+
+def _pinned_notes(plan: Plan, pinned: dict, want: dict, best: _Cand, free_best: _Cand | None, ms: float) -> None:
+    for setting, value in pinned.items():
+        if setting not in want or _same(value, want[setting]):
+            continue
+        plan.notes.append(f"{setting}={value!r} is pinned by the user; would have chosen {want[setting]!r}")
+    dit_flags = ("dit_layerwise_offload", "dit_layerwise_resident_layers", "dit_offload_prefetch_size",
+                 "dit_layerwise_residency_policy")
+    if free_best is not None and any(f in pinned for f in dit_flags) and (
+            free_best.offload != best.offload or free_best.resident != best.resident
+            or free_best.prefetch != best.prefetch or free_best.policy != best.policy):
+        what = ("the DiT fully resident" if not free_best.offload else
+                f"{free_best.resident} resident layers, prefetch {free_best.prefetch}, {free_best.policy}")
+        plan.notes.append(
+            f"pinned DiT flags: would have chosen {what}; predicted cost "
+            f"{(best.sim.step_s - free_best.sim.step_s) * ms:+.0f} ms per step "
+            f"({best.sim.step_s * ms:.0f} vs {free_best.sim.step_s * ms:.0f} ms), "
+            f"{(best.vram - free_best.vram) / cost.GiB:+.1f} GiB")
+
+
+def format_plan(plan: Plan) -> str:
+    p = plan.predicted
+    lines = [f"autoperf plan ({plan.objective}): predicted step {p.step_ms:.0f} ms "
+             f"(compute {p.compute_ms:.0f}, copy {p.copy_ms:.0f}, exposed {p.exposed_copy_ms:.0f}; "
+             f"resident would be {p.resident_step_ms:.0f}), VRAM {_gib(p.vram_bytes)} of {_gib(p.budget_bytes)} GiB"]
+    d = plan.dit
+    if d.offload:
+        lines.append(f"  DiT: layerwise, {sum(d.resident_per_group)}/{d.total_layers} layers resident "
+                     f"(setting {d.resident_layers}, {d.policy}), prefetch {d.prefetch_layers}")
+    else:
+        lines.append("  DiT: fully resident")
+    for c in plan.changes:
+        lines.append(f"  {c.setting}: {c.before!r} -> {c.after!r}  ({c.reason})")
+    if not plan.changes:
+        lines.append("  no changes")
+    for n in plan.notes:
+        lines.append(f"  note: {n}")
+    return "\n".join(lines)
