@@ -46,6 +46,16 @@ def default_cache_dir(env: dict[str, str] | os._Environ = os.environ) -> Path:
     return Path(base) / "sglang-autoperf"
 
 
+def _check_budget_syntax(text: str) -> None:
+    """Reject a malformed budget at startup, in every process, before anything is planned."""
+    from sglang_autoperf.plan.budget import BudgetError, parse_vram_budget
+
+    try:
+        parse_vram_budget(text, free_bytes=1 << 40)  # the amount only matters for fractions
+    except BudgetError as exc:
+        raise SettingsError(f"{ENV_VRAM_BUDGET}={text!r}: {exc}") from None
+
+
 @dataclass(frozen=True)
 class Settings:
     enabled: bool
@@ -64,6 +74,8 @@ class Settings:
         lossy = parse_switch(ENV_LOSSY, env.get(ENV_LOSSY))
         calibrate = parse_switch(ENV_CALIBRATE, env.get(ENV_CALIBRATE, "1"))
         budget = (env.get(ENV_VRAM_BUDGET) or "").strip() or None
+        if budget is not None:
+            _check_budget_syntax(budget)
         fail_at = (env.get(ENV_FAIL_AT) or "").strip() or None
         if fail_at is not None and fail_at not in FAIL_STAGES:
             raise SettingsError(f"{ENV_FAIL_AT}={fail_at!r} is not one of {', '.join(FAIL_STAGES)}")

@@ -71,6 +71,7 @@ _RESIDENCY_FIELDS = {
 PLAN_ATTR = "autoperf_plan"
 
 _settings: Settings | None = None
+_cpu_fallbacks_registered = False
 
 
 def _step_aside(what: str, exc: BaseException) -> None:
@@ -126,6 +127,10 @@ def register_cpu_fallbacks() -> None:
     Each wrapper calls the original first; only if that raises on CPU tensors does it switch,
     once and for good, to the native implementation. A run that works without us is unchanged.
     """
+    global _cpu_fallbacks_registered
+    if _cpu_fallbacks_registered:  # the test-support plugin may ask too, in the same process
+        return
+    _cpu_fallbacks_registered = True
     from sglang.multimodal_gen.runtime.platforms.plugins import HookRegistry, HookType
 
     for target, kind in _CPU_FALLBACKS:
@@ -154,7 +159,7 @@ def _make_cpu_fallback(target: str, kind: str) -> Callable:
                 raise
             state["native"] = True
             logger().info(
-                "[autoperf] CPU compatibility: %s is unavailable (%s); using sglang's native implementation",
+                "[autoperf-cpu-compat] %s is unavailable on this CPU (%s); using sglang's native implementation",
                 short,
                 type(exc).__name__,
             )
