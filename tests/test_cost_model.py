@@ -116,6 +116,19 @@ def test_wan14b_480p_streamed_copies_hidden():
     assert sim.copy_s == pytest.approx(2 * sum(lc.copy_s for lc in layers))
 
 
+def test_small_blocks_need_prefetch_2_as_measured():
+    # facts §1: Wan2.1-1.3B-shaped DiT (30 x 87 MB), 480x832x17f = 7,800 tokens, CFG, H200:
+    # resident 163.8 ms, prefetch 1 282.4 ms (+72%), prefetch 2 164.5 ms
+    c = cost.block_compute_seconds(family="wan", group_name="blocks", params=43_500_000, hidden=1536,
+                                   tokens=7800, text_tokens=512, flops_per_s=989e12)
+    layers = [cost.LayerCost(c, 87e6 / 55.4e9, 87_000_000, 0, i) for i in range(30)]
+    res = cost.resident_step(layers, 2)
+    p1 = cost.simulate_step(layers, (0,), (1,), "leading", 2)
+    p2 = cost.simulate_step(layers, (0,), (2,), "leading", 2)
+    assert p1.step_s > 1.15 * res.step_s
+    assert p2.hidden
+
+
 # --- simulation mechanics -------------------------------------------------------------------
 
 def _toy(n, compute, copy):

@@ -333,7 +333,7 @@ def make_plan(
             f"torch.compile on: {model.family} has measured compile wins (perf guide; Qwen-Image 502 -> 190 ms/step #13641) "
             f"and {forwards} DiT forwards per request repay the compile")
     else:
-        why = (f"{model.family} has no measured compile win (Z-Image-Turbo lost 0.79 -> 0.99 s, #30016)"
+        why = (f"{model.family} has no measured compile win, and compile can lose (Z-Image-Turbo 0.79 -> 0.99 s, #30016)"
                if model.family not in COMPILE_GAIN_FAMILIES else
                f"only {forwards} DiT forwards per request" if forwards < MIN_COMPILE_FORWARDS else
                f"the step is copy-bound ({best.sim.exposed_s * ms:.0f} of {best.sim.step_s * ms:.0f} ms waiting on copies)")
