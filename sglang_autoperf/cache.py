@@ -1,0 +1,248 @@
+"""The tuning cache: one JSON file per key, written atomically, read defensively.
+
+Keyed like a compiler cache by everything that changes the answer (model, GPU model and memory,
+link, layout, versions, workload, budget, objective), never by what varies run to run (free
+memory, the card's UUID). A damaged entry is ignored with one warning and rewritten by the next
+put; a cache that cannot be written never stops the run.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Iterator
+
+from sglang_autoperf.measure.trace import Placement, StepStats, StepTrace
+
+logger = logging.getLogger("sglang.autoperf")
+
+# Bump when TuningKey/TuningResult change meaning: old entries then miss instead of misleading.
+SCHEMA_VERSION = 1
+
+
+@dataclass(frozen=True)
+class TuningKey:
+    model_fingerprint: str  # configs and tensor shapes, not weights
+    gpu_name: str
+    gpu_total_memory_bytes: int
+    link: str  # e.g. "pcie5x16"
+    gpu_count: int
+    layout: str  # e.g. "ulysses1-ring1-cfg1-tp1"
+    sglang_version: str
+    torch_version: str
+    lora_adapters: tuple[str, ...] = ()
+    batch_size: int = 1
+    shape_bucket: str = ""
+    budget_bytes: int | None = None
+    objective: str = "speed"
+
+    def __post_init__(self) -> None:
+        # order of adapters does not change the answer
+        object.__setattr__(self, "lora_adapters", tuple(sorted(str(a) for a in self.lora_adapters)))
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["lora_adapters"] = list(self.lora_adapters)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TuningKey":
+        names = {f.name for f in fields(cls)}
+        if set(d) != names:
+            raise ValueError(f"key fields differ: {sorted(set(d) ^ names)}")
+        return cls(**{**d, "lora_adapters": tuple(d["lora_adapters"])})
+
+    def canonical_json(self) -> str:
+        return json.dumps({"schema": SCHEMA_VERSION, **self.to_dict()}, sort_keys=True, separators=(",", ":"))
+
+    def digest(self) -> str:
+        return hashlib.sha256(self.canonical_json().encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class StepSummary:
+    """Median per-step times of a set of traced steps (ms)."""
+
+    step_ms: float
+    compute_ms: float
+    copy_ms: float
+    exposed_ms: float
+    steps: int = 0
+
+    @classmethod
+    def of(cls, steps: list[StepTrace]) -> "StepSummary":
+        import statistics
+
+        if not steps:
+            raise ValueError("no steps")
+        med = statistics.median
+        return cls(med([s.wall_ms for s in steps]), med([s.compute_ms for s in steps]),
+                   med([s.copy_ms for s in steps]), med([s.exposed_ms for s in steps]), len(steps))
+
+
+@dataclass
+class TuningResult:
+    placement: Placement  # chosen
+    objective: str
+    baseline: Placement
+    stats: dict[str, StepStats]  # per Placement.label(), measured during calibration
+    reason: str
+    calibration_s: float
+    steps_used: int
+    before: StepSummary | None = None  # traced steps under the baseline
+    after: StepSummary | None = None  # traced steps under the chosen placement
+    vram_bytes: int = 0  # DiT layers on the card under the chosen placement
+    baseline_vram_bytes: int | None = None
+    traces: list[dict[str, Any]] = field(default_factory=list)  # StepTrace.to_dict(), for the timeline
+    created_at: float = field(default_factory=time.time)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "placement": asdict(self.placement),
+            "objective": self.objective,
+            "baseline": asdict(self.baseline),
+            "stats": {k: asdict(v) for k, v in self.stats.items()},
+            "reason": self.reason,
+            "calibration_s": self.calibration_s,
+            "steps_used": self.steps_used,
+            "before": asdict(self.before) if self.before else None,
+            "after": asdict(self.after) if self.after else None,
+            "vram_bytes": self.vram_bytes,
+            "baseline_vram_bytes": self.baseline_vram_bytes,
+            "traces": list(self.traces),
+            "created_at": self.created_at,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TuningResult":
+        return cls(
+            placement=Placement(**d["placement"]),
+            objective=str(d["objective"]),
+            baseline=Placement(**d["baseline"]),
+            stats={str(k): StepStats(**v) for k, v in d["stats"].items()},
+            reason=str(d["reason"]),
+            calibration_s=float(d["calibration_s"]),
+            steps_used=int(d["steps_used"]),
+            before=StepSummary(**d["before"]) if d.get("before") else None,
+            after=StepSummary(**d["after"]) if d.get("after") else None,
+            vram_bytes=int(d.get("vram_bytes", 0)),
+            baseline_vram_bytes=d.get("baseline_vram_bytes"),
+            traces=list(d.get("traces") or []),
+            created_at=float(d.get("created_at", 0.0)),
+        )
+
+    def step_traces(self) -> list[StepTrace]:
+        return [StepTrace.from_dict(t) for t in self.traces]
+
+
+@dataclass(frozen=True)
+class CacheEntry:
+    path: Path
+    key: TuningKey
+    result: TuningResult
+    written_at: float
+
+
+class TuningCache:
+    def __init__(self, directory: Path | str | None = None) -> None:
+        if directory is None:
+            from sglang_autoperf.settings import default_cache_dir
+
+            directory = default_cache_dir()
+        self.directory = Path(directory)
+        self._warned: set[str] = set()
+
+    def path_for(self, key: TuningKey) -> Path:
+        return self.directory / f"{key.digest()}.json"
+
+    def _warn_once(self, what: str, message: str) -> None:
+        if what in self._warned:
+            return
+        self._warned.add(what)
+        logger.warning("[autoperf] %s", message)
+
+    def _load(self, path: Path) -> CacheEntry:
+        """Raises on anything short of a well-formed entry of this schema."""
+        doc = json.loads(path.read_bytes().decode("utf-8"))
+        if not isinstance(doc, dict) or doc.get("schema") != SCHEMA_VERSION:
+            raise ValueError(f"schema {doc.get('schema') if isinstance(doc, dict) else None!r}, "
+                             f"expected {SCHEMA_VERSION}")
+        key = TuningKey.from_dict(doc["key"])
+        if path.name != f"{key.digest()}.json":
+            raise ValueError("file name does not match its key")
+        return CacheEntry(path, key, TuningResult.from_dict(doc["result"]), float(doc["written_at"]))
+
+    def get(self, key: TuningKey) -> TuningResult | None:
+        path = self.path_for(key)
+        try:
+            entry = self._load(path)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        except OSError as exc:
+            self._warn_once(str(path), f"could not read tuning cache entry {path} ({type(exc).__name__}: {exc})")
+            return None
+        except Exception as exc:  # corrupt, truncated, foreign schema: a miss
+            self._warn_once(str(path), f"ignoring damaged tuning cache entry {path} "
+                                       f"({type(exc).__name__}: {exc}); it will be rewritten")
+            return None
+        if entry.key != key:
+            return None
+        return entry.result
+
+    def put(self, key: TuningKey, result: TuningResult) -> bool:
+        """Atomic write (temp file in the same directory, fsync, os.replace): a concurrent reader
+        sees the old file or the new one, never a torn one. False (with a warning) if it failed."""
+        path = self.path_for(key)
+        doc = {"schema": SCHEMA_VERSION, "key": key.to_dict(), "result": result.to_dict(),
+               "written_at": time.time()}
+        tmp = None
+        try:
+            data = json.dumps(doc, indent=1, sort_keys=True).encode("utf-8")
+            self.directory.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.stem[:16]}.", suffix=".tmp", dir=self.directory)
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+            tmp = None
+            self._warned.discard(str(path))
+            return True
+        except Exception as exc:
+            self._warn_once(f"put:{self.directory}", f"could not write the tuning cache in {self.directory} "
+                                                    f"({type(exc).__name__}: {exc}); the run continues uncached")
+            return False
+        finally:
+            if tmp is not None:
+                try:
+                    os.unlink(tmp)
+                except OSError:
+                    pass
+
+    def _iter_entries(self) -> Iterator[CacheEntry]:
+        try:
+            paths = sorted(self.directory.glob("*.json"))
+        except OSError:
+            return
+        for path in paths:
+            try:
+                yield self._load(path)
+            except Exception as exc:
+                self._warn_once(str(path), f"ignoring damaged tuning cache entry {path} "
+                                           f"({type(exc).__name__}: {exc})")
+
+    def entries(self) -> list[tuple[TuningKey, TuningResult]]:
+        """Every readable entry, oldest first."""
+        return [(e.key, e.result) for e in sorted(self._iter_entries(), key=lambda e: e.written_at)]
+
+    def latest_entry(self) -> CacheEntry | None:
+        return max(self._iter_entries(), key=lambda e: e.written_at, default=None)
+
+    def latest(self) -> tuple[TuningKey, TuningResult] | None:
+        e = self.latest_entry()
+        return (e.key, e.result) if e else None

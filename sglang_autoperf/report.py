@@ -1,0 +1,154 @@
+"""What a calibration did, in numbers: the log table, and `sglang-autoperf explain`."""
+from __future__ import annotations
+
+import json
+import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from sglang_autoperf.cache import StepSummary, TuningKey, TuningResult
+    from sglang_autoperf.measure.trace import StepTrace
+
+GiB = 1024**3
+
+
+def _ms(v: float | None) -> str:
+    return "-" if v is None else f"{v:.1f}"
+
+
+def _gib(v: int | None) -> str:
+    return "-" if v is None else f"{v / GiB:.2f} GiB"
+
+
+def format_calibration_table(result: "TuningResult") -> str:
+    """Before (baseline) vs after (chosen) per step, the measured trials, VRAM and time spent."""
+    b: StepSummary | None = result.before
+    a: StepSummary | None = result.after
+    changed = result.placement != result.baseline
+    rows = [
+        ("", "before", "after"),
+        ("setting", result.baseline.label(), result.placement.label()),
+        ("step ms", _ms(b and b.step_ms), _ms(a and a.step_ms)),
+        ("compute ms", _ms(b and b.compute_ms), _ms(a and a.compute_ms)),
+        ("copy ms", _ms(b and b.copy_ms), _ms(a and a.copy_ms)),
+        ("exposed copy ms", _ms(b and b.exposed_ms), _ms(a and a.exposed_ms)),
+        ("VRAM (DiT layers)", _gib(result.baseline_vram_bytes), _gib(result.vram_bytes)),
+    ]
+    w0 = max(len(r[0]) for r in rows)
+    w1 = max(len(r[1]) for r in rows)
+    w2 = max(len(r[2]) for r in rows)
+    lines = [f"[autoperf] calibration ({result.objective}): "
+             f"{'switched to' if changed else 'kept'} {result.placement.label()}"]
+    for r in rows:
+        lines.append(f"  {r[0]:<{w0}}  {r[1]:>{w1}}  {r[2]:>{w2}}")
+    if result.stats:
+        lines.append("  measured step times:")
+        for label, s in result.stats.items():
+            mark = " <- chosen" if label == result.placement.label() else ""
+            lines.append(f"    {label}: median {s.median_ms:.1f} ms (min {s.min_ms:.1f}, "
+                         f"max {s.max_ms:.1f}, n={s.n}){mark}")
+    lines.append(f"  calibration: {result.calibration_s:.1f} s, {result.steps_used} steps")
+    lines.append(f"  reason: {result.reason}")
+    return "\n".join(lines)
+
+
+def _format_key(key: "TuningKey") -> str:
+    budget = "none" if key.budget_bytes is None else _gib(key.budget_bytes)
+    lora = ",".join(key.lora_adapters) or "none"
+    return (f"  key: {key.gpu_name} x{key.gpu_count} ({_gib(key.gpu_total_memory_bytes)}, {key.link}), "
+            f"{key.layout}, model {key.model_fingerprint[:12]}, shape {key.shape_bucket}, batch "
+            f"{key.batch_size}, budget {budget}, LoRA {lora}, sglang {key.sglang_version}, "
+            f"torch {key.torch_version}")
+
+
+def write_timeline_png(step: "StepTrace", path: str, title: str = "") -> None:
+    """Two rows per layer list's passes on one time axis: copies on "copy stream", compute (with
+    the wait before it hatched) on "compute". Raises ImportError without matplotlib."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # lazy: optional dependency
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Patch
+
+    fig = Figure(figsize=(12, 3.2))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    colors = ["#4C72B0", "#55A868", "#C44E52", "#8172B2"]
+    y_copy, y_compute, h = 1.0, 0.0, 0.6
+    nlayers = sum(len(p.layers) for p in step.passes)
+    for pi, p in enumerate(step.passes):
+        color = colors[pi % len(colors)]
+        for t in p.layers:
+            if t.copy_start_ms is not None and t.copy_end_ms is not None:
+                ax.broken_barh([(t.copy_start_ms, t.copy_ms)], (y_copy - h / 2, h),
+                               facecolors=color, edgecolors="white", linewidth=0.3)
+                if nlayers <= 80:
+                    ax.text(t.copy_start_ms + t.copy_ms / 2, y_copy, str(t.layer),
+                            ha="center", va="center", fontsize=5, color="white")
+            if t.stall_ms > 0:
+                ax.broken_barh([(t.compute_start_ms - t.stall_ms, t.stall_ms)], (y_compute - h / 2, h),
+                               facecolors="none", edgecolors="#C44E52", hatch="///", linewidth=0.3)
+            ax.broken_barh([(t.compute_start_ms, t.compute_ms)], (y_compute - h / 2, h),
+                           facecolors=color, edgecolors="white", linewidth=0.3)
+            if nlayers <= 80:
+                ax.text(t.compute_start_ms + t.compute_ms / 2, y_compute, str(t.layer),
+                        ha="center", va="center", fontsize=5, color="white")
+    ax.set_yticks([y_compute, y_copy], ["compute", "copy stream"])
+    ax.set_ylim(-0.6, 2.0)  # room for the legend above the copy row
+    ax.set_xlabel("ms from step start")
+    ax.set_xlim(left=min([0.0] + [t.copy_start_ms for p in step.passes for t in p.layers
+                                  if t.copy_start_ms is not None]))
+    ax.legend(handles=[Patch(facecolor="none", edgecolor="#C44E52", hatch="///", label="waiting for copy")]
+              + [Patch(color=colors[i % len(colors)], label=f"{p.component}.{p.layer_list} pass {i}")
+                 for i, p in enumerate(step.passes)], fontsize=6, loc="upper right", ncol=2)
+    ax.set_title(title or f"step {step.step}: {step.placement.label()}, wall {step.wall_ms:.1f} ms, "
+                 f"compute {step.compute_ms:.1f} ms, copy {step.copy_ms:.1f} ms, "
+                 f"exposed {step.exposed_ms:.1f} ms", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=150)
+
+
+def _pick_step(result: "TuningResult") -> "StepTrace | None":
+    """A traced step under the chosen placement (the last one: steady), else the last traced."""
+    steps = result.step_traces()
+    if not steps:
+        return None
+    chosen = [s for s in steps if s.placement == result.placement]
+    return (chosen or steps)[-1]
+
+
+def explain(json_output: bool = False, png: str | None = None, cache_dir: str | None = None) -> int:
+    """Print the latest calibration in the tuning cache; 0, or 2 with a message on stderr."""
+    from pathlib import Path
+
+    from sglang_autoperf.cache import TuningCache
+
+    cache = TuningCache(Path(cache_dir).expanduser() if cache_dir else None)
+    entry = cache.latest_entry()
+    if entry is None:
+        print(f"sglang-autoperf explain: no calibration in the tuning cache at {cache.directory} "
+              "(run sglang with SGLANG_AUTOPERF=1 first, or pass --cache-dir)", file=sys.stderr)
+        return 2
+    if json_output:
+        print(json.dumps({"cache_file": str(entry.path), "written_at": entry.written_at,
+                          "key": entry.key.to_dict(), "result": entry.result.to_dict()}, indent=1))
+    else:
+        print(format_calibration_table(entry.result))
+        print(_format_key(entry.key))
+        print(f"  cache file: {entry.path}")
+    if png:
+        step = _pick_step(entry.result)
+        if step is None:
+            print(f"sglang-autoperf explain: {entry.path} holds no traced steps; no timeline written",
+                  file=sys.stderr)
+            return 2
+        try:
+            write_timeline_png(step, png)
+        except ImportError:
+            print("sglang-autoperf explain: --png needs matplotlib "
+                  "(pip install 'sglang-autoperf[plots]' or pip install matplotlib)", file=sys.stderr)
+            return 2
+        except OSError as exc:
+            print(f"sglang-autoperf explain: could not write {png}: {exc}", file=sys.stderr)
+            return 2
+        print(f"timeline of step {step.step} ({step.placement.label()}) written to {png}",
+              file=sys.stderr if json_output else sys.stdout)
+    return 0

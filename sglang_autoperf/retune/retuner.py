@@ -1,0 +1,385 @@
+"""Retuning from measured traces: pure functions of plain data (no torch, no sglang).
+
+The traces give each layer's measured compute and copy; the step simulation of plan/cost.py turns
+those into a predicted step for every placement that fits the measured headroom (the prediction
+prunes), and `decide` keeps a candidate only if its measured steps beat the baseline beyond the
+noise (the measurement decides).
+"""
+from __future__ import annotations
+
+import math
+import statistics
+from collections import Counter
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+from typing import Iterable, Sequence
+
+from sglang_autoperf.measure.trace import Placement, StepStats, StepTrace
+from sglang_autoperf.plan.cost import (
+    LayerCost,
+    StepSim,
+    dit_placed_bytes,
+    prefetch_per_group,
+    resident_per_group,
+    simulate_step,
+)
+
+OBJECTIVES = ("speed", "memory")
+POLICIES = ("leading", "strided")
+# A predicted gain below this is inside the model's error: not worth a calibration trial.
+MIN_PREDICTED_GAIN = 0.01
+# "memory": a placement this close to the fastest counts as equally fast.
+MEMORY_TOLERANCE = 0.02
+# decide(): a measured gain must exceed at least this share of the baseline median.
+MIN_MEASURED_GAIN = 0.01
+
+
+@dataclass(frozen=True)
+class Candidate:
+    placement: Placement
+    predicted_step_ms: float
+    extra_vram_bytes: int  # vs the current placement; <= headroom by construction
+    reason: str
+
+
+@dataclass(frozen=True)
+class Decision:
+    placement: Placement
+    kept_new: bool
+    reason: str
+    stats: dict[str, StepStats] = field(default_factory=dict)
+
+
+# --- traces -> per-layer costs ------------------------------------------------------------------
+
+def layer_lists(steps: Sequence[StepTrace]) -> list[tuple[str, str, int]]:
+    """(component, layer_list, num_layers) in order of first appearance: the group order of the
+    LayerCosts and of `layer_bytes`."""
+    seen: dict[tuple[str, str], int] = {}
+    for s in steps:
+        for p in s.passes:
+            seen.setdefault((p.component, p.layer_list), p.num_layers)
+    return [(c, name, n) for (c, name), n in seen.items()]
+
+
+def passes_per_step(steps: Sequence[StepTrace]) -> int:
+    """Forward passes per step through the first layer list (2 under CFG without CFG parallel)."""
+    lists = layer_lists(steps)
+    if not lists:
+        raise ValueError("no passes in the traces")
+    first = lists[0][:2]
+    counts = [sum(1 for p in s.passes if (p.component, p.layer_list) == first) for s in steps]
+    return max(1, int(round(statistics.median(counts))))
+
+
+def measured_layer_costs(
+    steps: list[StepTrace], layer_bytes: list[int], *, fallback_h2d_bytes_per_s: float | None = None,
+) -> list[LayerCost]:
+    """Per-layer LayerCost from traces: median compute of the layer over every pass seen, and
+    copy_s = bytes / that layer's median measured H2D rate.
+
+    `layer_bytes` covers every traced layer list, concatenated in `layer_lists` order. A layer
+    never copied in the traces (resident) gets the median rate over all copies seen; with no copy
+    at all, `fallback_h2d_bytes_per_s` (e.g. the probed link) is required.
+    """
+    lists = layer_lists(steps)
+    if not lists:
+        raise ValueError("no passes in the traces")
+    total = sum(n for _, _, n in lists)
+    if len(layer_bytes) != total:
+        raise ValueError(
+            f"layer_bytes has {len(layer_bytes)} entries but the traces hold {total} layers "
+            f"({', '.join(f'{c}.{name}: {n}' for c, name, n in lists)})"
+        )
+    offsets, off = {}, 0
+    for c, name, n in lists:
+        offsets[(c, name)] = off
+        off += n
+
+    compute: list[list[float]] = [[] for _ in range(total)]
+    rates: list[list[float]] = [[] for _ in range(total)]
+    for s in steps:
+        for p in s.passes:
+            base = offsets[(p.component, p.layer_list)]
+            for t in p.layers:
+                idx = base + t.layer
+                compute[idx].append(t.compute_ms)
+                if t.copy_ms > 0:
+                    nbytes = t.copy_bytes or layer_bytes[idx]
+                    rates[idx].append(nbytes / (t.copy_ms / 1e3))
+
+    all_rates = [r for rs in rates for r in rs]
+    if all_rates:
+        overall = statistics.median(all_rates)
+    elif fallback_h2d_bytes_per_s:
+        overall = float(fallback_h2d_bytes_per_s)
+    else:
+        raise ValueError("no host-to-device copy in the traces: pass fallback_h2d_bytes_per_s")
+
+    out: list[LayerCost] = []
+    for g, (c, name, n) in enumerate(lists):
+        for j in range(n):
+            idx = offsets[(c, name)] + j
+            if not compute[idx]:
+                raise ValueError(f"layer {j} of {c}.{name} never appears in the traces")
+            rate = statistics.median(rates[idx]) if rates[idx] else overall
+            out.append(LayerCost(
+                compute_s=statistics.median(compute[idx]) / 1e3,
+                copy_s=layer_bytes[idx] / rate,
+                bytes=layer_bytes[idx],
+                group=g,
+                local_index=j,
+            ))
+    return out
+
+
+# --- placements: simulation and VRAM ------------------------------------------------------------
+
+def _groups(layers: Sequence[LayerCost]) -> list[list[LayerCost]]:
+    by: dict[int, list[LayerCost]] = {}
+    for lc in layers:
+        by.setdefault(lc.group, []).append(lc)
+    return [by[g] for g in sorted(by)]
+
+
+def simulate_placement(layers: Sequence[LayerCost], placement: Placement, passes: int) -> StepSim:
+    """plan/cost.simulate_step with the placement's knobs turned into per-list counts as sglang does."""
+    counts = [len(g) for g in _groups(layers)]
+    return simulate_step(
+        layers,
+        resident_per_group(counts, placement.resident_layers),
+        prefetch_per_group(counts, placement.prefetch_layers),
+        placement.policy,
+        passes,
+    )
+
+
+def placement_vram_bytes(layers: Sequence[LayerCost], placement: Placement) -> int:
+    """Resident layer bytes + prefetch buffers (plan/cost.dit_placed_bytes, non-block weights left
+    out: they are on the card under every placement)."""
+    groups = _groups(layers)
+    dit = SimpleNamespace(
+        block_groups=[SimpleNamespace(name=str(i), count=len(g), block_bytes=[lc.bytes for lc in g])
+                      for i, g in enumerate(groups)],
+        non_block_bytes=0,
+        total_bytes=sum(lc.bytes for lc in layers),
+    )
+    weights, buffers = dit_placed_bytes([dit], placement.resident_layers, placement.prefetch_layers,
+                                        placement.policy)
+    return weights + buffers
+
+
+def _effective(counts: Sequence[int], p: Placement) -> tuple:
+    """What sglang actually runs for a placement: equal tuples behave identically."""
+    res = resident_per_group(counts, p.resident_layers)
+    if all(r >= n for r, n in zip(res, counts)):
+        return (res,)  # nothing streamed: prefetch and policy are moot
+    return (res, prefetch_per_group(counts, p.prefetch_layers), p.policy)
+
+
+def _anchor(steps: Sequence[StepTrace], layers: Sequence[LayerCost], passes: int,
+            current: Placement) -> tuple[float, float]:
+    """(k, offset_ms) with predicted = compute + k x simulated waiting + offset, fit so that the
+    most-traced placement predicts its measured median step. Compute is measured directly; the
+    simulated waiting for copies is the uncertain part. Measured above simulated: k=1 and the
+    offset is the non-block work (embeddings, norms, scheduler) the simulation does not see.
+    Below: the simulation over-predicts the waiting, so it is scaled down (k < 1)."""
+    counts = Counter(s.placement for s in steps)
+    traced = max(counts, key=lambda p: (counts[p], p == current))
+    measured = statistics.median([s.wall_ms for s in steps if s.placement == traced])
+    sim = simulate_placement(layers, traced, passes)
+    sim_ms, compute_ms = sim.step_s * 1e3, sim.compute_s * 1e3
+    if measured >= sim_ms:
+        return 1.0, measured - sim_ms
+    if sim_ms > compute_ms:
+        return max(0.0, (measured - compute_ms) / (sim_ms - compute_ms)), 0.0
+    return 1.0, 0.0  # measured below its own compute: inconsistent trace, use the simulation as is
+
+
+def _fmt_bytes(n: float) -> str:
+    return f"{n / 1024**3:+.2f} GiB"
+
+
+def _describe_change(cur: Placement, new: Placement) -> str:
+    parts = []
+    if new.resident_layers != cur.resident_layers:
+        parts.append(f"resident {cur.resident_layers}->{new.resident_layers}")
+    if new.prefetch_layers != cur.prefetch_layers:
+        parts.append(f"prefetch {cur.prefetch_layers}->{new.prefetch_layers}")
+    if new.policy != cur.policy:
+        parts.append(f"policy {cur.policy}->{new.policy}")
+    return ", ".join(parts) or "unchanged"
+
+
+def propose(
+    steps: list[StepTrace],
+    layer_bytes: list[int],
+    current: Placement,
+    headroom_bytes: int,
+    *,
+    objective: str = "speed",
+    max_candidates: int = 3,
+    prefetch_choices: Iterable[int] = (1, 2, 3, 4, 6, 8),
+    fallback_h2d_bytes_per_s: float | None = None,
+) -> list[Candidate]:
+    """Placements worth a calibration trial, best first; never one whose extra VRAM over
+    `current` exceeds `headroom_bytes` (measured free memory minus the caller's safety margin).
+
+    speed: predicted faster than current by more than 1%, Pareto-filtered on (step, VRAM).
+    memory: least VRAM first among placements predicted within 2% of the best predicted.
+    Predictions are the simulation anchored on the measured steps (see _anchor).
+    """
+    if objective not in OBJECTIVES:
+        raise ValueError(f"objective {objective!r} is not one of {', '.join(OBJECTIVES)}")
+    if not steps or max_candidates <= 0:
+        return []
+    layers = measured_layer_costs(steps, layer_bytes, fallback_h2d_bytes_per_s=fallback_h2d_bytes_per_s)
+    passes = passes_per_step(steps)
+    counts = [len(g) for g in _groups(layers)]
+    k, offset = _anchor(steps, layers, passes, current)
+
+    def predict(sim: StepSim) -> float:
+        return (sim.compute_s + k * (sim.step_s - sim.compute_s)) * 1e3 + offset
+
+    cur_sim = simulate_placement(layers, current, passes)
+    cur_ms = predict(cur_sim)
+    cur_vram = placement_vram_bytes(layers, current)
+
+    prefetches = sorted({int(p) for p in prefetch_choices if int(p) >= 1} | {current.prefetch_layers})
+    pool: dict[tuple, tuple[Placement, float, int, StepSim]] = {}
+    pool[_effective(counts, current)] = (current, cur_ms, cur_vram, cur_sim)
+    for r in range(0, max(counts) + 1):
+        for policy in POLICIES:
+            for pf in prefetches:
+                p = Placement(r, pf, policy)
+                eff = _effective(counts, p)
+                if eff in pool:  # the first (smallest prefetch, current first) stands for the rest
+                    continue
+                vram = placement_vram_bytes(layers, p)
+                if vram - cur_vram > headroom_bytes:
+                    continue
+                sim = simulate_placement(layers, p, passes)
+                pool[eff] = (p, predict(sim), vram, sim)
+
+    cur_eff = _effective(counts, current)
+    others = [v for k, v in pool.items() if k != cur_eff]
+
+    def cand(p: Placement, ms: float, vram: int, sim: StepSim, why: str) -> Candidate:
+        gain = (cur_ms - ms) / cur_ms * 100 if cur_ms > 0 else 0.0
+        return Candidate(p, ms, vram - cur_vram, (
+            f"{_describe_change(current, p)}: predicted {cur_ms:.1f} -> {ms:.1f} ms/step ({gain:+.1f}% faster; "
+            f"exposed copy {cur_sim.exposed_s * 1e3:.1f} -> {sim.exposed_s * 1e3:.1f} ms), "
+            f"VRAM {_fmt_bytes(vram - cur_vram)}{why}"))
+
+    chosen: list[tuple[Placement, float, int, StepSim]] = []
+    if objective == "speed":
+        fast = [v for v in others if v[1] < cur_ms * (1 - MIN_PREDICTED_GAIN)]
+        # ties: less VRAM, then more resident (fewer copies: less exposed to model error)
+        for v in sorted(fast, key=lambda v: (round(v[1], 6), v[2], -v[0].resident_layers)):
+            # dominated: an already chosen one is as fast (within 0.5%) and needs no more VRAM
+            if any(c[2] <= v[2] and c[1] <= v[1] + 0.005 * abs(v[1]) for c in chosen):
+                continue
+            chosen.append(v)
+            if len(chosen) >= max_candidates:
+                break
+        return [cand(*v, "") for v in chosen]
+
+    best_ms = min(v[1] for v in pool.values())
+    limit = best_ms * (1 + MEMORY_TOLERANCE)
+    cur_ok = cur_ms <= limit
+    eligible = [v for v in others if v[1] <= limit and (not cur_ok or v[2] < cur_vram)]
+    for v in sorted(eligible, key=lambda v: (v[2], round(v[1], 6), -v[0].resident_layers)):
+        if any(c[2] <= v[2] and c[1] <= v[1] for c in chosen):
+            continue
+        chosen.append(v)
+        if len(chosen) >= max_candidates:
+            break
+    return [cand(*v, f"; within {MEMORY_TOLERANCE:.0%} of the best predicted {best_ms:.1f} ms")
+            for v in chosen]
+
+
+# --- measured trials -> keep or roll back ---------------------------------------------------------
+
+def decide(
+    baseline: Placement,
+    measured: dict[Placement, list[float]],
+    vram: dict[Placement, int],
+    objective: str,
+) -> Decision:
+    """Keep a measured candidate only on evidence; otherwise roll back to `baseline`.
+
+    speed: a candidate's median must beat the baseline median by more than the noise,
+    max(baseline (max-min)/2, candidate (max-min)/2, 1% of the baseline median); the fastest such
+    candidate wins. memory: least VRAM among placements within 2% of the fastest median.
+    An empty list means the trial failed (e.g. OOM): excluded, and said so.
+    """
+    if objective not in OBJECTIVES:
+        raise ValueError(f"objective {objective!r} is not one of {', '.join(OBJECTIVES)}")
+    stats = {p.label(): StepStats.of(t) for p, t in measured.items() if t}
+    failed = [p for p, t in measured.items() if not t and p != baseline]
+    failed_note = "".join(f"; {p.label()} failed (no measured step, e.g. OOM): excluded" for p in failed)
+
+    if not measured.get(baseline):
+        return Decision(baseline, False,
+                        f"kept {baseline.label()}: the baseline has no measured step, nothing to compare"
+                        + failed_note, stats)
+    base = stats[baseline.label()]
+    ok = [p for p, t in measured.items() if t and p != baseline]
+    if not ok:
+        return Decision(baseline, False, f"rolled back to {baseline.label()} ({base.median_ms:.1f} ms/step): "
+                        "no candidate measured" + failed_note, stats)
+
+    if objective == "speed":
+        passing, closest = [], None
+        for p in ok:
+            s = stats[p.label()]
+            noise = max(base.spread_ms / 2, s.spread_ms / 2, MIN_MEASURED_GAIN * base.median_ms)
+            gain = base.median_ms - s.median_ms
+            if gain > noise:
+                passing.append((s.median_ms, p, gain, noise))
+            elif closest is None or s.median_ms < closest[0]:
+                closest = (s.median_ms, p, gain, noise)
+        if passing:
+            ms, p, gain, noise = min(passing, key=lambda x: x[0])
+            return Decision(p, True, (
+                f"kept {p.label()}: median {ms:.1f} ms/step vs baseline {base.median_ms:.1f} ms "
+                f"({-gain / base.median_ms * 100:+.1f}%), beyond the noise {noise:.1f} ms "
+                f"(n={stats[p.label()].n} vs {base.n})" + failed_note), stats)
+        ms, p, gain, noise = closest
+        return Decision(baseline, False, (
+            f"rolled back to {baseline.label()} ({base.median_ms:.1f} ms/step): best candidate "
+            f"{p.label()} measured {ms:.1f} ms ({-gain / base.median_ms * 100:+.1f}%), not faster by more "
+            f"than the noise {noise:.1f} ms" + failed_note), stats)
+
+    pool = [baseline] + [p for p in ok if p in vram]
+    fastest = min(stats[p.label()].median_ms for p in pool)
+    limit = fastest * (1 + MEMORY_TOLERANCE)
+    eligible = [p for p in pool if stats[p.label()].median_ms <= limit]
+    inf = float("inf")
+    chosen = min(eligible, key=lambda p: (vram.get(p, inf), stats[p.label()].median_ms, p != baseline))
+    s = stats[chosen.label()]
+    v = vram.get(chosen)
+    vtxt = f"{v / 1024**3:.2f} GiB" if v is not None else "VRAM unknown"
+    if chosen == baseline:
+        return Decision(baseline, False, (
+            f"kept {baseline.label()} ({s.median_ms:.1f} ms/step, {vtxt}): no placement within "
+            f"{MEMORY_TOLERANCE:.0%} of the fastest measured ({fastest:.1f} ms) uses less VRAM" + failed_note),
+            stats)
+    bv = vram.get(baseline)
+    btxt = f"{bv / 1024**3:.2f} GiB" if bv is not None else "VRAM unknown"
+    return Decision(chosen, True, (
+        f"kept {chosen.label()}: {vtxt} vs baseline {btxt}, median {s.median_ms:.1f} ms/step vs "
+        f"{base.median_ms:.1f} ms, within {MEMORY_TOLERANCE:.0%} of the fastest measured ({fastest:.1f} ms)"
+        + failed_note), stats)
+
+
+def calibration_budget(step_ms_estimate: float, max_seconds: float, max_candidates: int,
+                       steps_per_trial: int) -> int:
+    """How many candidate trials fit in `max_seconds` (each costs steps_per_trial x step time)."""
+    if max_candidates <= 0 or max_seconds <= 0:
+        return 0
+    if not (step_ms_estimate > 0 and math.isfinite(step_ms_estimate)) or steps_per_trial <= 0:
+        raise ValueError(f"need a positive step estimate and steps per trial, got "
+                         f"{step_ms_estimate!r} ms x {steps_per_trial!r}")
+    per_trial_s = steps_per_trial * step_ms_estimate / 1e3
+    return max(0, min(max_candidates, int(max_seconds // per_trial_s)))

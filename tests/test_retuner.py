@@ -1,0 +1,224 @@
+"""Retuner on SYNTHETIC traces built here (recorded GPU traces go to tests/fixtures/traces/ later)."""
+from __future__ import annotations
+
+import pytest
+
+from sglang_autoperf.measure.trace import LayerTiming, PassTrace, Placement, StepTrace
+from sglang_autoperf.plan.cost import streamed_layers
+from sglang_autoperf.retune.retuner import (
+    calibration_budget,
+    decide,
+    measured_layer_costs,
+    passes_per_step,
+    placement_vram_bytes,
+    propose,
+)
+
+MB = 1 << 20
+LAYER = 100 * MB
+
+
+def synthetic_steps(n, compute_ms, copy_ms, placement, *, nsteps=4, passes=1, layer_list="blocks",
+                    overhead_ms=2.0):
+    """A synthetic timeline, not a measurement: each streamed layer's copy is issued when the
+    previous layer starts computing (prefetch-1-like) and copies share one link."""
+    streamed = set(streamed_layers(n, placement.resident_layers, placement.policy))
+    steps = []
+    for k in range(nsteps):
+        t, link, ps = 0.0, 0.0, []
+        for _ in range(passes):
+            lts = []
+            issue_at = t
+            for j in range(n):
+                cs, c0, c1, nbytes = t, None, None, 0
+                if j in streamed:
+                    c0 = max(issue_at, link)
+                    c1 = link = c0 + copy_ms
+                    cs = max(t, c1)
+                    nbytes = LAYER
+                lts.append(LayerTiming(j, cs, cs + compute_ms, cs - t, c0, c1, nbytes))
+                issue_at = cs
+                t = cs + compute_ms
+            ps.append(PassTrace("transformer", layer_list, n, tuple(lts)))
+        steps.append(StepTrace(k, t + overhead_ms, placement, tuple(ps)))
+    return steps
+
+
+# --- measured_layer_costs ---------------------------------------------------------------------
+
+def test_layer_costs_from_traces():
+    cur = Placement(4, 1, "leading")
+    steps = synthetic_steps(10, 2.0, 5.0, cur)
+    costs = measured_layer_costs(steps, [LAYER] * 10)
+    assert len(costs) == 10
+    assert all(c.compute_s == pytest.approx(2e-3) for c in costs)
+    # streamed layers: their own rate; resident ones (0..3): the median rate of all copies
+    assert all(c.copy_s == pytest.approx(5e-3) for c in costs)
+    assert [c.local_index for c in costs] == list(range(10))
+
+
+def test_layer_costs_cfg_counts_compute_per_pass():
+    steps = synthetic_steps(6, 3.0, 1.0, Placement(0, 1), passes=2)
+    assert passes_per_step(steps) == 2
+    costs = measured_layer_costs(steps, [LAYER] * 6)
+    assert all(c.compute_s == pytest.approx(3e-3) for c in costs)
+
+
+def test_layer_costs_two_layer_lists_and_bad_bytes():
+    a = synthetic_steps(3, 1.0, 2.0, Placement(0, 1), layer_list="double")
+    b = synthetic_steps(2, 1.0, 2.0, Placement(0, 1), layer_list="single")
+    steps = [StepTrace(x.step, x.wall_ms + y.wall_ms, x.placement, x.passes + y.passes) for x, y in zip(a, b)]
+    costs = measured_layer_costs(steps, [LAYER] * 5)
+    assert [(c.group, c.local_index) for c in costs] == [(0, 0), (0, 1), (0, 2), (1, 0), (1, 1)]
+    with pytest.raises(ValueError, match="layer_bytes"):
+        measured_layer_costs(steps, [LAYER] * 4)
+
+
+def test_layer_costs_all_resident_needs_a_rate():
+    steps = synthetic_steps(4, 1.0, 1.0, Placement(4, 1))
+    with pytest.raises(ValueError, match="fallback"):
+        measured_layer_costs(steps, [LAYER] * 4)
+    costs = measured_layer_costs(steps, [LAYER] * 4, fallback_h2d_bytes_per_s=50e9)
+    assert costs[0].copy_s == pytest.approx(LAYER / 50e9)
+
+
+# --- propose ------------------------------------------------------------------------------------
+
+def _vram(n, p):
+    return placement_vram_bytes(measured_layer_costs(synthetic_steps(n, 1.0, 3.0, Placement(0, 1)),
+                                                     [LAYER] * n), p)
+
+
+@pytest.mark.parametrize("headroom_layers", [0, 2, 4, 6])
+def test_copy_bound_proposes_more_resident_within_headroom(headroom_layers):
+    n, cur = 10, Placement(0, 1, "leading")
+    steps = synthetic_steps(n, 1.0, 3.0, cur)  # copy 3x compute
+    headroom = headroom_layers * LAYER
+    cands = propose(steps, [LAYER] * n, cur, headroom)
+    cur_vram = _vram(n, cur)
+    for c in cands:
+        assert c.extra_vram_bytes <= headroom
+        assert _vram(n, c.placement) - cur_vram == c.extra_vram_bytes
+    if headroom_layers == 0:
+        assert all(c.placement.resident_layers == 0 for c in cands)
+        return
+    best = cands[0]
+    assert best.predicted_step_ms < 0.99 * steps[0].wall_ms
+    assert best.placement.resident_layers > 0
+    # the most it could hold: current buffers (2 layers) + headroom, less its own buffers (>= 2)
+    assert best.placement.resident_layers <= headroom_layers
+    assert best.placement.resident_layers >= headroom_layers - 1
+    preds = [c.predicted_step_ms for c in cands]
+    assert preds == sorted(preds)
+    assert len({c.placement for c in cands}) == len(cands) <= 3
+    assert "predicted" in best.reason and "ms/step" in best.reason
+
+
+def test_copy_bound_with_room_for_everything_goes_fully_resident():
+    n, cur = 10, Placement(0, 1, "leading")
+    cands = propose(synthetic_steps(n, 1.0, 3.0, cur), [LAYER] * n, cur, 100 * LAYER)
+    assert cands[0].placement.resident_layers == n
+    assert cands[0].extra_vram_bytes == (n - 2) * LAYER
+    # anchored on the measured steps: never below the measured compute (10 x 1 ms)
+    assert 10.0 <= cands[0].predicted_step_ms < 12.0
+
+
+def test_negative_headroom_only_shrinks():
+    n, cur = 10, Placement(6, 2, "leading")
+    cands = propose(synthetic_steps(n, 1.0, 3.0, cur), [LAYER] * n, cur, -LAYER)
+    assert all(c.extra_vram_bytes <= -LAYER for c in cands)
+
+
+def test_compute_bound_proposes_nothing():
+    n, cur = 10, Placement(0, 2, "leading")
+    steps = synthetic_steps(n, 10.0, 1.0, cur)
+    assert propose(steps, [LAYER] * n, cur, 100 * LAYER) == []
+
+
+def test_memory_objective_picks_least_vram_within_2pct():
+    n, cur = 10, Placement(5, 2, "leading")
+    steps = synthetic_steps(n, 10.0, 1.0, cur)  # hidden copies: residency buys nothing
+    cands = propose(steps, [LAYER] * n, cur, 100 * LAYER, objective="memory")
+    assert cands
+    best = cands[0]
+    # nothing resident, the smallest prefetch: 2 layers of buffers vs 5 resident + 4 buffers
+    assert best.placement == Placement(0, 1, "leading")
+    assert best.extra_vram_bytes == (2 - 9) * LAYER
+    cur_pred = propose(steps, [LAYER] * n, cur, 100 * LAYER, objective="memory", max_candidates=10)
+    assert all(c.extra_vram_bytes >= best.extra_vram_bytes for c in cur_pred)
+    fastest = min(c.predicted_step_ms for c in cur_pred)
+    assert best.predicted_step_ms <= 1.02 * min(fastest, steps[0].wall_ms)
+
+
+def test_memory_objective_never_trades_speed_beyond_2pct():
+    n, cur = 10, Placement(10, 1, "leading")
+    steps = synthetic_steps(n, 1.0, 3.0, cur)  # copy-bound: streaming anything costs
+    cands = propose(steps, [LAYER] * n, cur, 0, objective="memory", fallback_h2d_bytes_per_s=LAYER / 3e-3)
+    assert all(c.predicted_step_ms <= 1.02 * steps[0].wall_ms for c in cands)
+
+
+def test_cfg_trace_proposes():
+    n, cur = 8, Placement(0, 1, "leading")
+    cands = propose(synthetic_steps(n, 1.0, 3.0, cur, passes=2), [LAYER] * n, cur, 4 * LAYER)
+    assert cands and cands[0].placement.resident_layers > 0
+
+
+def test_bad_objective():
+    with pytest.raises(ValueError):
+        propose(synthetic_steps(4, 1, 1, Placement(0, 1)), [LAYER] * 4, Placement(0, 1), 0, objective="fast")
+
+
+# --- decide -------------------------------------------------------------------------------------
+
+BASE = Placement(0, 1, "leading")
+A = Placement(4, 1, "leading")
+B = Placement(8, 2, "leading")
+
+
+def test_decide_keeps_faster_beyond_spread():
+    d = decide(BASE, {BASE: [100, 102, 98, 101], A: [80, 82, 79, 81]}, {BASE: 1, A: 2}, "speed")
+    assert d.kept_new and d.placement == A
+    assert "80.5" in d.reason and "100.5" in d.reason
+    assert set(d.stats) == {BASE.label(), A.label()}
+
+
+def test_decide_rolls_back_within_spread():
+    # 3 ms faster median, but the baseline varies by +-5 ms
+    d = decide(BASE, {BASE: [95, 100, 105], A: [96, 97, 98]}, {BASE: 1, A: 2}, "speed")
+    assert not d.kept_new and d.placement == BASE
+    assert "rolled back" in d.reason and "97.0" in d.reason and "5.0" in d.reason
+
+
+def test_decide_rolls_back_within_one_percent():
+    d = decide(BASE, {BASE: [100, 100, 100], A: [99.5, 99.5, 99.5]}, {}, "speed")
+    assert not d.kept_new and "1.0 ms" in d.reason
+
+
+def test_decide_excludes_oom():
+    d = decide(BASE, {BASE: [100, 101, 99], B: [], A: [90, 90.5, 89.5]}, {BASE: 1, A: 2, B: 3}, "speed")
+    assert d.placement == A and d.kept_new
+    assert "OOM" in d.reason and B.label() in d.reason
+    assert B.label() not in d.stats
+    d = decide(BASE, {BASE: [100, 101, 99], B: []}, {}, "speed")
+    assert not d.kept_new and "OOM" in d.reason
+
+
+def test_decide_memory_least_vram_within_2pct():
+    measured = {BASE: [100, 100], A: [101.5, 101.5], B: [110, 110]}
+    vram = {BASE: 5 * LAYER, A: 3 * LAYER, B: 1 * LAYER}
+    d = decide(BASE, measured, vram, "memory")
+    assert d.placement == A and d.kept_new  # B uses less but is 10% slower
+    d = decide(A, {A: [100, 100], BASE: [99.9, 99.9]}, {A: 3 * LAYER, BASE: 5 * LAYER}, "memory")
+    assert d.placement == A and not d.kept_new
+
+
+# --- calibration_budget ---------------------------------------------------------------------------
+
+def test_calibration_budget():
+    assert calibration_budget(100.0, 10.0, 5, 20) == 5  # 2 s a trial
+    assert calibration_budget(100.0, 10.0, 3, 20) == 3  # capped by candidates
+    assert calibration_budget(100.0, 3.9, 5, 20) == 1
+    assert calibration_budget(1000.0, 1.0, 3, 20) == 0
+    assert calibration_budget(100.0, 0, 3, 20) == 0
+    with pytest.raises(ValueError):
+        calibration_budget(0.0, 10.0, 3, 20)
