@@ -136,6 +136,25 @@ class TuningResult:
             created_at=float(d.get("created_at", 0.0)),
         )
 
+    @classmethod
+    def from_calibration(
+        cls, *, placement: Placement, baseline: Placement, objective: str, reason: str,
+        stats: dict[str, StepStats], calibration_s: float, steps_used: int,
+        before: list[StepTrace], after: list[StepTrace], vram_bytes: int = 0,
+        baseline_vram_bytes: int | None = None, keep_traces: int = 2,
+    ) -> "TuningResult":
+        """From the traced steps of a calibration; keeps the last `keep_traces` steps of each
+        side for the timeline (a cache entry stays small)."""
+        kept = (before[-keep_traces:] + (after[-keep_traces:] if after is not before else [])) if keep_traces > 0 else []
+        return cls(
+            placement=placement, objective=objective, baseline=baseline, stats=dict(stats), reason=reason,
+            calibration_s=float(calibration_s), steps_used=int(steps_used),
+            before=StepSummary.of(before) if before else None,
+            after=StepSummary.of(after) if after else None,
+            vram_bytes=int(vram_bytes), baseline_vram_bytes=baseline_vram_bytes,
+            traces=[t.to_dict() for t in kept],
+        )
+
     def step_traces(self) -> list[StepTrace]:
         return [StepTrace.from_dict(t) for t in self.traces]
 

@@ -212,3 +212,21 @@ def test_permission_denied_on_write_warns_and_continues(tmp_path, caplog, monkey
         assert TuningCache(tmp_path).put(make_key(), make_result()) is False
     assert len(caplog.records) == 1 and "PermissionError" in caplog.records[0].getMessage()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_from_calibration_summarizes_steps():
+    from sglang_autoperf.measure.trace import LayerTiming, PassTrace, StepTrace
+
+    def step(i, wall, p):
+        lt = LayerTiming(0, 1.0, 3.0, 1.0, 0.0, 1.0, 10)
+        return StepTrace(i, wall, p, (PassTrace("transformer", "blocks", 1, (lt,)),))
+
+    base, new = Placement(0, 1), Placement(1, 1)
+    before = [step(i, w, base) for i, w in enumerate([10.0, 12.0, 11.0])]
+    after = [step(i, w, new) for i, w in enumerate([5.0, 6.0])]
+    r = TuningResult.from_calibration(placement=new, baseline=base, objective="speed", reason="r",
+                                      stats={}, calibration_s=1.0, steps_used=5, before=before, after=after,
+                                      vram_bytes=3)
+    assert r.before.step_ms == 11.0 and r.after.step_ms == 5.5 and r.before.exposed_ms == 1.0
+    assert len(r.traces) == 4
+    assert TuningResult.from_dict(json.loads(json.dumps(r.to_dict()))) == r
