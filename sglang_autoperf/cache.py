@@ -152,7 +152,7 @@ class TuningResult:
             before=StepSummary.of(before) if before else None,
             after=StepSummary.of(after) if after else None,
             vram_bytes=int(vram_bytes), baseline_vram_bytes=baseline_vram_bytes,
-            traces=[t.to_dict() for t in kept],
+            traces=[json.loads(json.dumps(t.to_dict())) for t in kept],  # plain JSON types: equal after a round trip
         )
 
     def step_traces(self) -> list[StepTrace]:
