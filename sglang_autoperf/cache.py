@@ -15,7 +15,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 from sglang_autoperf.measure.trace import Placement, StepStats, StepTrace
 
@@ -265,3 +265,34 @@ class TuningCache:
     def latest(self) -> tuple[TuningKey, TuningResult] | None:
         e = self.latest_entry()
         return (e.key, e.result) if e else None
+
+
+def shape_bucket(width: int, height: int, num_frames: int, batch_size: int, cfg: bool) -> str:
+    """Requests in one bucket share a tuned placement (per-step cost depends on exactly these)."""
+    return f"{width}x{height}x{num_frames}f_b{batch_size}_cfg{int(bool(cfg))}"
+
+
+def tuning_objective(performance_mode: str, pinned: Iterable[str]) -> str:
+    """The user's objective: least VRAM within 2% of the fastest when they asked for memory or
+    pinned offload on themselves; otherwise the fastest placement within the budget."""
+    return "memory" if performance_mode == "memory" or "dit_layerwise_offload" in set(pinned) else "speed"
+
+
+def tuning_key(*, fingerprint: str, gpu_key: dict[str, Any], identity: dict[str, Any], bucket: str,
+               batch_size: int, budget_bytes: int | None, objective: str) -> TuningKey:
+    """The one place a key is built from the plan (main process) or the worker's view of it."""
+    return TuningKey(
+        model_fingerprint=fingerprint,
+        gpu_name=str(gpu_key.get("name", "")),
+        gpu_total_memory_bytes=int(gpu_key.get("memory_total_bytes", 0)),
+        link=str(gpu_key.get("link", "")),
+        gpu_count=int(identity["num_gpus"]),
+        layout=str(identity["layout"]),
+        sglang_version=str(identity["sglang_version"]),
+        torch_version=str(identity["torch_version"]),
+        lora_adapters=tuple(identity.get("lora", ())),
+        batch_size=int(batch_size),
+        shape_bucket=bucket,
+        budget_bytes=budget_bytes,
+        objective=objective,
+    )

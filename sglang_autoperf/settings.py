@@ -14,6 +14,8 @@ ENV_LOSSY = "SGLANG_AUTOPERF_LOSSY"
 ENV_VRAM_BUDGET = "SGLANG_AUTOPERF_VRAM_BUDGET"
 ENV_CACHE_DIR = "SGLANG_AUTOPERF_CACHE_DIR"
 ENV_CALIBRATE = "SGLANG_AUTOPERF_CALIBRATE"
+# Record every denoising step's per-layer trace as JSON in this folder (benchmarks, fixtures).
+ENV_TRACE_DIR = "SGLANG_AUTOPERF_TRACE_DIR"
 # Test-only: names a stage ("apply", "worker", "measure") that raises on purpose, so tests can
 # prove an internal failure never breaks the user's run.
 ENV_FAIL_AT = "SGLANG_AUTOPERF_FAIL_AT"
@@ -63,6 +65,7 @@ class Settings:
     vram_budget: str | None = None  # raw text; parsed against free memory by plan.budget
     cache_dir: str = ""
     calibrate: bool = True  # measure + retune live; off = plan at startup only
+    trace_dir: str | None = None
     fail_at: str | None = None
 
     @classmethod
@@ -86,6 +89,7 @@ class Settings:
             cache_dir=str(default_cache_dir(env)),
             calibrate=calibrate,
             fail_at=fail_at,
+            trace_dir=(env.get(ENV_TRACE_DIR) or "").strip() or None,
         )
 
     def maybe_fail(self, stage: str) -> None:

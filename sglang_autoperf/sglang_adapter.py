@@ -245,6 +245,7 @@ def run_context(server_args):
         performance_mode=str(getattr(server_args, "performance_mode", "auto")),
         pinned={name: getattr(server_args, name, None) for name in sorted(explicit)},
         current=current_settings(server_args),
+        identity=worker_identity(server_args),
         **_workload_hints(server_args),
     )
 
@@ -444,14 +445,50 @@ def manager_layer_bytes(manager, layer_idx: int) -> int:
     return total
 
 
-def denoise_request_info(stage, ctx) -> dict[str, Any]:
-    """Shape and kind of the request a denoising loop serves (DenoisingContext fields)."""
-    latents = getattr(ctx, "latents", None)
+def request_shape(ctx, batch) -> dict[str, Any]:
+    """Shape and kind of the request a denoising loop serves (DenoisingContext and Req fields)."""
+
+    def first(value):
+        return value[0] if isinstance(value, (list, tuple)) and value else value
+
     return {
         "is_warmup": bool(getattr(ctx, "is_warmup", False)),
-        "num_inference_steps": int(getattr(ctx, "num_inference_steps", 0) or 0),
-        "latent_shape": tuple(latents.shape) if latents is not None else (),
+        "steps": int(getattr(ctx, "num_inference_steps", 0) or 0),
+        "width": int(first(getattr(batch, "width", 0)) or 0),
+        "height": int(first(getattr(batch, "height", 0)) or 0),
+        "num_frames": int(first(getattr(batch, "num_frames", 1)) or 1),
+        "batch_size": int(getattr(batch, "batch_size", 1) or 1),
+        "cfg": bool(getattr(batch, "do_classifier_free_guidance", False)),
     }
+
+
+def worker_rank(worker) -> int:
+    return int(getattr(worker, "rank", 0) or 0)
+
+
+def worker_identity(args, rank: int = 0) -> dict[str, Any]:
+    """What of ServerArgs keys a tuning result (layout, LoRA, versions), in main or worker."""
+    import torch
+    from importlib import metadata
+
+    lora = getattr(args, "lora_path", None)
+    return {
+        "rank": rank,
+        "num_gpus": int(args.num_gpus or 1),
+        "layout": (
+            f"tp{args.tp_size}-ulysses{args.ulysses_degree}-ring{args.ring_degree}"
+            f"-cfg{args.cfg_parallel_degree or 1}-dp{args.dp_size}"
+        ),
+        "lora": tuple(sorted([lora] if isinstance(lora, str) else (lora or []))),
+        "sglang_version": metadata.version("sglang"),
+        "torch_version": torch.__version__,
+        "performance_mode": str(args.performance_mode),
+        "pinned": sorted(_explicit(args)),
+    }
+
+
+def worker_pipeline(worker):
+    return worker.pipeline
 
 
 def step_index(step) -> int:

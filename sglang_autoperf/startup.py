@@ -26,6 +26,7 @@ class RunContext:
     num_frames: int | None = None
     steps: int | None = None
     guidance_scale: float | None = None
+    identity: dict[str, Any] = field(default_factory=dict)  # versions, layout, LoRA: part of the cache key
 
 
 @dataclass
@@ -42,6 +43,8 @@ class StartupPlan:
     plan: dict[str, Any] | None = None  # the planner's full Plan, when one was made
     model_fingerprint: str | None = None
     workload: dict[str, Any] | None = None
+    gpu_key: dict[str, Any] | None = None  # what of the GPU keys a tuning result (not free memory, not UUID)
+    budget_bytes: int | None = None  # the user's VRAM budget per GPU (SGLANG_AUTOPERF_VRAM_BUDGET), if any
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True, default=str)
@@ -124,6 +127,17 @@ def _plan_cuda(ctx: RunContext, settings: Settings, base: dict[str, Any]) -> Sta
         platform=ctx.platform,
     )
     plan_dict = plan.to_dict()
+    first = gpu.devices[0]
+    gpu_key = {
+        "name": first.name,
+        "memory_total_bytes": first.memory_total_bytes,
+        "link": f"pcie{first.pcie_generation}x{first.pcie_width}",
+    }
+    if plan_dict["dit"]["offload"] and settings.calibrate and ctx.identity:
+        from sglang_autoperf.cache import shape_bucket
+
+        bucket = shape_bucket(width, height, frames, 1, workload.cfg_passes > 1)
+        _calibration_changes(ctx, settings, plan_dict, model.fingerprint, gpu_key, bucket, budget)
     return StartupPlan(
         active=True,
         reason="planned from probes" + (f" within a {budget / 2**30:.1f} GiB budget" if budget else ""),
@@ -132,5 +146,54 @@ def _plan_cuda(ctx: RunContext, settings: Settings, base: dict[str, Any]) -> Sta
         plan=plan_dict,
         model_fingerprint=model.fingerprint,
         workload=asdict(workload),
+        gpu_key=gpu_key,
+        budget_bytes=budget,
         **base,
     )
+
+
+def _set_change(plan_dict: dict[str, Any], ctx: RunContext, setting: str, after: Any, reason: str) -> None:
+    """Replace or add one change, unless the user pinned that flag (then say so in a note)."""
+    changes = plan_dict["changes"]
+    if setting in ctx.pinned:
+        if ctx.pinned[setting] != after:
+            plan_dict["notes"].append(f"{setting} is pinned to {ctx.pinned[setting]!r}; would have set {after!r}: {reason}")
+        return
+    before = ctx.current.get(setting)
+    changes[:] = [c for c in changes if c["setting"] != setting]
+    if before != after:
+        changes.append({"setting": setting, "before": before, "after": after, "reason": reason})
+
+
+def _calibration_changes(ctx: RunContext, settings: Settings, plan_dict: dict[str, Any], fingerprint: str,
+                         gpu_key: dict[str, Any], bucket: str, budget: int | None) -> None:
+    """A tuned placement from the cache, or a warmup request to calibrate on, for this DiT stream."""
+    from sglang_autoperf.cache import TuningCache, tuning_key, tuning_objective
+    from sglang_autoperf.measure.live import calibration_steps
+
+    key = tuning_key(
+        fingerprint=fingerprint, gpu_key=gpu_key, identity=ctx.identity, bucket=bucket, batch_size=1,
+        budget_bytes=budget, objective=tuning_objective(ctx.performance_mode, ctx.pinned),
+    )
+    cached = TuningCache(settings.cache_dir).get(key)
+    if cached is not None:
+        p = cached.placement
+        why = f"measured by an earlier calibration of {bucket} ({cached.created_at}): {cached.reason}"
+        _set_change(plan_dict, ctx, "dit_layerwise_resident_layers", p.resident_layers, why)
+        _set_change(plan_dict, ctx, "dit_offload_prefetch_size", p.prefetch_layers, why)
+        _set_change(plan_dict, ctx, "dit_layerwise_residency_policy", p.policy, why)
+        plan_dict["notes"].append(f"tuning cache hit for {bucket}: {p.label()}; no calibration needed")
+        return
+    if ctx.current.get("warmup_mode") not in (None, "off"):
+        plan_dict["notes"].append(f"calibrating during the warmup the user configured ({ctx.current.get('warmup_mode')})")
+        return
+    if "warmup_mode" in ctx.pinned:
+        plan_dict["notes"].append("warmup is pinned off: calibrating across the first requests instead")
+        return
+    steps = calibration_steps()
+    _set_change(plan_dict, ctx, "warmup_mode", "request",
+                f"no tuning for {bucket} in the cache: calibrate resident layers and prefetch on a warmup copy "
+                f"of the first request, so no real request changes placement mid-way")
+    _set_change(plan_dict, ctx, "warmup_steps", steps,
+                f"{steps} warmup steps: 3 at the planned placement, then 3 for each of up to "
+                f"{(steps - 3) // 3} candidates (bounded; the result is cached)")

@@ -1,24 +1,473 @@
-"""Worker-side glue between sglang's denoising loop and the overlap monitor / retuner.
+"""Worker-side glue: measure during warmup, retune the live offload managers, cache the result.
 
 Every hook here passes straight through unless `attach_worker` found layerwise-offloaded DiT
-managers on a CUDA worker.
+managers on a CUDA worker. Placement changes happen only at safe points: between denoising steps
+of a *warmup* request (its output is discarded), or at the start of a real request. A real
+request never sees its placement change mid-way.
+
+Calibration, per shape bucket, once:
+  baseline: 2 traced steps at the current placement (after one untraced step);
+  candidates: the retuner predicts from those traces which placements fit the free VRAM and
+  should be faster; each gets one untraced transition step and 2 traced steps;
+  decision: keep a candidate only if measured faster than the baseline beyond the spread.
+The number of candidates is bounded by the steps the warmup request has and by a time bound.
 """
 from __future__ import annotations
 
-_state = None
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from sglang_autoperf import sglang_adapter as sa
+from sglang_autoperf.measure.trace import Placement, StepTrace
+from sglang_autoperf.plugin import logger
+
+STEPS_PER_TRIAL = 3  # one transition step (re-pinning residents costs a copy) + 2 measured
+BASELINE_STEPS = 3  # step 0 of a request also holds kernel autotuning: not measured
+MAX_CANDIDATES = 3
+MAX_CALIBRATION_S = 90.0
+VRAM_SAFETY_BYTES = 1 << 30  # fragmentation and allocator slack beyond what the traces showed
+
+_state: "WorkerTuner | None" = None
 
 
-def attach_worker(worker, plan, settings) -> None:
+def calibration_steps(max_candidates: int = MAX_CANDIDATES) -> int:
+    """Denoising steps a warmup request needs to calibrate `max_candidates` placements."""
+    return BASELINE_STEPS + STEPS_PER_TRIAL * max_candidates
+
+
+@dataclass
+class Calibration:
+    bucket: str
+    batch_size: int
+    step_mode: bool  # True: trials switch between steps of a warmup request; False: between requests
+    baseline: Placement
+    objective: str
+    max_candidates: int
+    started: float = field(default_factory=time.perf_counter)
+    trials: list[Placement] = field(default_factory=list)
+    trial: int = 0
+    skip_next: bool = True
+    measured: dict[Placement, list[float]] = field(default_factory=dict)
+    traces: dict[Placement, list[StepTrace]] = field(default_factory=dict)
+    failed: dict[Placement, str] = field(default_factory=dict)
+    proposed: bool = False
+    done: bool = False
+    steps_used: int = 0
+
+    def __post_init__(self):
+        self.trials = [self.baseline]
+
+    @property
+    def placement(self) -> Placement:
+        return self.trials[self.trial]
+
+
+class WorkerTuner:
+    def __init__(self, worker, plan, settings, managers: dict[str, list]):
+        from sglang_autoperf.cache import TuningCache
+        from sglang_autoperf.measure.monitor import OverlapMonitor
+
+        self.worker = worker
+        self.plan = plan
+        self.settings = settings
+        self.managers = managers
+        self.primary = managers.get("transformer") or next(iter(managers.values()))
+        self.identity = sa.worker_identity(worker.server_args, rank=sa.worker_rank(worker))
+        self.monitor = OverlapMonitor(managers)
+        self.cache = TuningCache(settings.cache_dir)
+        self.results: dict[str, Any] = {}  # bucket -> TuningResult
+        self.calibration: Calibration | None = None
+        self.request: dict[str, Any] | None = None
+        self.single_list = all(len(group) == 1 for group in managers.values())
+        self.recorded: list[StepTrace] = []  # every traced step of this request, for the trace dir
+        self.requests_seen = 0
+
+    # -- placement ---------------------------------------------------------------------------
+
+    def placement(self) -> Placement:
+        s = sa.manager_setting(self.primary[0])
+        return Placement(s["resident_layers"], s["prefetch_layers"], s["policy"])
+
+    def apply(self, placement: Placement) -> None:
+        for group in self.managers.values():
+            for manager in group:
+                sa.set_manager_placement(
+                    manager,
+                    prefetch_layers=placement.prefetch_layers,
+                    resident_layers=placement.resident_layers,
+                    policy=placement.policy,
+                )
+
+    def layer_bytes(self) -> list[int]:
+        m = self.primary[0]
+        return [sa.manager_layer_bytes(m, i) for i in range(m.num_layers)]
+
+    def headroom_bytes(self) -> int:
+        import torch
+
+        free, _total = torch.cuda.mem_get_info()
+        headroom = free - VRAM_SAFETY_BYTES
+        budget = self.plan.budget_bytes
+        if budget:
+            headroom = min(headroom, int(budget) - int(torch.cuda.memory_reserved()))
+        return max(0, int(headroom))
+
+    def objective(self) -> str:
+        from sglang_autoperf.cache import tuning_objective
+
+        return tuning_objective(self.identity["performance_mode"], self.identity["pinned"])
+
+    # -- cache -------------------------------------------------------------------------------
+
+    def bucket(self, shape: dict[str, Any]) -> str:
+        from sglang_autoperf.cache import shape_bucket
+
+        return shape_bucket(shape["width"], shape["height"], shape["num_frames"], shape["batch_size"], shape["cfg"])
+
+    def key(self, bucket: str, batch_size: int):
+        from sglang_autoperf.cache import tuning_key
+
+        return tuning_key(
+            fingerprint=self.plan.model_fingerprint or "",
+            gpu_key=self.plan.gpu_key or {},
+            identity=self.identity,
+            bucket=bucket,
+            batch_size=batch_size,
+            budget_bytes=self.plan.budget_bytes,
+            objective=self.objective(),
+        )
+
+    # -- request boundaries ------------------------------------------------------------------
+
+    def begin_request(self, shape: dict[str, Any]) -> None:
+        bucket = self.bucket(shape)
+        self.request = dict(shape, bucket=bucket, step=0)
+        if self.calibration is not None and self.calibration.bucket == bucket and not self.calibration.step_mode:
+            self._apply_pending_trial()
+            return
+        result = self.results.get(bucket)
+        if result is None:
+            result = self.cache.get(self.key(bucket, shape["batch_size"]))
+            if result is not None:
+                self.results[bucket] = result
+                logger().info(
+                    "[autoperf] tuning cache hit for %s: %s (calibrated %s); no calibration needed",
+                    bucket, result.placement.label(), result.created_at,
+                )
+        if result is not None:
+            if result.placement != self.placement():
+                self.apply(result.placement)
+            return
+        if not self.single_list:
+            logger().info("[autoperf] live retuning covers DiTs with one offloaded layer list; the startup plan stands")
+            self.results[bucket] = None
+            return
+        step_mode = shape["is_warmup"]
+        usable = max(0, shape["steps"] - BASELINE_STEPS) // STEPS_PER_TRIAL if step_mode else MAX_CANDIDATES
+        if step_mode and usable < 1:
+            logger().info(
+                "[autoperf] warmup request has %d steps; calibration needs at least %d: measuring only",
+                shape["steps"], calibration_steps(1),
+            )
+        self.calibration = Calibration(
+            bucket=bucket, batch_size=shape["batch_size"], step_mode=step_mode, baseline=self.placement(), objective=self.objective(),
+            max_candidates=min(MAX_CANDIDATES, usable),
+        )
+        logger().info(
+            "[autoperf] calibrating %s %s, starting from %s",
+            bucket,
+            "during this warmup request (between its steps)" if step_mode
+            else "across the first requests (placement changes only between requests)",
+            self.calibration.baseline.label(),
+        )
+
+    def end_request(self) -> None:
+        cal = self.calibration
+        request, self.request = self.request, None
+        self.requests_seen += 1
+        if self.settings.trace_dir and self.recorded and request is not None:
+            self._write_traces(request)
+        if cal is None:
+            return
+        if cal.step_mode or cal.done:
+            self._finish(cal)
+
+    # -- step boundaries ---------------------------------------------------------------------
+
+    def run_step(self, original, args, kwargs):
+        """One denoising step; our own failures disable tuning, the step itself always runs."""
+        try:
+            cal = self.calibration
+            request = self.request
+            trace_it = False
+            if cal is not None and request is not None and not cal.done:
+                trace_it = not cal.skip_next
+                cal.skip_next = False
+                if trace_it:
+                    self.monitor.begin_step(request["step"], cal.placement)
+            else:
+                cal = None
+                if request is not None and self.settings.trace_dir and request["step"] > 0:
+                    trace_it = True
+                    self.monitor.begin_step(request["step"], self.placement())
+        except Exception as exc:
+            _disable("step start", exc)
+            return original(*args, **kwargs)
+        if cal is None:
+            result = original(*args, **kwargs)
+            if request is not None:
+                request["step"] += 1
+            if trace_it:
+                try:
+                    self.recorded.append(self.monitor.resolve(self.monitor.end_step()))
+                except Exception as exc:
+                    _disable("step trace", exc)
+            return result
+        try:
+            result = original(*args, **kwargs)
+        except Exception as exc:
+            self.monitor.end_step()
+            if not _is_oom(exc) or cal.placement == cal.baseline:
+                raise
+            self._oom_rollback(cal, exc)
+            request["step"] += 1
+            return original(*args, **kwargs)  # the failed step had not advanced the latents
+        try:
+            request["step"] += 1
+            cal.steps_used += 1
+            if trace_it:
+                trace = self.monitor.resolve(self.monitor.end_step())
+                self.recorded.append(trace)
+                cal.measured.setdefault(cal.placement, []).append(trace.wall_ms)
+                cal.traces.setdefault(cal.placement, []).append(trace)
+                if len(cal.measured[cal.placement]) >= 2:
+                    self._advance(cal)
+        except Exception as exc:
+            _disable("step measurement", exc)
+        return result
+
+    def _write_traces(self, request: dict[str, Any]) -> None:
+        import json
+        import os
+
+        import torch
+        from importlib import metadata
+
+        from sglang_autoperf.measure.trace import TraceRecording
+
+        steps, self.recorded = self.recorded, []
+        rec = TraceRecording(
+            source=(
+                f"recorded by sglang-autoperf's overlap monitor on {torch.cuda.get_device_name()}, "
+                f"{time.strftime('%Y-%m-%d')}, sglang {metadata.version('sglang')}, torch {torch.__version__}"
+            ),
+            layer_bytes=self.layer_bytes(),
+            steps=steps,
+            meta={"bucket": request["bucket"], "warmup": request["is_warmup"], "steps": request["steps"],
+                  "model_fingerprint": self.plan.model_fingerprint, "rank": self.identity["rank"]},
+        )
+        os.makedirs(self.settings.trace_dir, exist_ok=True)
+        path = os.path.join(
+            self.settings.trace_dir, f"trace-rank{self.identity['rank']}-req{self.requests_seen}-pid{os.getpid()}.json"
+        )
+        with open(path, "w") as f:
+            json.dump(rec.to_dict(), f)
+
+    def _advance(self, cal: Calibration) -> None:
+        if not cal.proposed:
+            cal.proposed = True
+            cal.trials.extend(self._propose(cal))
+        cal.trial += 1
+        remaining_steps = (self.request["steps"] - self.request["step"]) if cal.step_mode else None
+        out_of_time = time.perf_counter() - cal.started > MAX_CALIBRATION_S
+        if (
+            cal.trial >= len(cal.trials)
+            or out_of_time
+            or (remaining_steps is not None and remaining_steps < STEPS_PER_TRIAL)
+        ):
+            cal.trial = min(cal.trial, len(cal.trials) - 1)
+            cal.done = True
+            return
+        if cal.step_mode:
+            self.apply(cal.placement)
+            cal.skip_next = True
+
+    def _apply_pending_trial(self) -> None:
+        cal = self.calibration
+        if cal.placement != self.placement():
+            self.apply(cal.placement)
+        cal.skip_next = True  # step 0 of a request is never measured
+
+    def _propose(self, cal: Calibration) -> list[Placement]:
+        from sglang_autoperf.retune.retuner import propose
+
+        if cal.max_candidates < 1:
+            return []
+        candidates = propose(
+            cal.traces[cal.baseline], self.layer_bytes(), cal.baseline, self.headroom_bytes(),
+            objective=cal.objective, max_candidates=cal.max_candidates,
+        )
+        placements = _agree_on_placements([c.placement for c in candidates])
+        for c in candidates:
+            logger().info(
+                "[autoperf] candidate %s: predicted %.1f ms/step, +%.2f GiB: %s",
+                c.placement.label(), c.predicted_step_ms, c.extra_vram_bytes / 2**30, c.reason,
+            )
+        if not placements:
+            logger().info("[autoperf] no candidate predicted faster within the free VRAM; keeping %s", cal.baseline.label())
+        return placements
+
+    def _oom_rollback(self, cal: Calibration, exc: BaseException) -> None:
+        import torch
+
+        bad = cal.placement
+        cal.failed[bad] = f"{type(exc).__name__}"
+        cal.measured[bad] = []
+        logger().warning("[autoperf] %s ran out of memory; rolled back to %s", bad.label(), cal.baseline.label())
+        self.apply(cal.baseline)
+        torch.cuda.empty_cache()
+        cal.trials = [p for p in cal.trials if p != bad] if bad != cal.baseline else cal.trials
+        cal.trial = 0
+        cal.done = True
+
+    def _finish(self, cal: Calibration) -> None:
+        from sglang_autoperf.cache import TuningResult
+        from sglang_autoperf.report import format_calibration_table
+        from sglang_autoperf.retune.retuner import decide
+
+        self.calibration = None
+        measured = {p: _agree_on_times(cal.measured.get(p, [])) for p in cal.trials}
+        vram = {p: max((t.peak_allocated_bytes for t in cal.traces.get(p, [])), default=0) for p in cal.trials}
+        if not measured.get(cal.baseline):
+            logger().info("[autoperf] calibration of %s measured no baseline steps; nothing changed", cal.bucket)
+            return
+        decision = decide(cal.baseline, measured, vram, cal.objective)
+        if decision.placement != self.placement():
+            self.apply(decision.placement)
+        before = cal.traces[cal.baseline]
+        after = cal.traces.get(decision.placement) or before
+        result = TuningResult.from_calibration(
+            placement=decision.placement,
+            baseline=cal.baseline,
+            objective=cal.objective,
+            reason=decision.reason,
+            stats=decision.stats,
+            calibration_s=time.perf_counter() - cal.started,
+            steps_used=cal.steps_used,
+            before=before,
+            after=after,
+            vram_bytes=vram.get(decision.placement, 0),
+        )
+        self.results[cal.bucket] = result
+        if self.identity["rank"] == 0:
+            self.cache.put(self.key(cal.bucket, cal.batch_size), result)
+        logger().info(
+            "[autoperf] calibration of %s: %s %s (%s)",
+            cal.bucket, "switched to" if decision.kept_new else "kept", decision.placement.label(), decision.reason,
+        )
+        for line in format_calibration_table(result).splitlines():
+            logger().info("[autoperf] %s", line)
+
+
+def _is_oom(exc: BaseException) -> bool:
+    import torch
+
+    return isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in str(exc).lower()
+
+
+def _dist_world():
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        return dist
     return None
 
 
-def around_denoising_loop(original, stage, ctx, *args, **kwargs):
-    return original(stage, ctx, *args, **kwargs)
+def _agree_on_placements(placements: list[Placement]) -> list[Placement]:
+    """Every rank tries the same candidates: rank 0's proposal wins."""
+    dist = _dist_world()
+    if dist is None:
+        return placements
+    box = [placements]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
 
 
-def around_denoising_step(original, stage, ctx, step, *args, **kwargs):
-    return original(stage, ctx, step, *args, **kwargs)
+def _agree_on_times(times: list[float]) -> list[float]:
+    """A placement is as fast as its slowest rank: element-wise max over ranks."""
+    dist = _dist_world()
+    if dist is None or not times:
+        return times
+    import torch
+
+    t = torch.tensor(times, dtype=torch.float64, device="cuda")
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return [float(x) for x in t.tolist()]
+
+
+# ---------------------------------------------------------------------------- hooks
+
+
+def attach_worker(worker, plan, settings) -> None:
+    global _state
+    import torch
+
+    if not torch.cuda.is_available():
+        return
+    managers = sa.offload_managers(sa.worker_pipeline(worker))
+    if not managers:
+        logger().info("[autoperf] no layerwise-offloaded DiT in this worker: nothing to measure")
+        return
+    _state = WorkerTuner(worker, plan, settings, managers)
+    placement = _state.placement()
+    logger().info(
+        "[autoperf] overlap monitor attached to %s (%s)",
+        ", ".join(f"{name} ({len(group)} layer list(s))" for name, group in managers.items()),
+        placement.label(),
+    )
+
+
+def around_denoising_loop(original, stage, ctx, batch, *args, **kwargs):
+    tuner = _state
+    if tuner is None:
+        return original(stage, ctx, batch, *args, **kwargs)
+    try:
+        tuner.settings.maybe_fail("measure")
+        tuner.begin_request(sa.request_shape(ctx, batch))
+    except Exception as exc:
+        _disable("request start", exc)
+        return original(stage, ctx, batch, *args, **kwargs)
+    result = original(stage, ctx, batch, *args, **kwargs)
+    try:
+        tuner.end_request()
+    except Exception as exc:
+        _disable("calibration", exc)
+    return result
+
+
+def around_denoising_step(original, *args, **kwargs):
+    tuner = _state
+    if tuner is None or (tuner.calibration is None and not tuner.settings.trace_dir):
+        return original(*args, **kwargs)
+    return tuner.run_step(original, args, kwargs)
 
 
 def around_prefetch_layer(original, manager, layer_idx, *args, **kwargs):
-    return original(manager, layer_idx, *args, **kwargs)
+    tuner = _state
+    if tuner is None or not tuner.monitor.active:
+        return original(manager, layer_idx, *args, **kwargs)
+    return tuner.monitor.around_prefetch(original, manager, layer_idx, *args, **kwargs)
+
+
+def _disable(what: str, exc: BaseException) -> None:
+    """An error of ours: restore the placement sglang started with and stop measuring."""
+    global _state
+    tuner, _state = _state, None
+    try:
+        if tuner is not None and tuner.calibration is not None:
+            tuner.apply(tuner.calibration.baseline)
+        if tuner is not None:
+            tuner.monitor.detach()
+    finally:
+        sa._step_aside(f"live tuning ({what})", exc)
