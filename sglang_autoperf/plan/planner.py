@@ -350,7 +350,8 @@ def make_plan(
         backend = current.get("attention_backend")
         default = "fa" if (cc >= (8, 0) and (avail is None or "fa" in avail)) else "torch_sdpa"
         plan.notes.append(f"attention_backend left to sglang ({backend or 'default'}; it resolves to {default} on sm{cc[0]}{cc[1]})")
-    if cc[0] in AUTOTUNE_MAJORS:
+    if cc[0] in AUTOTUNE_MAJORS and "attention_backend" not in pinned:
+        # Autotune may pick another backend per layer: never over a backend the user chose.
         want["enable_attention_backend_autotune"] = True
         reasons["enable_attention_backend_autotune"] = (
             f"per-layer attention autotune on: validated by sglang on sm90/sm12x, this card is sm{cc[0]}{cc[1]}")
