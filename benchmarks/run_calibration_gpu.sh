@@ -15,7 +15,7 @@ set -uo pipefail
 OUT=${OUT:-/tmp/out}
 R=/tmp/calib
 PY=${PY:-python3}
-ARMS=${ARMS:-A B C D E F G}
+ARMS=${ARMS:-A B C D G}
 rm -rf "$R"; mkdir -p "$R" "$OUT"
 export PYTHONUNBUFFERED=1 SGLANG_AUTOPERF_CACHE_DIR=$R/cache
 T0=$(date +%s)
