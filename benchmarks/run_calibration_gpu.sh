@@ -27,6 +27,7 @@ $PY -m sglang_autoperf.probe.nvml_snapshot > "$R/nvml_snapshot.json" 2> "$R/nvml
 $PY -m sglang_autoperf.cli probe --json > "$R/probe.json" 2>&1
 $PY -m sglang_autoperf.cli probe > "$R/probe.txt" 2>&1; cat "$R/probe.txt"
 $PY tests/gpu/test_probe_live.py > "$R/probe_live.log" 2>&1; tail -8 "$R/probe_live.log"
+cp "$R/nvml_snapshot.json" "$OUT/nvml_snapshot.json" 2>/dev/null
 
 say "checkpoint"
 M=$($PY benchmarks/make_checkpoints.py wan2.1-t2v-1.3b --print-path | tail -1)
@@ -43,6 +44,9 @@ arm() {  # name, autoperf(0/1), server-args, frames, steps, requests, [extra env
   env "$@" timeout 240 $PY benchmarks/gen_api.py --model-path "$M" --out "$R/$name/run.json" \
     --frames "$frames" --steps "$steps" --requests "$reqs" --server-args "$sargs" > "$R/$name/log.txt" 2>&1
   echo "  rc=$?"; grep -E '^\{' "$R/$name/log.txt" | tail -3
+  # results leave the machine as each arm ends, in case a later arm runs past the call's limit
+  [ -f "$R/$name/run.json" ] && { $PY -c "import json,sys; print(json.dumps({'arm': sys.argv[1], **json.load(open(sys.argv[2]))}))" "$name" "$R/$name/run.json" >> "$OUT/arms.jsonl"; }
+  { echo "== $name"; grep -a "\[autoperf" "$R/$name/log.txt" | cut -c1-400; } >> "$OUT/autoperf_lines.txt"
   grep -aE "\[autoperf\] (calibrat|candidate|tuning cache|set |plan:|overlap)" "$R/$name/log.txt" | cut -c1-260 | head -12
 }
 for a in $ARMS; do
@@ -78,5 +82,6 @@ for k,v in d['arms'].items():
     for i,r in enumerate(v['requests']): print(f\"{k:22s} req{i} median {r.get('steady_median_ms')} peakMB {r.get('peak_memory_mb')} sha {str(r.get('sha256'))[:12]}\")
     if v.get('error'): print(k, 'ERROR', v['error'][:200])"
 cp "$R/nvml_snapshot.json" "$OUT/nvml_snapshot.json" 2>/dev/null
+t=$(ls "$R"/traces-C/*.json 2>/dev/null | head -1); [ -n "$t" ] && cp "$t" "$OUT/trace_C_warmup.json"
 tar czf "$OUT/calibration.tar.gz" -C /tmp calib
 say "done"
