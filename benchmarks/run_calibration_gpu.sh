@@ -15,12 +15,13 @@ set -uo pipefail
 OUT=${OUT:-/tmp/out}
 R=/tmp/calib
 PY=${PY:-python3}
-ARMS=${ARMS:-A B C D G}
+ARMS=${ARMS:-A B C D E G}
 rm -rf "$R"; mkdir -p "$R" "$OUT"
 export PYTHONUNBUFFERED=1 SGLANG_AUTOPERF_CACHE_DIR=$R/cache
 T0=$(date +%s)
 say() { echo "[calib $(( $(date +%s) - T0 ))s] $*"; }
 
+if [ -z "${SKIP_PROBES:-}" ]; then
 say "probes"
 nvidia-smi > "$R/nvidia-smi.txt" 2>&1
 $PY -m sglang_autoperf.probe.nvml_snapshot > "$R/nvml_snapshot.json" 2> "$R/nvml_snapshot.err"
@@ -28,6 +29,7 @@ $PY -m sglang_autoperf.cli probe --json > "$R/probe.json" 2>&1
 $PY -m sglang_autoperf.cli probe > "$R/probe.txt" 2>&1; cat "$R/probe.txt"
 $PY tests/gpu/test_probe_live.py > "$R/probe_live.log" 2>&1; tail -8 "$R/probe_live.log"
 cp "$R/nvml_snapshot.json" "$OUT/nvml_snapshot.json" 2>/dev/null
+fi
 
 say "checkpoint"
 M=$($PY benchmarks/make_checkpoints.py wan2.1-t2v-1.3b --print-path | tail -1)
@@ -53,7 +55,7 @@ for a in $ARMS; do
   case $a in
     A) arm A-off-resident 0 "$SA_OFF" 17 8 2 ;;
     B) arm B-off-forced 0 "$SA_ON" 17 8 2 ;;
-    C) arm C-on-cold 1 "$SA_ON" 17 8 2 SGLANG_AUTOPERF_TRACE_DIR=$R/traces-C ;;
+    C) arm C-on-cold 1 "$SA_ON" 17 8 2 ;;
     D) arm D-on-warm 1 "$SA_ON" 17 8 2 ;;
     E) arm E-on-traced 1 "$SA_ON" 17 8 2 SGLANG_AUTOPERF_TRACE_DIR=$R/traces-E ;;
     F) arm F-off-forced-81f 0 "$SA_ON" 81 4 1 ;;
@@ -82,6 +84,6 @@ for k,v in d['arms'].items():
     for i,r in enumerate(v['requests']): print(f\"{k:22s} req{i} median {r.get('steady_median_ms')} peakMB {r.get('peak_memory_mb')} sha {str(r.get('sha256'))[:12]}\")
     if v.get('error'): print(k, 'ERROR', v['error'][:200])"
 cp "$R/nvml_snapshot.json" "$OUT/nvml_snapshot.json" 2>/dev/null
-t=$(ls "$R"/traces-C/*.json 2>/dev/null | head -1); [ -n "$t" ] && cp "$t" "$OUT/trace_C_warmup.json"
+t=$(ls "$R"/traces-E/*req1*.json 2>/dev/null | head -1); [ -n "$t" ] && cp "$t" "$OUT/trace_E_request.json"
 tar czf "$OUT/calibration.tar.gz" -C /tmp calib
 say "done"

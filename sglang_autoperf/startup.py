@@ -178,7 +178,9 @@ def _calibration_changes(ctx: RunContext, settings: Settings, plan_dict: dict[st
     cached = TuningCache(settings.cache_dir).get(key)
     if cached is not None:
         p = cached.placement
-        why = f"measured by an earlier calibration of {bucket} ({cached.created_at}): {cached.reason}"
+        from sglang_autoperf.measure.live import _when
+
+        why = f"measured by an earlier calibration of {bucket} ({_when(cached.created_at)}): {cached.reason}"
         _set_change(plan_dict, ctx, "dit_layerwise_resident_layers", p.resident_layers, why)
         _set_change(plan_dict, ctx, "dit_offload_prefetch_size", p.prefetch_layers, why)
         _set_change(plan_dict, ctx, "dit_layerwise_residency_policy", p.policy, why)

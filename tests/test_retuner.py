@@ -1,9 +1,12 @@
 """Retuner on SYNTHETIC traces built here (recorded GPU traces go to tests/fixtures/traces/ later)."""
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 
-from sglang_autoperf.measure.trace import LayerTiming, PassTrace, Placement, StepTrace
+from sglang_autoperf.measure.trace import LayerTiming, PassTrace, Placement, StepTrace, TraceRecording
 from sglang_autoperf.plan.cost import streamed_layers
 from sglang_autoperf.retune.retuner import (
     calibration_budget,
@@ -222,3 +225,42 @@ def test_calibration_budget():
     assert calibration_budget(100.0, 0, 3, 20) == 0
     with pytest.raises(ValueError):
         calibration_budget(0.0, 10.0, 3, 20)
+
+
+# --- on a trace recorded on a real GPU (tests/fixtures/traces/, labelled with card/date/sglang) ---
+
+RECORDED = Path(__file__).parent / "fixtures" / "traces" / "h200-wan2.1-1.3b-17f-offload-prefetch1-2026-11-27.json"
+
+
+def _recorded():
+    rec = TraceRecording.from_dict(json.loads(RECORDED.read_text()))
+    assert "H200" in rec.source and "sglang 0.5.23" in rec.source
+    return rec
+
+
+def test_recorded_trace_is_what_the_monitor_measured():
+    rec = _recorded()
+    step = rec.steps[0]
+    assert step.placement == Placement(0, 1, "leading")
+    assert [p.num_layers for p in step.passes] == [30, 30]  # Wan-1.3B, CFG: two passes per step
+    # every streamed layer's copy is ~93 MB at 50-56 GB/s, well inside its ~4 ms of compute
+    assert 50 < step.h2d_gbps < 57
+    assert step.compute_ms < step.wall_ms and step.exposed_ms > 0
+
+
+def test_recorded_trace_memory_objective_deepens_prefetch_without_residency():
+    rec = _recorded()
+    cands = propose(rec.steps[:2], rec.layer_bytes, Placement(0, 1, "leading"), 100 << 30,
+                    objective="memory", max_candidates=3)
+    assert cands, "the pre-hook stall at prefetch 1 should make deeper prefetch worth a trial"
+    for c in cands:
+        assert c.placement.prefetch_layers > 1
+        assert c.extra_vram_bytes < 2 << 30  # far below making the 2.6 GB DiT resident
+
+
+def test_recorded_trace_speed_objective_respects_headroom():
+    rec = _recorded()
+    roomy = propose(rec.steps[:2], rec.layer_bytes, Placement(0, 1, "leading"), 100 << 30, objective="speed")
+    assert roomy and max(c.placement.resident_layers for c in roomy) > 0
+    tight = propose(rec.steps[:2], rec.layer_bytes, Placement(0, 1, "leading"), 300 << 20, objective="speed")
+    assert all(c.extra_vram_bytes <= 300 << 20 for c in tight)

@@ -153,7 +153,7 @@ class WorkerTuner:
                 self.results[bucket] = result
                 logger().info(
                     "[autoperf] tuning cache hit for %s: %s (calibrated %s); no calibration needed",
-                    bucket, result.placement.label(), result.created_at,
+                    bucket, result.placement.label(), _when(result.created_at),
                 )
         if result is not None:
             if result.placement != self.placement():
@@ -367,7 +367,14 @@ class WorkerTuner:
             cal.bucket, "switched to" if decision.kept_new else "kept", decision.placement.label(), decision.reason,
         )
         for line in format_calibration_table(result).splitlines():
-            logger().info("[autoperf] %s", line)
+            logger().info("%s", line if line.startswith("[autoperf]") else f"[autoperf] {line}")
+
+
+def _when(created_at) -> str:
+    try:
+        return time.strftime("%Y-%m-%d %H:%M", time.localtime(float(created_at)))
+    except (TypeError, ValueError):
+        return str(created_at)
 
 
 def _is_oom(exc: BaseException) -> bool:

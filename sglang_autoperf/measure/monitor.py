@@ -15,7 +15,7 @@ from sglang_autoperf import sglang_adapter as sa
 from sglang_autoperf.measure.trace import LayerTiming, PassTrace, Placement, StepTrace
 
 
-def _event():
+def _new_event():
     import torch
 
     return torch.cuda.Event(enable_timing=True)
@@ -54,6 +54,9 @@ class OverlapMonitor:
         self._copies: dict[tuple[int, int], _LayerEvents] = {}  # (id(manager), layer) -> copy events
         self._layer_bytes: dict[tuple[int, int], int] = {}
         self._names: dict[int, tuple[str, str, int]] = {}
+        # Creating a CUDA event costs host time, and in a launch-bound step host time is step
+        # time: events are created once and reused after each step has been read.
+        self._pool: list = []
         for component, group in managers.items():
             for manager in group:
                 self._names[id(manager)] = (component, manager.layers_attr_str, manager.num_layers)
@@ -77,6 +80,9 @@ class OverlapMonitor:
 
     # -- hot path: record events only ------------------------------------------------------
 
+    def _event(self):
+        return self._pool.pop() if self._pool else _new_event()
+
     def _layer_events(self, manager, i: int) -> _LayerEvents:
         key_m = id(manager)
         if i == 0:
@@ -91,7 +97,7 @@ class OverlapMonitor:
             if self._current is None:
                 return None
             ev = self._layer_events(manager, i)
-            ev.arrive = _event()
+            ev.arrive = self._event()
             ev.arrive.record()
             return None
 
@@ -106,7 +112,7 @@ class OverlapMonitor:
             ev = self._current.passes.get(pass_key, {}).get(i)
             if ev is None:
                 return None
-            ev.start = _event()
+            ev.start = self._event()
             ev.start.record()
             copy = self._copies.pop((id(manager), i), None)
             if copy is not None:
@@ -123,7 +129,7 @@ class OverlapMonitor:
             pass_key = (component, attr, n, self._pass_index.get(id(manager), 0))
             ev = self._current.passes.get(pass_key, {}).get(i)
             if ev is not None and ev.start is not None:
-                ev.end = _event()
+                ev.end = self._event()
                 ev.end.record()
             return None
 
@@ -141,7 +147,7 @@ class OverlapMonitor:
         # sglang's prefetch first makes the copy stream wait for the compute queued so far;
         # doing that wait here first puts the start event where the copy really starts.
         stream.wait_stream(torch.cuda.current_stream())
-        events = _LayerEvents(copy_start=_event(), copy_end=_event())
+        events = _LayerEvents(copy_start=self._event(), copy_end=self._event())
         events.copy_start.record(stream)
         result = original(manager, layer_idx, *args, **kwargs)
         events.copy_end.record(stream)
@@ -158,7 +164,7 @@ class OverlapMonitor:
         import torch
 
         torch.cuda.reset_peak_memory_stats()
-        start = _event()
+        start = self._event()
         start.record()
         self._current = _PendingStep(step=step, placement=placement, start=start)
         self._pass_index.clear()
@@ -170,14 +176,13 @@ class OverlapMonitor:
         pending, self._current = self._current, None
         if pending is None:
             return None
-        pending.end = _event()
+        pending.end = self._event()
         pending.end.record()
         pending.allocated = int(torch.cuda.memory_allocated())
         pending.peak = int(torch.cuda.max_memory_allocated())
         return pending
 
-    @staticmethod
-    def resolve(pending: _PendingStep) -> StepTrace:
+    def resolve(self, pending: _PendingStep) -> StepTrace:
         """Read the events of a finished step (waits for its last event)."""
         pending.end.synchronize()
         t0 = pending.start
@@ -205,7 +210,7 @@ class OverlapMonitor:
                     )
                 )
             passes.append(PassTrace(component=component, layer_list=attr, num_layers=n, layers=tuple(timings)))
-        return StepTrace(
+        trace = StepTrace(
             step=pending.step,
             wall_ms=float(t0.elapsed_time(pending.end)),
             placement=pending.placement,
@@ -213,3 +218,11 @@ class OverlapMonitor:
             dit_allocated_bytes=pending.allocated,
             peak_allocated_bytes=pending.peak,
         )
+        self._recycle(pending)
+        return trace
+
+    def _recycle(self, pending: _PendingStep) -> None:
+        self._pool.extend((pending.start, pending.end))
+        for layers in pending.passes.values():
+            for ev in layers.values():
+                self._pool.extend(e for e in (ev.arrive, ev.start, ev.end, ev.copy_start, ev.copy_end) if e is not None)
