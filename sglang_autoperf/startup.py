@@ -136,8 +136,9 @@ def _plan_cuda(ctx: RunContext, settings: Settings, base: dict[str, Any]) -> Sta
     if plan_dict["dit"]["offload"] and settings.calibrate and ctx.identity:
         from sglang_autoperf.cache import shape_bucket
 
+        shape_known = bool(ctx.width and ctx.height)
         bucket = shape_bucket(width, height, frames, 1, workload.cfg_passes > 1)
-        _calibration_changes(ctx, settings, plan_dict, model.fingerprint, gpu_key, bucket, budget)
+        _calibration_changes(ctx, settings, plan_dict, model.fingerprint, gpu_key, bucket, budget, shape_known)
     return StartupPlan(
         active=True,
         reason="planned from probes" + (f" within a {budget / 2**30:.1f} GiB budget" if budget else ""),
@@ -166,8 +167,13 @@ def _set_change(plan_dict: dict[str, Any], ctx: RunContext, setting: str, after:
 
 
 def _calibration_changes(ctx: RunContext, settings: Settings, plan_dict: dict[str, Any], fingerprint: str,
-                         gpu_key: dict[str, Any], bucket: str, budget: int | None) -> None:
-    """A tuned placement from the cache, or a warmup request to calibrate on, for this DiT stream."""
+                         gpu_key: dict[str, Any], bucket: str, budget: int | None, shape_known: bool = True) -> None:
+    """A tuned placement from the cache, or a warmup request to calibrate on, for this DiT stream.
+
+    With the request shape unknown here (Python API, `sglang serve` without warmup shapes), the
+    bucket above is a guess: a miss on it proves nothing, so a warmup is scheduled only on a first
+    start (no entry for this model, GPU and layout at all); otherwise each worker looks its
+    buckets up per request and calibrates a new shape across its first requests."""
     from sglang_autoperf.cache import TuningCache, tuning_key, tuning_objective
     from sglang_autoperf.measure.live import calibration_steps
 
@@ -175,7 +181,13 @@ def _calibration_changes(ctx: RunContext, settings: Settings, plan_dict: dict[st
         fingerprint=fingerprint, gpu_key=gpu_key, identity=ctx.identity, bucket=bucket, batch_size=1,
         budget_bytes=budget, objective=tuning_objective(ctx.performance_mode, ctx.pinned),
     )
-    cached = TuningCache(settings.cache_dir).get(key)
+    cache = TuningCache(settings.cache_dir)
+    cached = cache.get(key) if shape_known else None
+    if cached is None and not shape_known and any(_same_setup(k, key) for k, _ in cache.entries()):
+        plan_dict["notes"].append(
+            "request shape unknown before the first request; tuned shapes are in the cache and applied "
+            "per request, new shapes are calibrated across the first requests")
+        return
     if cached is not None:
         p = cached.placement
         from sglang_autoperf.measure.live import _when
@@ -199,3 +211,10 @@ def _calibration_changes(ctx: RunContext, settings: Settings, plan_dict: dict[st
     _set_change(plan_dict, ctx, "warmup_steps", steps,
                 f"{steps} warmup steps: 3 at the planned placement, then 3 for each of up to "
                 f"{(steps - 3) // 3} candidates (bounded; the result is cached)")
+
+
+def _same_setup(a, b) -> bool:
+    """Same model, GPU, layout and versions: everything in a key but the request shape."""
+    from dataclasses import replace
+
+    return replace(a, shape_bucket="", batch_size=0) == replace(b, shape_bucket="", batch_size=0)

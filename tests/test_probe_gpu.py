@@ -411,3 +411,19 @@ def test_format_table():
     t = format_gpu_table(GpuProfile(devices=(), driver_version=None, host=None, source="none",
                                     no_gpu_reason="NVML sees no GPU on this machine."))
     assert t.startswith("no GPU: NVML sees no GPU")
+
+
+H200 = ROOT / "tests/fixtures/nvml/nvml-h200-141gb-2026-11-27.json"
+
+
+def test_recorded_h200_snapshot():
+    """Recorded by `python -m sglang_autoperf.probe.nvml_snapshot` on the GPU machine (H200, 2026-11-27);
+    on the same call nvidia-smi agreed and a pinned 256 MiB copy measured 55.2 GB/s (derived: 51.0)."""
+    p = profile_from_snapshot(H200)
+    assert p.snapshot_label.startswith("recorded on 1x NVIDIA H200, 2026-11-27")
+    (d,) = p.devices
+    assert d.name == "NVIDIA H200" and d.compute_capability == (9, 0)
+    assert d.memory_total_bytes == 150754820096  # 140.4 GiB
+    assert (d.pcie_generation, d.pcie_width) == (5, 16)
+    measured_h2d = 55.2e9
+    assert abs(d.h2d_bytes_per_s - measured_h2d) / measured_h2d < 0.15

@@ -1,0 +1,95 @@
+"""The plugin callback: opt-in parsing, the sglang version gate, and what it registers."""
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from sglang_autoperf import plugin, sglang_adapter
+from sglang_autoperf.settings import Settings, SettingsError, parse_switch
+
+
+@pytest.fixture
+def registry(monkeypatch):
+    """sglang's real diffusion HookRegistry, emptied for the test and restored after."""
+    from sglang.multimodal_gen.runtime.platforms.plugins import HookRegistry
+
+    saved = {k: list(v) for k, v in HookRegistry._hooks.items()}
+    HookRegistry._hooks.clear()
+    monkeypatch.setattr(sglang_adapter, "_cpu_fallbacks_registered", False)
+    monkeypatch.delenv("_SGLANG_AUTOPERF_ANNOUNCED", raising=False)
+    for name in ("SGLANG_AUTOPERF", "SGLANG_AUTOPERF_LOSSY", "SGLANG_AUTOPERF_VRAM_BUDGET", "SGLANG_AUTOPERF_FAIL_AT"):
+        monkeypatch.delenv(name, raising=False)
+    yield HookRegistry
+    HookRegistry._hooks.clear()
+    HookRegistry._hooks.update(saved)
+
+
+def ours(registry) -> list[str]:
+    return sorted(t for t, hooks in registry._hooks.items()
+                  if any(getattr(h, "__module__", "").startswith("sglang_autoperf") for _, h, _ in hooks))
+
+
+@pytest.mark.parametrize("value, expected", [(None, False), ("", False), ("0", False), ("off", False),
+                                             ("false", False), ("1", True), ("true", True), ("ON", True)])
+def test_switch_values(value, expected):
+    assert parse_switch("SGLANG_AUTOPERF", value) is expected
+
+
+@pytest.mark.parametrize("value", ["2", "maybe", "enable"])
+def test_bad_switch_value_names_value_and_accepted(value):
+    with pytest.raises(SettingsError) as err:
+        Settings.from_env({"SGLANG_AUTOPERF": value})
+    assert repr(value) in str(err.value) and "1/true/on/yes" in str(err.value)
+
+
+@pytest.mark.parametrize("budget", ["lots", "-3GiB", "2.5", "12 parsecs"])
+def test_bad_budget_is_a_settings_error(budget):
+    with pytest.raises(SettingsError, match="SGLANG_AUTOPERF_VRAM_BUDGET"):
+        Settings.from_env({"SGLANG_AUTOPERF": "1", "SGLANG_AUTOPERF_VRAM_BUDGET": budget})
+
+
+def test_unset_registers_nothing(registry):
+    plugin.register()
+    assert ours(registry) == []
+
+
+def test_enabled_registers_launch_worker_and_live_hooks(registry, monkeypatch):
+    monkeypatch.setenv("SGLANG_AUTOPERF", "1")
+    plugin.register()
+    targets = ours(registry)
+    for target in (sglang_adapter.TARGET_LAUNCH, sglang_adapter.TARGET_WORKER_INIT, sglang_adapter.TARGET_DENOISE_STEP,
+                   sglang_adapter.TARGET_DENOISE_LOOP, sglang_adapter.TARGET_PREFETCH):
+        assert target in targets
+
+
+def test_calibrate_off_registers_no_live_hooks(registry, monkeypatch):
+    monkeypatch.setenv("SGLANG_AUTOPERF", "1")
+    monkeypatch.setenv("SGLANG_AUTOPERF_CALIBRATE", "0")
+    plugin.register()
+    assert sglang_adapter.TARGET_LAUNCH in ours(registry)
+    assert sglang_adapter.TARGET_DENOISE_STEP not in ours(registry)
+
+
+@pytest.mark.parametrize("version", ["0.5.22", "0.5.24", "0.6.0"])
+def test_unsupported_sglang_version_turns_plugin_off(registry, monkeypatch, caplog, version):
+    monkeypatch.setenv("SGLANG_AUTOPERF", "1")
+    monkeypatch.setattr(plugin.metadata, "version", lambda name: version)
+    with caplog.at_level(logging.WARNING, logger="sglang.autoperf"):
+        plugin.register()
+    assert ours(registry) == []
+    lines = [r.getMessage() for r in caplog.records if "outside the supported range" in r.getMessage()]
+    assert len(lines) == 1 and f"sglang {version}" in lines[0] and ">=0.5.23,<0.5.24" in lines[0]
+
+
+def test_supported_versions():
+    assert plugin.unsupported_sglang_reason("0.5.23") is None
+    assert plugin.unsupported_sglang_reason("0.5.23.post1") is None
+    assert "outside" in plugin.unsupported_sglang_reason("0.5.30")
+
+
+def test_cpu_fallbacks_register_once(registry):
+    sglang_adapter.register_cpu_fallbacks()
+    sglang_adapter.register_cpu_fallbacks()  # the test-support plugin may ask again in one process
+    for target, _ in sglang_adapter._CPU_FALLBACKS:
+        assert len(registry._hooks[target]) == 1

@@ -1,0 +1,169 @@
+"""Startup: plan_startup's platform rules, the calibration schedule against the tuning cache, and
+apply_changes on a real sglang ServerArgs (pinned flags untouched, derived fields re-derived)."""
+from __future__ import annotations
+
+import pytest
+
+from sglang_autoperf.cache import TuningCache, TuningResult, tuning_key
+from sglang_autoperf.measure.live import calibration_steps
+from sglang_autoperf.measure.trace import Placement, StepStats
+from sglang_autoperf.settings import Settings
+from sglang_autoperf.startup import RunContext, _calibration_changes, plan_startup
+
+IDENTITY = {"num_gpus": 1, "layout": "tp1-ulysses1-ring1-cfg1-dp1", "lora": (), "sglang_version": "0.5.23",
+            "torch_version": "2.14.1", "performance_mode": "auto", "pinned": []}
+GPU_KEY = {"name": "NVIDIA H200", "memory_total_bytes": 150754820096, "link": "pcie5x16"}
+BUCKET = "832x480x17f_b1_cfg1"
+
+
+def ctx(**kw) -> RunContext:
+    base = dict(model_path="/m", platform="cuda", num_gpus=1, base_gpu_id=0, performance_mode="auto",
+                pinned={}, current={"warmup_mode": "off", "warmup_steps": 1}, identity=IDENTITY,
+                width=832, height=480, num_frames=17)
+    base.update(kw)
+    return RunContext(**base)
+
+
+def settings(tmp_path) -> Settings:
+    return Settings(enabled=True, cache_dir=str(tmp_path / "cache"))
+
+
+def plan_dict():
+    return {"changes": [], "notes": [], "dit": {"offload": True}}
+
+
+def store(tmp_path, placement: Placement, bucket=BUCKET, objective="speed"):
+    key = tuning_key(fingerprint="fp", gpu_key=GPU_KEY, identity=IDENTITY, bucket=bucket, batch_size=1,
+                     budget_bytes=None, objective=objective)
+    result = TuningResult(placement=placement, objective=objective, baseline=Placement(0, 1), reason="measured",
+                          stats={placement.label(): StepStats(196.0, 195.6, 196.2, 2)}, calibration_s=6.3,
+                          steps_used=12)
+    assert TuningCache(tmp_path / "cache").put(key, result)
+
+
+def run(tmp_path, context, shape_known=True):
+    d = plan_dict()
+    _calibration_changes(context, settings(tmp_path), d, "fp", GPU_KEY, BUCKET, None, shape_known)
+    return {c["setting"]: c for c in d["changes"]}, d["notes"]
+
+
+def test_cache_miss_schedules_a_bounded_warmup(tmp_path):
+    changes, _ = run(tmp_path, ctx())
+    assert changes["warmup_mode"]["after"] == "request"
+    assert changes["warmup_steps"]["after"] == calibration_steps() == 12
+    assert "dit_offload_prefetch_size" not in changes
+
+
+def test_cache_hit_applies_the_measured_placement_without_calibration(tmp_path):
+    store(tmp_path, Placement(0, 6, "leading"))
+    changes, notes = run(tmp_path, ctx())
+    assert changes["dit_offload_prefetch_size"]["after"] == 6
+    assert "warmup_mode" not in changes and "warmup_steps" not in changes
+    assert any("tuning cache hit" in n for n in notes)
+
+
+def test_cache_entry_for_another_bucket_is_a_miss(tmp_path):
+    store(tmp_path, Placement(0, 6, "leading"), bucket="832x480x81f_b1_cfg1")
+    changes, _ = run(tmp_path, ctx())
+    assert changes["warmup_mode"]["after"] == "request"
+
+
+def test_pinned_warmup_off_calibrates_across_requests(tmp_path):
+    changes, notes = run(tmp_path, ctx(pinned={"warmup_mode": "off"}))
+    assert "warmup_mode" not in changes and "warmup_steps" not in changes
+    assert any("first requests" in n for n in notes)
+
+
+def test_user_warmup_is_used_as_is(tmp_path):
+    changes, notes = run(tmp_path, ctx(current={"warmup_mode": "server", "warmup_steps": 1}))
+    assert not changes and any("warmup the user configured" in n for n in notes)
+
+
+def test_pinned_placement_flag_is_reported_not_changed(tmp_path):
+    store(tmp_path, Placement(0, 6, "leading"))
+    changes, notes = run(tmp_path, ctx(pinned={"dit_offload_prefetch_size": 1.0}))
+    assert "dit_offload_prefetch_size" not in changes
+    assert any(n.startswith("dit_offload_prefetch_size is pinned to 1.0; would have set 6") for n in notes)
+
+
+def test_unknown_shape_with_tuned_setup_skips_the_warmup(tmp_path):
+    store(tmp_path, Placement(0, 6, "leading"), bucket="832x480x17f_b1_cfg1")
+    changes, notes = run(tmp_path, ctx(width=None, height=None), shape_known=False)
+    assert not changes and any("request shape unknown" in n for n in notes)
+
+
+def test_unknown_shape_on_first_start_calibrates_on_warmup(tmp_path):
+    changes, _ = run(tmp_path, ctx(width=None, height=None), shape_known=False)
+    assert changes["warmup_mode"]["after"] == "request"
+
+
+@pytest.mark.parametrize("platform, active", [("cpu", True), ("rocm", False), ("mps", False), ("npu", False)])
+def test_platforms(tmp_path, platform, active):
+    plan = plan_startup(ctx(platform=platform), settings(tmp_path))
+    assert plan.active is active and plan.changes == []
+    if not active:
+        assert "not tuned yet" in plan.reason
+
+
+def test_manual_mode_only_reports(tmp_path):
+    plan = plan_startup(ctx(performance_mode="manual"), settings(tmp_path))
+    assert plan.active and plan.changes == [] and "manual" in plan.reason
+
+
+def test_no_gpu_steps_aside(tmp_path):
+    # this machine has no NVIDIA driver: the live probe must say so, not raise
+    plan = plan_startup(ctx(), settings(tmp_path))
+    assert plan.active is False and "no GPU" in plan.reason
+
+
+# --- apply_changes on a real sglang ServerArgs ------------------------------------------------
+
+
+@pytest.fixture
+def server_args(demo_model):
+    def build(*flags: str):
+        from sglang.multimodal_gen.runtime.server_args import ServerArgs
+        from sglang.multimodal_gen.runtime.utils.argparse import FlexibleArgumentParser
+
+        parser = ServerArgs.add_cli_args(FlexibleArgumentParser())
+        argv = ["--model-path", str(demo_model), *flags]
+        args, unknown = parser.parse_known_args(argv)
+        return ServerArgs.from_cli_args(args, unknown, argv=argv)
+
+    return build
+
+
+def test_apply_changes_never_touches_pinned_flags(server_args):
+    from sglang_autoperf.sglang_adapter import apply_changes
+
+    sa = server_args("--text-encoder-cpu-offload", "true")
+    assert sa.is_arg_explicitly_set("text_encoder_cpu_offload")
+    applied = apply_changes(sa, [
+        {"setting": "text_encoder_cpu_offload", "before": True, "after": False, "reason": "r"},
+        {"setting": "vae_cpu_offload", "before": False, "after": True, "reason": "r"},
+    ], pinned=set())
+    assert sa.text_encoder_cpu_offload is True
+    assert sa.vae_cpu_offload is True
+    assert [c["setting"] for c in applied] == ["vae_cpu_offload"]
+
+
+def test_apply_changes_rederives_layerwise_components(server_args):
+    from sglang_autoperf.sglang_adapter import apply_changes
+
+    sa = server_args()
+    apply_changes(sa, [{"setting": "dit_layerwise_offload", "before": False, "after": True, "reason": "r"},
+                       {"setting": "dit_offload_prefetch_size", "before": 0.0, "after": 6, "reason": "r"}],
+                  pinned=set())
+    assert sa.dit_layerwise_offload is True and sa.dit_cpu_offload is False
+    assert "dit" in (sa.layerwise_offload_components or [])
+    assert sa.dit_offload_prefetch_size == 6
+    apply_changes(sa, [{"setting": "dit_layerwise_offload", "before": True, "after": False, "reason": "r"}],
+                  pinned=set())
+    assert "dit" not in (sa.layerwise_offload_components or [])
+
+
+def test_apply_changes_rejects_unknown_fields(server_args):
+    from sglang_autoperf.sglang_adapter import apply_changes
+
+    with pytest.raises(ValueError, match="unknown ServerArgs field"):
+        apply_changes(server_args(), [{"setting": "no_such", "before": 1, "after": 2, "reason": "r"}], pinned=set())
