@@ -1,0 +1,41 @@
+"""`sglang-autoperf explain` on a tuning-cache entry written by a real calibration (H200, 2026-11-27,
+sglang 0.5.23, Wan2.1-1.3B-shaped random checkpoint, 480x832x17f, offload pinned on)."""
+import json
+import shutil
+from pathlib import Path
+
+from sglang_autoperf.cache import TuningKey
+from sglang_autoperf.cli import main
+
+ENTRY = Path(__file__).parents[1] / "benchmarks" / "results" / "2026-11-27-h200" / "tuning_cache_entry_wan13b_17f.json"
+
+
+def _install(cache: Path) -> None:
+    key = TuningKey.from_dict(json.loads(ENTRY.read_text())["key"])
+    shutil.copy(ENTRY, cache / f"{key.digest()}.json")  # the cache names entries by key digest
+
+
+def test_explain_reads_the_recorded_calibration(tmp_path, capsys):
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    _install(cache)
+    assert main(["explain", "--json", "--cache-dir", str(cache)]) == 0
+    out = json.loads(capsys.readouterr().out)
+    text = json.dumps(out)
+    assert "NVIDIA H200" in text and "832x480x17f_b1_cfg1" in text
+    assert '"prefetch_layers": 6' in text  # what the calibration chose over prefetch 1
+
+
+def test_explain_table_and_timeline_png(tmp_path, capsys):
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    _install(cache)
+    png = tmp_path / "timeline.png"
+    assert main(["explain", "--cache-dir", str(cache), "--png", str(png)]) == 0
+    out = capsys.readouterr().out
+    assert "resident=0 prefetch=6 leading" in out and "195.9" in out
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_explain_empty_cache_is_exit_2(tmp_path):
+    assert main(["explain", "--cache-dir", str(tmp_path)]) == 2

@@ -1,0 +1,30 @@
+"""plan.predict_step_ms: the cost model as benchmarks/compare.py uses it to prune its sweep."""
+from pathlib import Path
+
+import pytest
+
+from sglang_autoperf.plan import sweep
+from sglang_autoperf.probe.gpu import profile_from_snapshot
+
+FIX = Path(__file__).parent / "fixtures"
+FLUX = str(FIX / "models" / "FLUX.1-dev")
+WL = {"width": 1024, "height": 1024, "frames": 1, "steps": 8}
+
+
+@pytest.fixture
+def h100(monkeypatch):
+    snap = profile_from_snapshot(FIX / "nvml" / "nvml-h100-80gb-hbm3-2026-11-27.json")  # recorded on an H100
+    monkeypatch.setattr(sweep, "_gpu", lambda: snap)
+
+
+def test_more_resident_layers_predict_faster_until_they_do_not_fit(h100):
+    ms = [sweep.predict_step_ms(FLUX, WL, {"resident": r, "prefetch": 2, "policy": "leading"}, 24 << 30)
+          for r in (0, 5, 10)]
+    assert all(m is not None for m in ms) and ms[0] > ms[1] > ms[2]
+    # 19 resident double blocks + 19 single blocks of FLUX do not fit 24 GiB next to the rest
+    assert sweep.predict_step_ms(FLUX, WL, {"resident": 19, "prefetch": 2, "policy": "leading"}, 24 << 30) is None
+
+
+def test_no_gpu_no_prediction(monkeypatch):
+    monkeypatch.setattr(sweep, "_gpu", lambda: profile_from_snapshot({"gpus": [], "source": "none"}))
+    assert sweep.predict_step_ms(FLUX, WL, {"resident": 0, "prefetch": 1}, None) is None
