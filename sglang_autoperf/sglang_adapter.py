@@ -74,7 +74,7 @@ _settings: Settings | None = None
 _cpu_fallbacks_registered = False
 
 
-def _step_aside(what: str, exc: BaseException) -> None:
+def step_aside(what: str, exc: BaseException) -> None:
     logger().warning(
         "[autoperf] %s failed (%s: %s); sglang's own settings are in effect",
         what,
@@ -93,7 +93,7 @@ def _guarded(what: str, fallback: Any = None) -> Callable:
             try:
                 return fn(*args, **kwargs)
             except Exception as exc:  # the user's run matters more than our plan
-                _step_aside(what, exc)
+                step_aside(what, exc)
                 return fallback
 
         return wrapper
@@ -261,7 +261,7 @@ def _before_launch_server(server_args, *args, **kwargs):
     except Exception as exc:
         for name, value in saved.items():  # leave no half-applied plan behind
             setattr(server_args, name, value)
-        _step_aside("planning at startup", exc)
+        step_aside("planning at startup", exc)
         return None
     setattr(server_args, PLAN_ATTR, startup.to_json())
     return None
@@ -414,6 +414,10 @@ def set_manager_placement(manager, *, prefetch_layers: int, resident_layers: int
     manager._resident_set = frozenset(range(manager.num_layers)) - set(manager._streamed_order)
     # The next forward starts from layer 0: stream its head now, as sglang does after a request.
     manager.prepare_for_next_req(non_blocking=True)
+
+
+def manager_layer_list_name(manager) -> str:
+    return str(manager.layers_attr_str)
 
 
 def manager_layer_modules(manager) -> list:

@@ -101,7 +101,7 @@ class WorkerTuner:
 
     def layer_bytes(self) -> list[int]:
         m = self.primary[0]
-        return [sa.manager_layer_bytes(m, i) for i in range(m.num_layers)]
+        return [sa.manager_layer_bytes(m, i) for i in range(sa.manager_setting(m)["num_layers"])]
 
     def headroom_bytes(self) -> int:
         import torch
@@ -477,4 +477,4 @@ def _disable(what: str, exc: BaseException) -> None:
         if tuner is not None:
             tuner.monitor.detach()
     finally:
-        sa._step_aside(f"live tuning ({what})", exc)
+        sa.step_aside(f"live tuning ({what})", exc)

@@ -59,7 +59,7 @@ class OverlapMonitor:
         self._pool: list = []
         for component, group in managers.items():
             for manager in group:
-                self._names[id(manager)] = (component, manager.layers_attr_str, manager.num_layers)
+                self._names[id(manager)] = (component, sa.manager_layer_list_name(manager), sa.manager_setting(manager)["num_layers"])
                 self._install(manager)
 
     @property
