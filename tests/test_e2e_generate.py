@@ -143,3 +143,42 @@ def test_python_api(tmp_path, demo_model, enabled):
     else:
         assert AUTOPERF_LINE not in log
         assert plan is None
+
+
+def test_sglang_serve_plans_in_main_and_worker(tmp_path, demo_model):
+    """`sglang serve` builds ServerArgs through another path than `generate`; the plan must still
+    be made in the main process and reach the worker before the server reports ready."""
+    import os
+    import signal
+    import socket
+    import time
+
+    from conftest import sglang_cli
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log_path = tmp_path / "serve.log"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(
+            sglang_cli() + ["serve", "--model-path", str(demo_model), "--port", str(port)],
+            env=sglang_env(tmp_path, SGLANG_AUTOPERF="1"), stdout=log, stderr=subprocess.STDOUT,
+            cwd=tmp_path, start_new_session=True,
+        )
+    try:
+        deadline = time.monotonic() + 300
+        text = ""
+        while time.monotonic() < deadline and proc.poll() is None:
+            text = log_path.read_text()
+            if "received plan" in text and "Uvicorn running" in text:
+                break
+            time.sleep(2)
+        assert "[autoperf] main process sees model" in text, text[-3000:]
+        assert "[autoperf] worker rank 0 received plan: no changes (CPU platform" in text, text[-3000:]
+        assert "Uvicorn running" in text, text[-3000:]
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
