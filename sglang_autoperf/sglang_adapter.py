@@ -233,6 +233,13 @@ def _workload_hints(server_args) -> dict[str, Any]:
     return {k: v for k, v in hints.items() if v is not None}
 
 
+def _one_shot_requests() -> int | None:
+    """`sglang generate` serves its prompt(s) and exits: one request (per prompt) to repay any
+    start-up cost such as compile. Serving and the Python API: unknown (None)."""
+    argv = sys.argv[1:3]
+    return 1 if "generate" in argv else None
+
+
 def run_context(server_args):
     from sglang_autoperf.startup import RunContext
 
@@ -246,6 +253,7 @@ def run_context(server_args):
         pinned={name: getattr(server_args, name, None) for name in sorted(explicit)},
         current=current_settings(server_args),
         identity=worker_identity(server_args),
+        expected_requests=_one_shot_requests(),
         **_workload_hints(server_args),
     )
 

@@ -27,6 +27,7 @@ class RunContext:
     steps: int | None = None
     guidance_scale: float | None = None
     identity: dict[str, Any] = field(default_factory=dict)  # versions, layout, LoRA: part of the cache key
+    expected_requests: int | None = None  # 1 for one-shot `sglang generate`; None: serving, unknown
 
 
 @dataclass
@@ -125,6 +126,7 @@ def _plan_cuda(ctx: RunContext, settings: Settings, base: dict[str, Any]) -> Sta
         performance_mode=ctx.performance_mode,
         num_gpus=ctx.num_gpus,
         platform=ctx.platform,
+        expected_requests=ctx.expected_requests,
     )
     plan_dict = plan.to_dict()
     first = gpu.devices[0]

@@ -202,3 +202,15 @@ def test_lossy_options_only_when_opted_in():
     _, _, lossy = plan_for("FLUX.1-dev", h100(), 1024, 1024, current=cur, lossy=True)
     assert "attention_backend" not in changed(plain)
     assert changed(lossy)["attention_backend"] == "sage_attn"
+
+
+def test_one_shot_generate_does_not_pay_for_compile():
+    # sglang generate serves one request: ~1 s saved cannot repay about a minute of compile
+    _, _, served = plan_for("FLUX.1-dev", h100(), 1024, 1024)
+    assert served.settings["enable_torch_compile"] is True
+    m = model("FLUX.1-dev")
+    once = make_plan(gpu=h100(), model=m, workload=workload_for(m, 1024, 1024), pinned={}, current={},
+                     budget_bytes=None, expected_requests=1)
+    assert once.settings["enable_torch_compile"] is False
+    reason = next(c.reason for c in once.changes if c.setting == "enable_torch_compile")
+    assert "1 request(s)" in reason and "compile" in reason

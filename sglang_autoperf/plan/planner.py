@@ -22,6 +22,12 @@ COMPILE_GAIN_FAMILIES = frozenset({"flux", "qwen_image", "wan"})
 # DiT forwards one process must run before compile time is repaid (compile is per process and
 # per shape; serving repeats shapes, one-shot generate of a few steps does not).
 MIN_COMPILE_FORWARDS = 16
+# What compile must repay in one process: Inductor compile of a DiT takes on the order of a
+# minute (a 17-frame Wan-1.3B warmup with compile ran past 240 s on an H200 in the GPU sandbox),
+# and the conservative share of a step it saves (#13641 measured 62%; #21417 saw 1.47-1.68x losses
+# in one mode, so less is assumed).
+COMPILE_COST_S = 60.0
+COMPILE_SAVING_FRACTION = 0.2
 # Sequence parallel below this many tokens per GPU spends more on all-to-all than it saves.
 MIN_TOKENS_PER_GPU_FOR_SP = 2048
 PREFETCH_CHOICES = (1, 2, 3, 4, 6, 8)
@@ -153,6 +159,7 @@ def make_plan(
     num_gpus: int = 1,
     platform: str = "cuda",
     available_attention_backends: list[str] | None = None,
+    expected_requests: int | None = None,
 ) -> Plan:
     pinned = dict(pinned or {})
     current = dict(current or {})
@@ -334,8 +341,11 @@ def make_plan(
     copy_bound = best.offload and best.sim.exposed_s > 0.1 * best.sim.step_s
     # Compiling a layerwise-streamed DiT recompiles around sglang's per-layer hooks and is not
     # measured yet (a 17-frame Wan-1.3B warmup with it ran past 240 s on an H200): resident only.
+    # One-shot runs (`sglang generate`) must repay compile within their own requests.
+    compile_saving_s = (COMPILE_SAVING_FRACTION * best.sim.step_s * steps * (expected_requests or 0))
+    one_shot_unpaid = expected_requests is not None and compile_saving_s < COMPILE_COST_S
     if (model.family in COMPILE_GAIN_FAMILIES and forwards >= MIN_COMPILE_FORWARDS and not copy_bound
-            and not best.offload):
+            and not best.offload and not one_shot_unpaid):
         want["enable_torch_compile"] = True
         reasons["enable_torch_compile"] = (
             f"torch.compile on: {model.family} has measured compile wins (perf guide; Qwen-Image 502 -> 190 ms/step #13641) "
@@ -344,6 +354,8 @@ def make_plan(
         why = (f"{model.family} has no measured compile win, and compile can lose (Z-Image-Turbo 0.79 -> 0.99 s, #30016)"
                if model.family not in COMPILE_GAIN_FAMILIES else
                f"only {forwards} DiT forwards per request" if forwards < MIN_COMPILE_FORWARDS else
+               (f"{expected_requests} request(s) in this process save ~{compile_saving_s:.1f} s, less than "
+                f"~{COMPILE_COST_S:.0f} s of compile") if one_shot_unpaid else
                f"the DiT is streamed layer by layer ({sum(best.resident_per_group)} of {dit.num_layers} layers resident; "
                "compile with offload hooks is not measured)" if best.offload else
                f"the step is copy-bound ({best.sim.exposed_s * ms:.0f} of {best.sim.step_s * ms:.0f} ms waiting on copies)")
