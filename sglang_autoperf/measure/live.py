@@ -202,7 +202,9 @@ class WorkerTuner:
             request = self.request
             trace_it = False
             if cal is not None and request is not None and not cal.done:
-                trace_it = not cal.skip_next
+                # Across requests, a trial starts with the next request: steps left in this one
+                # still run the previous placement and must not be counted for the next.
+                trace_it = not cal.skip_next and (cal.step_mode or self.placement() == cal.placement)
                 cal.skip_next = False
                 if trace_it:
                     self.monitor.begin_step(request["step"], cal.placement)
