@@ -81,6 +81,16 @@ def sglang_env(tmp: Path, **overrides: str | None) -> dict[str, str]:
     return env
 
 
+def free_port() -> int:
+    """sglang's workers rendezvous on --master-port (default 30005, not probed for availability):
+    each run gets its own so that a lingering process elsewhere cannot fail it."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def sglang_cli() -> list[str]:
     exe = shutil.which("sglang", path=str(Path(sys.executable).parent)) or shutil.which("sglang")
     return [exe] if exe else [sys.executable, "-c", "from sglang.cli.main import main; main()"]
@@ -96,6 +106,7 @@ def generate(tmp: Path, model: Path, extra_args: list[str] | None = None, timeou
         "generate", "--model-path", str(model), "--prompt", "a red car",
         "--height", "64", "--width", "64", "--num-frames", "5", "--num-inference-steps", "2",
         "--seed", "0", "--output-path", str(out_dir), "--perf-dump-path", str(perf),
+        "--master-port", str(free_port()),
     ] + list(extra_args or [])
     proc = subprocess.run(cmd, env=sglang_env(tmp, **env), capture_output=True, text=True, timeout=timeout, cwd=tmp)
     return GenerateRun(proc.returncode, proc.stdout + proc.stderr, out_dir, perf, tmp / "dump")

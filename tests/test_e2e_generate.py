@@ -12,7 +12,7 @@ import textwrap
 
 import pytest
 
-from conftest import comparable, generate, sglang_env
+from conftest import comparable, free_port, generate, sglang_env
 
 pytestmark = pytest.mark.e2e
 
@@ -109,8 +109,8 @@ API_SCRIPT = textwrap.dedent(
     from sglang.multimodal_gen import DiffGenerator
 
     if __name__ == "__main__":
-        model, out = sys.argv[1], sys.argv[2]
-        generator = DiffGenerator.from_pretrained(model_path=model, num_gpus=1)
+        model, out, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
+        generator = DiffGenerator.from_pretrained(model_path=model, num_gpus=1, master_port=port)
         try:
             result = generator.generate(sampling_params_kwargs=dict(
                 prompt="a red car", height=64, width=64, num_frames=5, num_inference_steps=2,
@@ -129,7 +129,7 @@ def test_python_api(tmp_path, demo_model, enabled):
     out_dir = tmp_path / "out"
     env = sglang_env(tmp_path, SGLANG_AUTOPERF="1" if enabled else None)
     proc = subprocess.run(
-        [sys.executable, str(script), str(demo_model), str(out_dir)],
+        [sys.executable, str(script), str(demo_model), str(out_dir), str(free_port())],
         env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path,
     )
     log = proc.stdout + proc.stderr
@@ -150,18 +150,16 @@ def test_sglang_serve_plans_in_main_and_worker(tmp_path, demo_model):
     be made in the main process and reach the worker before the server reports ready."""
     import os
     import signal
-    import socket
     import time
 
     from conftest import sglang_cli
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     log_path = tmp_path / "serve.log"
     with open(log_path, "w") as log:
         proc = subprocess.Popen(
-            sglang_cli() + ["serve", "--model-path", str(demo_model), "--port", str(port)],
+            sglang_cli() + ["serve", "--model-path", str(demo_model), "--port", str(port),
+                            "--master-port", str(free_port())],
             env=sglang_env(tmp_path, SGLANG_AUTOPERF="1"), stdout=log, stderr=subprocess.STDOUT,
             cwd=tmp_path, start_new_session=True,
         )
