@@ -146,6 +146,8 @@ class WorkerTuner:
         if self.calibration is not None and self.calibration.bucket == bucket and not self.calibration.step_mode:
             self._apply_pending_trial()
             return
+        if bucket in self.results and self.results[bucket] is None:
+            return  # not tunable live (already said so once)
         result = self.results.get(bucket)
         if result is None:
             result = self.cache.get(self.key(bucket, shape["batch_size"]))
