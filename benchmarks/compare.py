@@ -672,9 +672,9 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             r = run_arm(arm, a, wl, out, common)
             results.append(r)
-            walls = [x["wall_s"] for x in results if x.get("wall_s")]
+            walls = [x["wall_s"] for x in results if x.get("wall_s") is not None]
             # the first arm carries one-time costs (JIT builds, page cache): prefer the later ones
-            per_arm = max(walls[1:] or walls) + 5
+            per_arm = max(walls[1:] or walls or [per_arm - 5]) + 5  # a 0.0 s arm is a measurement too
             time.sleep(a.settle)  # let the driver reclaim the workers' memory
     except KeyboardInterrupt:
         print("[compare] interrupted; writing what ran", flush=True)
