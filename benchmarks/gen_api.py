@@ -43,7 +43,9 @@ def main() -> int:
         record["sglang"] = version("sglang")
     except Exception:
         pass
-    generator = DiffGenerator.from_pretrained(model_path=args.model_path, num_gpus=1, **json.loads(args.server_args))
+    server_args = {"num_gpus": 1, **json.loads(args.server_args)}
+    record["server_args"] = server_args
+    generator = DiffGenerator.from_pretrained(model_path=args.model_path, **server_args)
     record["startup_s"] = time.perf_counter() - t0
     perf_dir = os.path.dirname(os.path.abspath(args.out))
     try:

@@ -1,21 +1,31 @@
 #!/usr/bin/env bash
 # One GPU call: the probes against the live card, then the plugin's live calibration on a
 # Wan2.1-1.3B-shaped random checkpoint with layerwise offload pinned on by the user:
-#   A off-resident   sglang, no plugin, --dit-layerwise-offload false
-#   B off-forced     sglang, no plugin, --dit-layerwise-offload true (prefetch: sglang's default 1)
-#   C on-cold        plugin on, offload pinned on, empty tuning cache: calibrates on a warmup copy
-#   D on-warm        same again: must hit the cache (no calibration)
-#   E on-traced      as D, with every step traced (monitor overhead = E vs D; traces for fixtures)
-#   F/G 81 frames    off-forced vs plugin (4 steps), cold cache for that shape
-# Each arm: 2 requests in one process (gen_api.py), same prompt and seed -> SHA-256 of the output.
+#   A  off-resident   sglang, no plugin, --dit-layerwise-offload false
+#   B  off-forced     sglang, no plugin, --dit-layerwise-offload true (prefetch: sglang's default 1)
+#   C  on-cold        plugin on, offload pinned on, empty tuning cache: calibrates on a warmup copy
+#   D  on-warm        same again: must hit the cache (no calibration)
+#   E  on-traced      as D, with every step traced (traces for fixtures)
+#   O  on-overhead    as D, 16 steps, traced and untraced steps alternating (monitor overhead,
+#                     paired inside each request: benchmarks/monitor_overhead.py)
+#   A2 off-resident   A again, last: brackets the others against drifts of the card's speed
+#   F/G 81 frames     off-forced vs plugin (4 steps), cold cache for that shape
+#   M0/M1/M2          2 GPUs (sglang's default multi-GPU layout): off-forced, on-cold, on-warm
+# Each arm: REQS requests (default 3) in one process (gen_api.py), same prompt and seed -> SHA-256.
 #
-#   source .gpu-kit/setup_on_gpu.sh; bash benchmarks/run_calibration_gpu.sh   (from the repo root)
-# Writes $OUT/calibration.tar.gz and $OUT/summary.json.
+#   source .gpu-kit/setup_on_gpu.sh; ARMS="A C O A2" bash benchmarks/run_calibration_gpu.sh
+# Env: OUT (results), R (work folder, default /tmp/calib), ARMS, SKIP_PROBES=1, BUDGET_S (seconds
+# for the whole script; an arm that would not finish in what is left is skipped and said so),
+# ARM_EST_S (a single-GPU arm's expected seconds, default 75), CUDA_VISIBLE_DEVICES as usual.
+# Writes $OUT/calibration.tar.gz, $OUT/summary.json, $OUT/arms.jsonl, $OUT/autoperf_lines.txt.
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
-R=/tmp/calib
+R=${R:-/tmp/calib}
 PY=${PY:-python3}
 ARMS=${ARMS:-A B C D E G}
+REQS=${REQS:-3}
+BUDGET_S=${BUDGET_S:-560}
+ARM_EST_S=${ARM_EST_S:-75}
 rm -rf "$R"; mkdir -p "$R" "$OUT"
 export PYTHONUNBUFFERED=1 SGLANG_AUTOPERF_CACHE_DIR=$R/cache
 T0=$(date +%s)
@@ -38,12 +48,18 @@ $PY -m sglang_autoperf.cli probe --model-path "$M" > "$R/probe_model.txt" 2>&1
 
 SA_OFF='{"attention_backend": "torch_sdpa", "dit_layerwise_offload": false}'
 SA_ON='{"attention_backend": "torch_sdpa", "dit_layerwise_offload": true}'
+SA_2GPU='{"attention_backend": "torch_sdpa", "dit_layerwise_offload": true, "num_gpus": 2}'
 arm() {  # name, autoperf(0/1), server-args, frames, steps, requests, [extra env]
   local name=$1 ap=$2 sargs=$3 frames=$4 steps=$5 reqs=$6; shift 6
+  local est=$ARM_EST_S; case $name in M*) est=$(( ARM_EST_S * 3 / 2 )) ;; *81f*) est=$(( ARM_EST_S + 30 )) ;; esac
+  local left=$(( BUDGET_S - ($(date +%s) - T0) ))
+  if [ "$left" -lt "$est" ]; then
+    say "arm $name skipped: ${left}s left, it needs ~${est}s"; echo "== $name skipped (${left}s left)" >> "$OUT/autoperf_lines.txt"; return 0
+  fi
   mkdir -p "$R/$name"
   say "arm $name (autoperf=$ap, ${frames}f, $steps steps, $reqs requests)"
   if [ "$ap" = 1 ]; then export SGLANG_AUTOPERF=1; else unset SGLANG_AUTOPERF; fi
-  env "$@" timeout 240 $PY benchmarks/gen_api.py --model-path "$M" --out "$R/$name/run.json" \
+  env "$@" timeout $(( left - 5 )) $PY benchmarks/gen_api.py --model-path "$M" --out "$R/$name/run.json" \
     --frames "$frames" --steps "$steps" --requests "$reqs" --server-args "$sargs" > "$R/$name/log.txt" 2>&1
   echo "  rc=$?"; grep -E '^\{' "$R/$name/log.txt" | tail -3
   # results leave the machine as each arm ends, in case a later arm runs past the call's limit
@@ -53,13 +69,21 @@ arm() {  # name, autoperf(0/1), server-args, frames, steps, requests, [extra env
 }
 for a in $ARMS; do
   case $a in
-    A) arm A-off-resident 0 "$SA_OFF" 17 8 2 ;;
-    B) arm B-off-forced 0 "$SA_ON" 17 8 2 ;;
-    C) arm C-on-cold 1 "$SA_ON" 17 8 2 ;;
-    D) arm D-on-warm 1 "$SA_ON" 17 8 2 ;;
-    E) arm E-on-traced 1 "$SA_ON" 17 8 2 SGLANG_AUTOPERF_TRACE_DIR=$R/traces-E ;;
+    A) arm A-off-resident 0 "$SA_OFF" 17 8 "$REQS" ;;
+    A2) arm A2-off-resident 0 "$SA_OFF" 17 8 "$REQS" ;;
+    B) arm B-off-forced 0 "$SA_ON" 17 8 "$REQS" ;;
+    C) arm C-on-cold 1 "$SA_ON" 17 8 "$REQS" ;;
+    D) arm D-on-warm 1 "$SA_ON" 17 8 "$REQS" ;;
+    E) arm E-on-traced 1 "$SA_ON" 17 8 "$REQS" SGLANG_AUTOPERF_TRACE_DIR=$R/traces-E ;;
+    O) arm O-on-overhead 1 "$SA_ON" 17 16 "$REQS" SGLANG_AUTOPERF_TRACE_DIR=$R/traces-O SGLANG_AUTOPERF_TRACE_EVERY=2
+       [ -f "$R/O-on-overhead/run.json" ] && $PY benchmarks/monitor_overhead.py "$R/O-on-overhead/run.json" "$R/traces-O" \
+         > "$R/monitor_overhead.json" 2>&1; grep -E "median_paired|mean_paired|pairs" "$R/monitor_overhead.json" ;;
     F) arm F-off-forced-81f 0 "$SA_ON" 81 4 1 ;;
     G) arm G-on-cold-81f 1 "$SA_ON" 81 4 1 ;;
+    M0) arm M0-2gpu-off-forced 0 "$SA_2GPU" 17 8 2 ;;
+    M1) arm M1-2gpu-on-cold 1 "$SA_2GPU" 17 8 2 SGLANG_AUTOPERF_CACHE_DIR=$R/cache-2gpu ;;
+    M2) arm M2-2gpu-on-warm 1 "$SA_2GPU" 17 8 1 SGLANG_AUTOPERF_CACHE_DIR=$R/cache-2gpu ;;
+    *) say "unknown arm $a" ;;
   esac
 done
 
@@ -83,7 +107,7 @@ import json,sys; d=json.load(sys.stdin); print(d.get('card'))
 for k,v in d['arms'].items():
     for i,r in enumerate(v['requests']): print(f\"{k:22s} req{i} median {r.get('steady_median_ms')} peakMB {r.get('peak_memory_mb')} sha {str(r.get('sha256'))[:12]}\")
     if v.get('error'): print(k, 'ERROR', v['error'][:200])"
-cp "$R/nvml_snapshot.json" "$OUT/nvml_snapshot.json" 2>/dev/null
+cp "$R/monitor_overhead.json" "$OUT/monitor_overhead.json" 2>/dev/null
 t=$(ls "$R"/traces-E/*req1*.json 2>/dev/null | head -1); [ -n "$t" ] && cp "$t" "$OUT/trace_E_request.json"
-tar czf "$OUT/calibration.tar.gz" -C /tmp calib
+tar czf "$OUT/calibration.tar.gz" -C "$(dirname "$R")" "$(basename "$R")"
 say "done"

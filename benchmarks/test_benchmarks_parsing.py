@@ -268,3 +268,24 @@ def test_compare_end_to_end_with_fake_sglang(tmp_path):
     assert "card" in run and "versions" in run
     rows = report.comparisons(report.find_cases([str(out)])[0])
     assert rows[0]["speedup"] == pytest.approx(150.0 / 155.0)
+
+
+def test_monitor_overhead_pairs_traced_steps_with_untraced_neighbours(tmp_path):
+    import json
+
+    import monitor_overhead as mo
+
+    # traced steps 2 and 4 cost 2% more than their neighbours; step 0 (autotuning) is ignored
+    steps = [900.0, 100.0, 102.0, 100.0, 102.0, 100.0]
+    result = mo.paired_overhead(steps, {2, 4})
+    assert result["paired_overhead_pct"] == [2.0, 2.0]
+    assert result["untraced_median_ms"] == 100.0 and result["traced_median_ms"] == 102.0
+    # warmup requests' traces are skipped; the others are matched to served requests in order
+    for number, warmup, traced in [(1, True, [1, 2]), (2, False, [2, 4]), (3, False, [1, 3, 5])]:
+        (tmp_path / f"trace-rank0-req{number}-pid7.json").write_text(json.dumps(
+            {"meta": {"warmup": warmup}, "steps": [{"step": s} for s in traced]}))
+    assert mo.traced_steps_per_request(str(tmp_path)) == [{2, 4}, {1, 3, 5}]
+    run = tmp_path / "run.json"
+    run.write_text(json.dumps({"card": "x", "requests": [
+        {"status": "ok", "steps_ms": steps}, {"status": "ok", "steps_ms": [900.0, 103.0, 100.0, 103.0, 100.0, 103.0]}]}))
+    assert mo.main([str(run), str(tmp_path)]) == 0

@@ -16,6 +16,9 @@ ENV_CACHE_DIR = "SGLANG_AUTOPERF_CACHE_DIR"
 ENV_CALIBRATE = "SGLANG_AUTOPERF_CALIBRATE"
 # Record every denoising step's per-layer trace as JSON in this folder (benchmarks, fixtures).
 ENV_TRACE_DIR = "SGLANG_AUTOPERF_TRACE_DIR"
+# With a trace dir: trace one step in N (default 1: every step). N=2 alternates traced and untraced
+# steps within a request, which is how the monitor's own overhead is measured (benchmarks).
+ENV_TRACE_EVERY = "SGLANG_AUTOPERF_TRACE_EVERY"
 # Test-only: names a stage ("apply", "worker", "measure") that raises on purpose, so tests can
 # prove an internal failure never breaks the user's run.
 ENV_FAIL_AT = "SGLANG_AUTOPERF_FAIL_AT"
@@ -58,6 +61,15 @@ def _check_budget_syntax(text: str) -> None:
         raise SettingsError(f"{ENV_VRAM_BUDGET}={text!r}: {exc}") from None
 
 
+def _parse_trace_every(value: str | None) -> int:
+    text = (value or "").strip()
+    if not text:
+        return 1
+    if not text.isdigit() or int(text) < 1:
+        raise SettingsError(f"{ENV_TRACE_EVERY}={value!r} is not a whole number >= 1")
+    return int(text)
+
+
 @dataclass(frozen=True)
 class Settings:
     enabled: bool
@@ -66,6 +78,7 @@ class Settings:
     cache_dir: str = ""
     calibrate: bool = True  # measure + retune live; off = plan at startup only
     trace_dir: str | None = None
+    trace_every: int = 1
     fail_at: str | None = None
 
     @classmethod
@@ -82,6 +95,7 @@ class Settings:
         fail_at = (env.get(ENV_FAIL_AT) or "").strip() or None
         if fail_at is not None and fail_at not in FAIL_STAGES:
             raise SettingsError(f"{ENV_FAIL_AT}={fail_at!r} is not one of {', '.join(FAIL_STAGES)}")
+        trace_every = _parse_trace_every(env.get(ENV_TRACE_EVERY))
         return cls(
             enabled=True,
             lossy=lossy,
@@ -90,7 +104,15 @@ class Settings:
             calibrate=calibrate,
             fail_at=fail_at,
             trace_dir=(env.get(ENV_TRACE_DIR) or "").strip() or None,
+            trace_every=trace_every,
         )
+
+    def traces_step(self, step: int, request_index: int) -> bool:
+        """Whether a step outside calibration is traced: step 0 never (it holds autotuning);
+        with N > 1, the traced phase shifts by one each request so no step index is always traced."""
+        if not self.trace_dir or step <= 0:
+            return False
+        return (step + request_index) % self.trace_every == 0
 
     def maybe_fail(self, stage: str) -> None:
         if self.fail_at == stage:

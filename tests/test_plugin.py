@@ -49,6 +49,23 @@ def test_bad_budget_is_a_settings_error(budget):
         Settings.from_env({"SGLANG_AUTOPERF": "1", "SGLANG_AUTOPERF_VRAM_BUDGET": budget})
 
 
+@pytest.mark.parametrize("every", ["0", "-1", "two", "1.5"])
+def test_bad_trace_every_is_a_settings_error(every):
+    with pytest.raises(SettingsError, match="SGLANG_AUTOPERF_TRACE_EVERY"):
+        Settings.from_env({"SGLANG_AUTOPERF": "1", "SGLANG_AUTOPERF_TRACE_EVERY": every})
+
+
+def test_trace_every_two_alternates_traced_steps_between_requests():
+    s = Settings.from_env({"SGLANG_AUTOPERF": "1", "SGLANG_AUTOPERF_TRACE_DIR": "/tmp/t", "SGLANG_AUTOPERF_TRACE_EVERY": "2"})
+    first = [step for step in range(8) if s.traces_step(step, request_index=0)]
+    second = [step for step in range(8) if s.traces_step(step, request_index=1)]
+    assert first == [2, 4, 6] and second == [1, 3, 5, 7]
+    every = Settings.from_env({"SGLANG_AUTOPERF": "1", "SGLANG_AUTOPERF_TRACE_DIR": "/tmp/t"})
+    assert [step for step in range(4) if every.traces_step(step, 0)] == [1, 2, 3]
+    untraced = Settings.from_env({"SGLANG_AUTOPERF": "1"})
+    assert not any(untraced.traces_step(step, 0) for step in range(4))
+
+
 def test_unset_registers_nothing(registry):
     plugin.register()
     assert ours(registry) == []

@@ -212,7 +212,7 @@ class WorkerTuner:
                     self.monitor.begin_step(request["step"], cal.placement)
             else:
                 cal = None
-                if request is not None and self.settings.trace_dir and request["step"] > 0:
+                if request is not None and self.settings.traces_step(request["step"], self.requests_seen):
                     trace_it = True
                     self.monitor.begin_step(request["step"], self.placement())
         except Exception as exc:
@@ -284,7 +284,9 @@ class WorkerTuner:
             cal.trials.extend(self._propose(cal))
         cal.trial += 1
         remaining_steps = (self.request["steps"] - self.request["step"]) if cal.step_mode else None
-        out_of_time = time.perf_counter() - cal.started > MAX_CALIBRATION_S
+        # Clocks differ between ranks: one rank alone stopping early would leave the others
+        # waiting in the next collective, so the ranks agree (any rank out of time stops all).
+        out_of_time = _agree_any(time.perf_counter() - cal.started > MAX_CALIBRATION_S)
         if (
             cal.trial >= len(cal.trials)
             or out_of_time
@@ -367,8 +369,9 @@ class WorkerTuner:
         if self.identity["rank"] == 0:
             self.cache.put(self.key(cal.bucket, cal.batch_size), result)
         logger().info(
-            "[autoperf] calibration of %s: %s %s (%s)",
+            "[autoperf] calibration of %s: %s %s (%s)%s",
             cal.bucket, "switched to" if decision.kept_new else "kept", decision.placement.label(), decision.reason,
+            f" [rank {self.identity['rank']} of {_dist_world().get_world_size()}]" if _dist_world() else "",
         )
         for line in format_calibration_table(result).splitlines():
             logger().info("%s", line if line.startswith("[autoperf]") else f"[autoperf] {line}")
@@ -403,6 +406,17 @@ def _agree_on_placements(placements: list[Placement]) -> list[Placement]:
     box = [placements]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def _agree_any(flag: bool) -> bool:
+    dist = _dist_world()
+    if dist is None:
+        return flag
+    import torch
+
+    t = torch.tensor([1 if flag else 0], dtype=torch.int32, device="cuda")
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
 
 
 def _agree_on_times(times: list[float]) -> list[float]:

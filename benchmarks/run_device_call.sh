@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# One whole GPU call (<= 10 minutes) made of the project's experiments, on 1 or 2 GPUs.
+# On a 2-GPU machine, two single-GPU experiments run side by side, one per GPU (arms of one
+# experiment always run one after another on the same GPU, so their ratios stay comparable; the
+# other GPU's experiment shares the host: CPU, RAM bandwidth. Results say so).
+#
+#   source .gpu-kit/setup_on_gpu.sh; bash benchmarks/run_device_call.sh PLAN     (repo root)
+#
+# PLAN:
+#   probes+calib+flux   probes of every visible GPU; GPU0: calibration arms A C O A2 B (issue 5);
+#                       GPU1: benchmark case flux-1024-24g (issue 6)
+#   wan14b+wan13b       GPU0: case wan14b-81f-24g; GPU1: case wan13b-17f
+#   2gpu                probes, then 2-GPU arms M0 M1 M2 (rank agreement)
+# Env: BUDGET_S (seconds for the whole call, default 570).
+# Writes under $OUT: one .tar.gz per part, summary.txt (the parts' tables and key lines).
+set -uo pipefail
+PLAN=${1:?usage: run_device_call.sh PLAN}
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+OUT=${OUT:-/tmp/out}
+BUDGET_S=${BUDGET_S:-570}
+T0=$(date +%s)
+W=/tmp/devcall; rm -rf "$W"; mkdir -p "$W" "$OUT"
+export PYTHONUNBUFFERED=1
+left() { echo $(( BUDGET_S - ($(date +%s) - T0) - 20 )); }  # 20 s to pack results
+say() { echo "[device-call $(( $(date +%s) - T0 ))s] $*"; }
+NGPU=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU')
+say "plan $PLAN on $NGPU GPU(s): $(nvidia-smi --query-gpu=name --format=csv,noheader | sort | uniq -c | xargs)"
+
+probes() {  # every visible GPU: NVML snapshot, CLI probe (table + JSON), live checks vs nvidia-smi
+  local d=$W/probes; mkdir -p "$d"
+  nvidia-smi > "$d/nvidia-smi.txt" 2>&1
+  nvidia-smi topo -m > "$d/nvidia-smi-topo.txt" 2>&1
+  python3 -m sglang_autoperf.probe.nvml_snapshot > "$d/nvml_snapshot.json" 2> "$d/nvml_snapshot.err"
+  python3 -m sglang_autoperf.cli probe --json > "$d/probe.json" 2>&1
+  python3 -m sglang_autoperf.cli probe > "$d/probe.txt" 2>&1
+  python3 -m pytest -q -p no:cacheprovider tests/gpu -rA > "$d/pytest_gpu.log" 2>&1
+  { echo "## probes"; cat "$d/probe.txt"; tail -5 "$d/pytest_gpu.log"; } >> "$W/summary.txt"
+  say "probes done: $(tail -1 "$d/pytest_gpu.log")"
+}
+
+calib() {  # GPUs (CUDA_VISIBLE_DEVICES), name, arms
+  local gpus=$1 d=$W/$2 arms=$3
+  mkdir -p "$d"
+  CUDA_VISIBLE_DEVICES=$gpus OUT=$d R=/tmp/$2 ARMS="$arms" SKIP_PROBES=1 BUDGET_S=$(left) \
+    bash "$HERE/run_calibration_gpu.sh" > "$d/run.log" 2>&1
+}
+
+case_run() {  # GPU, case
+  local gpu=$1 case=$2 d=$W/$2
+  mkdir -p "$d"
+  CUDA_VISIBLE_DEVICES=$gpu OUT=$d MODELS=/tmp/models-gpu$gpu BUDGET_S=$(left) \
+    bash "$HERE/run_gpu.sh" "$case" > "$d/run.log" 2>&1
+}
+
+side_by_side() {  # "cmd for GPU0" "cmd for GPU1": in parallel on 2 GPUs, else one after the other
+  if [ "$NGPU" -ge 2 ]; then
+    eval "$1" & local a=$!; eval "$2" & local b=$!; wait $a $b
+  else
+    eval "$1"; eval "${2/ 1 / 0 }"  # the second part moves to GPU 0
+  fi
+}
+
+case $PLAN in
+  probes+calib+flux) probes; side_by_side 'calib 0 calib-1gpu "A C O A2 B"' 'case_run 1 flux-1024-24g' ;;
+  wan14b+wan13b) side_by_side 'case_run 0 wan14b-81f-24g' 'case_run 1 wan13b-17f' ;;
+  2gpu) probes; calib 0,1 calib-2gpu "M0 M1 M2" ;;
+  *) echo "unknown plan $PLAN"; exit 2 ;;
+esac
+
+say "packing"
+for d in "$W"/*/; do
+  name=$(basename "$d")
+  { echo "## $name"; cat "$d"/table.md 2>/dev/null
+    grep -hE "median_paired|pairs\"" "$d"/monitor_overhead.json 2>/dev/null
+    grep -hE "==|calibrat|cache hit|plan:|skipped" "$d"/autoperf_lines.txt 2>/dev/null | cut -c1-300 | head -40
+    tail -25 "$d"/run.log 2>/dev/null; } >> "$W/summary.txt"
+  tar czf "$OUT/$name.tar.gz" -C "$W" "$name"
+done
+cp "$W/summary.txt" "$OUT/summary.txt"
+say "done: $(ls "$OUT" | xargs)"
