@@ -98,7 +98,7 @@ SERVER_ARG_KEYS = (
     "attention_backend", "enable_torch_compile", "model_id", "num_gpus",
 )
 _READY_RE = re.compile(
-    r"Layerwise offload ready for (?P<component>\S+?) in (?P<secs>[\d.]+)s: groups=(?P<groups>\d+), "
+    r"Layerwise offload ready for (?P<component>\S+?)(?: \((?P<cls>[^)]*)\))? in (?P<secs>[\d.]+)s: groups=(?P<groups>\d+), "
     r"layers=(?P<layers>\d+), prefetch/group=(?P<prefetch>[^,]+(?:, [\d.]+)*), "
     r"resident=(?P<resident>\d+)/(?P<total>\d+) \((?P<lifetime>[^)]*)\), policy=(?P<policy>[\w, ]+)")
 _LOADED_RE = re.compile(
@@ -165,8 +165,7 @@ def effective_settings(parsed_log: dict) -> dict:
     line wins over server_args (the plugin may change settings after server_args are logged)."""
     sa = parsed_log.get("server_args") or {}
     dit = next((o for o in parsed_log.get("layerwise_offload", []) if "transformer" in o["component"]), None)
-    if dit is None and parsed_log.get("layerwise_offload"):
-        dit = parsed_log["layerwise_offload"][0]
+    # other components (text encoder, VAE) may stream too; they say nothing about the DiT
     out = {"source": "offload-log" if dit else ("server_args" if sa else "none")}
     if not dit and sa.get("dit_layerwise_offload"):
         out["source"] = "server_args (no 'Layerwise offload ready' line seen)"
@@ -182,6 +181,34 @@ def effective_settings(parsed_log: dict) -> dict:
     out["performance_mode"] = sa.get("performance_mode")
     out["attention_backend"] = sa.get("attention_backend")
     return out
+
+
+def reread_settings(folder: str) -> int:
+    """Read each arm's settings back again from its saved log (`logs/<arm>.log`) into
+    `runs/<arm>.json` and `summary.json`: for results taken before a log format was understood.
+    Returns the number of arms whose settings changed."""
+    changed = 0
+    with open(os.path.join(folder, "summary.json")) as f:
+        summary = json.load(f)
+    for arm in summary.get("arms", []):
+        log_path = os.path.join(folder, "logs", f"{arm['arm']}.log")
+        if not os.path.isfile(log_path):
+            continue
+        with open(log_path, errors="replace") as f:
+            settings = effective_settings(parse_log(f.read()))
+        if settings != arm.get("settings"):
+            changed += 1
+        arm["settings"] = settings
+        run_path = os.path.join(folder, "runs", f"{arm['arm']}.json")
+        if os.path.isfile(run_path):
+            with open(run_path) as f:
+                run = json.load(f)
+            run["settings"] = settings
+            with open(run_path, "w") as f:
+                json.dump(run, f, indent=1)
+    with open(os.path.join(folder, "summary.json"), "w") as f:
+        json.dump(summary, f, indent=1)
+    return changed
 
 
 def classify(rc: int | None, log: str, perf: dict | None, timed_out: bool = False,
@@ -602,7 +629,7 @@ def build_arms(a, wl: Workload) -> tuple[list[Arm], dict]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    ap.add_argument("--model-path", required=True)
+    ap.add_argument("--model-path", help="model folder (required unless --reread)")
     ap.add_argument("--model-id", default=None, help="passed to sglang (e.g. FLUX.1-dev)")
     ap.add_argument("--width", type=int, default=832)
     ap.add_argument("--height", type=int, default=480)
@@ -629,9 +656,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--settle", type=float, default=2.0, help="seconds to wait between arms")
     ap.add_argument("--case", default=None, help="label stored in every result")
     ap.add_argument("--out", required=True)
+    ap.add_argument("--reread", action="store_true",
+                    help="run nothing: read the settings of the arms in --out back again from their logs")
     ap.add_argument("--dry-run", action="store_true", help="print the arms and commands, run nothing")
     a = ap.parse_args(argv)
 
+    if a.reread:
+        print(f"[compare] re-read settings of {reread_settings(a.out)} arm(s) in {a.out}")
+        return 0
+    if not a.model_path:
+        ap.error("--model-path is required")
     t_start = time.time()
     wl = Workload(a.width, a.height, a.frames, a.steps, a.prompt, a.seed)
     out = os.path.abspath(a.out)

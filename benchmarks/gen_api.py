@@ -27,6 +27,8 @@ def main() -> int:
     ap.add_argument("--requests", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--prompt", default="a red car on the beach at sunset")
+    ap.add_argument("--master-port", type=int, default=None,
+                    help="sglang's worker rendezvous port; give processes started side by side different ones")
     ap.add_argument("--server-args", default="{}", help="JSON dict of ServerArgs fields (all count as user-pinned)")
     args = ap.parse_args()
 
@@ -44,6 +46,8 @@ def main() -> int:
     except Exception:
         pass
     server_args = {"num_gpus": 1, **json.loads(args.server_args)}
+    if args.master_port is not None:
+        server_args["master_port"] = args.master_port
     record["server_args"] = server_args
     generator = DiffGenerator.from_pretrained(model_path=args.model_path, **server_args)
     record["startup_s"] = time.perf_counter() - t0

@@ -16,7 +16,8 @@
 #   source .gpu-kit/setup_on_gpu.sh; ARMS="A C O A2" bash benchmarks/run_calibration_gpu.sh
 # Env: OUT (results), R (work folder, default /tmp/calib), ARMS, SKIP_PROBES=1, BUDGET_S (seconds
 # for the whole script; an arm that would not finish in what is left is skipped and said so),
-# ARM_EST_S (a single-GPU arm's expected seconds, default 75), CUDA_VISIBLE_DEVICES as usual.
+# ARM_EST_S (a single-GPU arm's expected seconds, default 75), CUDA_VISIBLE_DEVICES as usual,
+# MASTER_PORT (sglang's worker rendezvous port; distinct for processes started side by side).
 # Writes $OUT/calibration.tar.gz, $OUT/summary.json, $OUT/arms.jsonl, $OUT/autoperf_lines.txt.
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
@@ -60,7 +61,7 @@ arm() {  # name, autoperf(0/1), server-args, frames, steps, requests, [extra env
   say "arm $name (autoperf=$ap, ${frames}f, $steps steps, $reqs requests)"
   if [ "$ap" = 1 ]; then export SGLANG_AUTOPERF=1; else unset SGLANG_AUTOPERF; fi
   env "$@" timeout $(( left - 5 )) $PY benchmarks/gen_api.py --model-path "$M" --out "$R/$name/run.json" \
-    --frames "$frames" --steps "$steps" --requests "$reqs" --server-args "$sargs" > "$R/$name/log.txt" 2>&1
+    --frames "$frames" --steps "$steps" --requests "$reqs" --server-args "$sargs" ${MASTER_PORT:+--master-port $MASTER_PORT} > "$R/$name/log.txt" 2>&1
   echo "  rc=$?"; grep -E '^\{' "$R/$name/log.txt" | tail -3
   # results leave the machine as each arm ends, in case a later arm runs past the call's limit
   [ -f "$R/$name/run.json" ] && { $PY -c "import json,sys; print(json.dumps({'arm': sys.argv[1], **json.load(open(sys.argv[2]))}))" "$name" "$R/$name/run.json" >> "$OUT/arms.jsonl"; }

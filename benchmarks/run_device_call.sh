@@ -2,7 +2,10 @@
 # One whole GPU call (<= 10 minutes) made of the project's experiments, on 1 or 2 GPUs.
 # On a 2-GPU machine, two single-GPU experiments run side by side, one per GPU (arms of one
 # experiment always run one after another on the same GPU, so their ratios stay comparable; the
-# other GPU's experiment shares the host: CPU, RAM bandwidth. Results say so).
+# other GPU's experiment shares the host: CPU, RAM bandwidth. Results say so). Each lane gets its
+# own --master-port: sglang checks its default port (30005) is free when it parses its arguments,
+# so two processes starting at the same moment both take it and one worker dies with EADDRINUSE
+# (seen on 2026-11-27, which cost the first run of this script two arms).
 #
 #   source .gpu-kit/setup_on_gpu.sh; bash benchmarks/run_device_call.sh PLAN     (repo root)
 #
@@ -42,6 +45,7 @@ calib() {  # GPUs (CUDA_VISIBLE_DEVICES), name, arms
   local gpus=$1 d=$W/$2 arms=$3
   mkdir -p "$d"
   CUDA_VISIBLE_DEVICES=$gpus OUT=$d R=/tmp/$2 ARMS="$arms" SKIP_PROBES=1 BUDGET_S=$(left) \
+    MASTER_PORT=$(( 31000 + ${gpus%%,*} * 500 )) \
     bash "$HERE/run_calibration_gpu.sh" > "$d/run.log" 2>&1
 }
 
@@ -49,6 +53,7 @@ case_run() {  # GPU, case
   local gpu=$1 case=$2 d=$W/$2
   mkdir -p "$d"
   CUDA_VISIBLE_DEVICES=$gpu OUT=$d MODELS=/tmp/models-gpu$gpu BUDGET_S=$(left) \
+    EXTRA="--master-port $(( 33000 + gpu * 500 ))" \
     bash "$HERE/run_gpu.sh" "$case" > "$d/run.log" 2>&1
 }
 

@@ -289,3 +289,12 @@ def test_monitor_overhead_pairs_traced_steps_with_untraced_neighbours(tmp_path):
     run.write_text(json.dumps({"card": "x", "requests": [
         {"status": "ok", "steps_ms": steps}, {"status": "ok", "steps_ms": [900.0, 103.0, 100.0, 103.0, 100.0, 103.0]}]}))
     assert mo.main([str(run), str(tmp_path)]) == 0
+
+
+def test_ready_line_with_class_name_is_read_back():
+    # RECORDED: sglang 0.5.23 on an H200 (GPU sandbox), 2026-11-27, FLUX.1-dev-shaped DiT at 24 GiB free
+    log = ("[11-27 15:03:35] Layerwise offload ready for transformer (FluxTransformer2DModel) in 6.37s: "
+           "groups=2, layers=57, prefetch/group=2, resident=28/57 (forward), policy=strided\n")
+    eff = compare.effective_settings(compare.parse_log(log))
+    assert eff["source"] == "offload-log"
+    assert (eff["resident_layers"], eff["total_layers"], eff["prefetch"], eff["policy"]) == (28, 57, 2, "strided")

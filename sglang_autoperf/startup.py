@@ -206,13 +206,37 @@ def _calibration_changes(ctx: RunContext, settings: Settings, plan_dict: dict[st
     if "warmup_mode" in ctx.pinned:
         plan_dict["notes"].append("warmup is pinned off: calibrating across the first requests instead")
         return
-    steps = calibration_steps()
+    step_ms = float((plan_dict.get("predicted") or {}).get("step_ms") or 0.0)
+    candidates = warmup_candidates(step_ms)
+    if candidates < 1:
+        plan_dict["notes"].append(
+            f"no calibration warmup: a step is predicted at {step_ms / 1e3:.1f} s, so even one candidate "
+            f"({calibration_steps(1)} steps) would cost more than the {MAX_WARMUP_S:.0f} s bound; the first requests "
+            f"are measured instead")
+        return
+    steps = calibration_steps(candidates)
     _set_change(plan_dict, ctx, "warmup_mode", "request",
                 f"no tuning for {bucket} in the cache: calibrate resident layers and prefetch on a warmup copy "
                 f"of the first request, so no real request changes placement mid-way")
     _set_change(plan_dict, ctx, "warmup_steps", steps,
                 f"{steps} warmup steps: 3 at the planned placement, then 3 for each of up to "
-                f"{(steps - 3) // 3} candidates (bounded; the result is cached)")
+                f"{candidates} candidates (bounded to ~{MAX_WARMUP_S:.0f} s at the predicted "
+                f"{step_ms:.0f} ms/step; the result is cached)")
+
+
+# A calibration warmup is extra denoising steps before the user's first request: bound its time,
+# so a model with multi-second steps (Wan-14B at 81 frames: ~8 s) does not pay a minute for it.
+MAX_WARMUP_S = 20.0
+
+
+def warmup_candidates(step_ms: float) -> int:
+    """How many candidate placements a calibration warmup can try within MAX_WARMUP_S."""
+    from sglang_autoperf.measure.live import BASELINE_STEPS, MAX_CANDIDATES, STEPS_PER_TRIAL
+
+    if step_ms <= 0:
+        return MAX_CANDIDATES  # no prediction: the live time bound (measure.live) still applies
+    affordable = int(MAX_WARMUP_S * 1e3 / step_ms)
+    return max(0, min(MAX_CANDIDATES, (affordable - BASELINE_STEPS) // STEPS_PER_TRIAL))
 
 
 def _same_setup(a, b) -> bool:

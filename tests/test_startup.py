@@ -28,8 +28,8 @@ def settings(tmp_path) -> Settings:
     return Settings(enabled=True, cache_dir=str(tmp_path / "cache"))
 
 
-def plan_dict():
-    return {"changes": [], "notes": [], "dit": {"offload": True}}
+def plan_dict(step_ms=0.0):
+    return {"changes": [], "notes": [], "dit": {"offload": True}, "predicted": {"step_ms": step_ms}}
 
 
 def store(tmp_path, placement: Placement, bucket=BUCKET, objective="speed"):
@@ -41,8 +41,8 @@ def store(tmp_path, placement: Placement, bucket=BUCKET, objective="speed"):
     assert TuningCache(tmp_path / "cache").put(key, result)
 
 
-def run(tmp_path, context, shape_known=True):
-    d = plan_dict()
+def run(tmp_path, context, shape_known=True, step_ms=0.0):
+    d = plan_dict(step_ms)
     _calibration_changes(context, settings(tmp_path), d, "fp", GPU_KEY, BUCKET, None, shape_known)
     return {c["setting"]: c for c in d["changes"]}, d["notes"]
 
@@ -52,6 +52,19 @@ def test_cache_miss_schedules_a_bounded_warmup(tmp_path):
     assert changes["warmup_mode"]["after"] == "request"
     assert changes["warmup_steps"]["after"] == calibration_steps() == 12
     assert "dit_offload_prefetch_size" not in changes
+
+
+@pytest.mark.parametrize("step_ms, steps", [(170.0, 12), (1500.0, 12), (2500.0, 6), (5000.0, None), (7885.0, None)])
+def test_warmup_is_bounded_by_the_predicted_step_time(tmp_path, step_ms, steps):
+    # 7885 ms: the plan's prediction for Wan2.1-14B 480p 81f on an H200 (measured 7.6-7.7 s/step
+    # there, 2026-11-27), where 12 calibration steps had cost ~90 s before a 4-step request.
+    changes, notes = run(tmp_path, ctx(), step_ms=step_ms)
+    if steps is None:
+        assert "warmup_mode" not in changes and "warmup_steps" not in changes
+        assert any("no calibration warmup" in n and "measured instead" in n for n in notes)
+    else:
+        assert changes["warmup_steps"]["after"] == steps
+        assert steps * step_ms / 1e3 <= 20.0
 
 
 def test_cache_hit_applies_the_measured_placement_without_calibration(tmp_path):
