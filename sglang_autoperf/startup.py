@@ -206,6 +206,13 @@ def _calibration_changes(ctx: RunContext, settings: Settings, plan_dict: dict[st
     if "warmup_mode" in ctx.pinned:
         plan_dict["notes"].append("warmup is pinned off: calibrating across the first requests instead")
         return
+    if len((plan_dict.get("dit") or {}).get("resident_per_group") or []) > 1:
+        # measure.live retunes one layer list; a warmup for FLUX-style double+single blocks would
+        # only cost steps (seen: 12 warmup steps on FLUX.1 at 24 GiB, H200, 2026-11-27)
+        plan_dict["notes"].append(
+            "no calibration warmup: live retuning covers DiTs with one offloaded layer list; this DiT has "
+            f"{len(plan_dict['dit']['resident_per_group'])}, so the startup plan stands")
+        return
     step_ms = float((plan_dict.get("predicted") or {}).get("step_ms") or 0.0)
     candidates = warmup_candidates(step_ms)
     if candidates < 1:

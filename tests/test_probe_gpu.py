@@ -427,3 +427,31 @@ def test_recorded_h200_snapshot():
     assert (d.pcie_generation, d.pcie_width) == (5, 16)
     measured_h2d = 55.2e9
     assert abs(d.h2d_bytes_per_s - measured_h2d) / measured_h2d < 0.15
+
+
+H200X2 = ROOT / "tests/fixtures/nvml/nvml-2x-h200-141gb-2026-11-27.json"
+
+
+def test_recorded_two_gpu_snapshot():
+    """Recorded by `python -m sglang_autoperf.probe.nvml_snapshot` on a 2-GPU machine (2x H200,
+    2026-11-27; UUIDs removed). nvidia-smi topo showed NV18 between the two: 18 active links each,
+    all to the NVSwitch fabric, so each GPU is the other's NVLink peer through the switch."""
+    p = profile_from_snapshot(H200X2)
+    assert p.snapshot_label.startswith("recorded on 2x NVIDIA H200, 2026-11-27")
+    a, b = p.devices
+    assert (a.index, b.index) == (0, 1) and a.name == b.name == "NVIDIA H200"
+    assert a.memory_total_bytes == b.memory_total_bytes == 150754820096
+    assert sum(link.active for link in a.nvlink) == 18 and all(link.remote_type == "switch" for link in a.nvlink)
+    assert p.nvlink_connected(0, 1) and not p.nvlink_connected(0, 0)
+    table = format_gpu_table(p)
+    rows = [ln for ln in table.splitlines() if ln[:1].isdigit()]
+    assert [ln.split()[0] for ln in rows] == ["0", "1"] and all("NVIDIA H200" in ln and "18/18 switch" in ln for ln in rows)
+
+
+def test_two_gpu_snapshot_respects_visible_devices_and_num_gpus():
+    only_second = profile_from_snapshot(H200X2, visible="1")
+    (d,) = only_second.devices
+    assert d.pci_bus_id.endswith("00:07.0")
+    second_via_base = profile_from_snapshot(H200X2, base_gpu_id=1, num_gpus=1)
+    assert [x.pci_bus_id for x in second_via_base.devices] == [d.pci_bus_id]
+    assert len(profile_from_snapshot(H200X2, num_gpus=2).devices) == 2

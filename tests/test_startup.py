@@ -67,6 +67,13 @@ def test_warmup_is_bounded_by_the_predicted_step_time(tmp_path, step_ms, steps):
         assert steps * step_ms / 1e3 <= 20.0
 
 
+def test_no_warmup_for_a_dit_with_several_layer_lists(tmp_path):
+    d = plan_dict(170.0)
+    d["dit"]["resident_per_group"] = [17, 17]  # FLUX.1: double and single blocks
+    _calibration_changes(ctx(), settings(tmp_path), d, "fp", GPU_KEY, BUCKET, None, True)
+    assert not d["changes"] and any("one offloaded layer list" in n for n in d["notes"])
+
+
 def test_cache_hit_applies_the_measured_placement_without_calibration(tmp_path):
     store(tmp_path, Placement(0, 6, "leading"))
     changes, notes = run(tmp_path, ctx())
