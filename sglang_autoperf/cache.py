@@ -85,6 +85,14 @@ class StepSummary:
                    med([s.copy_ms for s in steps]), med([s.exposed_ms for s in steps]), len(steps))
 
 
+def format_when(created_at) -> str:
+    """A cache entry's creation time for log lines (local time, minutes)."""
+    try:
+        return time.strftime("%Y-%m-%d %H:%M", time.localtime(float(created_at)))
+    except (TypeError, ValueError):
+        return str(created_at)
+
+
 @dataclass
 class TuningResult:
     placement: Placement  # chosen

@@ -176,7 +176,7 @@ def _calibration_changes(ctx: RunContext, settings: Settings, plan_dict: dict[st
     bucket above is a guess: a miss on it proves nothing, so a warmup is scheduled only on a first
     start (no entry for this model, GPU and layout at all); otherwise each worker looks its
     buckets up per request and calibrates a new shape across its first requests."""
-    from sglang_autoperf.cache import TuningCache, tuning_key, tuning_objective
+    from sglang_autoperf.cache import TuningCache, format_when, tuning_key, tuning_objective
     from sglang_autoperf.measure.live import calibration_steps
 
     key = tuning_key(
@@ -192,9 +192,7 @@ def _calibration_changes(ctx: RunContext, settings: Settings, plan_dict: dict[st
         return
     if cached is not None:
         p = cached.placement
-        from sglang_autoperf.measure.live import _when
-
-        why = f"measured by an earlier calibration of {bucket} ({_when(cached.created_at)}): {cached.reason}"
+        why = f"measured by an earlier calibration of {bucket} ({format_when(cached.created_at)}): {cached.reason}"
         _set_change(plan_dict, ctx, "dit_layerwise_resident_layers", p.resident_layers, why)
         _set_change(plan_dict, ctx, "dit_offload_prefetch_size", p.prefetch_layers, why)
         _set_change(plan_dict, ctx, "dit_layerwise_residency_policy", p.policy, why)

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sglang_autoperf import sglang_adapter as sa
+from sglang_autoperf.cache import format_when
 from sglang_autoperf.measure.trace import Placement, StepTrace
 from sglang_autoperf.plugin import logger
 
@@ -155,7 +156,7 @@ class WorkerTuner:
                 self.results[bucket] = result
                 logger().info(
                     "[autoperf] tuning cache hit for %s: %s (calibrated %s); no calibration needed",
-                    bucket, result.placement.label(), _when(result.created_at),
+                    bucket, result.placement.label(), format_when(result.created_at),
                 )
         if result is not None:
             if result.placement != self.placement():
@@ -375,13 +376,6 @@ class WorkerTuner:
         )
         for line in format_calibration_table(result).splitlines():
             logger().info("%s", line if line.startswith("[autoperf]") else f"[autoperf] {line}")
-
-
-def _when(created_at) -> str:
-    try:
-        return time.strftime("%Y-%m-%d %H:%M", time.localtime(float(created_at)))
-    except (TypeError, ValueError):
-        return str(created_at)
 
 
 def _is_oom(exc: BaseException) -> bool:
