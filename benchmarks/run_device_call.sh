@@ -14,7 +14,7 @@
 #                       GPU1: benchmark case flux-1024-24g (issue 6)
 #   wan14b+wan13b       GPU0: case wan14b-81f-24g; GPU1: case wan13b-17f
 #   2gpu                probes, then 2-GPU arms M0 M1 M2 (rank agreement)
-#   overhead+wan13b     GPU0: calibration arms O A C (monitor overhead, plugin vs resident);
+#   overhead+wan13b     GPU0: calibration arms A C O A2 (plugin vs resident, monitor overhead);
 #                       GPU1: case wan13b-17f (off / forced offload / plugin / sweep)
 #   wan14b+wan13b81     GPU0: case wan14b-81f-24g (with its sweep point); GPU1: case wan13b-81f
 # Env: BUDGET_S (seconds for the whole call, default 570).
@@ -72,7 +72,7 @@ case $PLAN in
   probes+calib+flux) probes; side_by_side 'calib 0 calib-1gpu "A C O A2 B"' 'case_run 1 flux-1024-24g' ;;
   wan14b+wan13b) side_by_side 'case_run 0 wan14b-81f-24g' 'case_run 1 wan13b-17f' ;;
   2gpu) probes; calib 0,1 calib-2gpu "M0 M1 M2" ;;
-  overhead+wan13b) side_by_side 'calib 0 calib-1gpu "O A C"' 'case_run 1 wan13b-17f' ;;
+  overhead+wan13b) side_by_side 'calib 0 calib-1gpu "A C O A2"' 'case_run 1 wan13b-17f' ;;
   wan14b+wan13b81) side_by_side 'case_run 0 wan14b-81f-24g' 'case_run 1 wan13b-81f' ;;
   *) echo "unknown plan $PLAN"; exit 2 ;;
 esac
