@@ -1,4 +1,4 @@
-"""Retuner on SYNTHETIC traces built here (recorded GPU traces go to tests/fixtures/traces/ later)."""
+"""Retuner on synthetic traces built here, and on traces recorded on a real GPU (tests/fixtures/traces/)."""
 from __future__ import annotations
 
 import json
@@ -15,6 +15,7 @@ from sglang_autoperf.retune.retuner import (
     passes_per_step,
     placement_vram_bytes,
     propose,
+    simulate_placement,
 )
 
 MB = 1 << 20
@@ -264,3 +265,38 @@ def test_recorded_trace_speed_objective_respects_headroom():
     assert roomy and max(c.placement.resident_layers for c in roomy) > 0
     tight = propose(rec.steps[:2], rec.layer_bytes, Placement(0, 1, "leading"), 300 << 20, objective="speed")
     assert all(c.extra_vram_bytes <= 300 << 20 for c in tight)
+
+
+# FLUX.1-dev-shaped DiT (19 double + 38 single blocks), 1024², 24 GiB free, the plugin's startup
+# placement (17 resident per list, strided, prefetch 4): warmup request recorded on an H200.
+RECORDED_FLUX = Path(__file__).parent / "fixtures" / "traces" / "h200-flux1dev-1024-24g-r17p4strided-2026-11-27.json"
+
+
+def _flux_steps():
+    rec = TraceRecording.from_dict(json.loads(RECORDED_FLUX.read_text()))
+    assert rec.source.startswith("recorded by sglang-autoperf's overlap monitor on NVIDIA H200, 2026-11-27")
+    return rec, rec.steps[2:]  # step 1 still holds the first request's transfers (exposed 40 ms)
+
+
+def test_recorded_flux_trace_two_layer_lists():
+    rec, steps = _flux_steps()
+    layers = measured_layer_costs(steps, rec.layer_bytes)
+    assert len(layers) == 57 and [sum(1 for x in layers if x.group == g) for g in (0, 1)] == [19, 38]
+    assert sum(x.bytes for x in layers) == 19 * 679_662_592 + 38 * 283_183_616
+    rate = sorted(x.bytes / x.copy_s for x in layers)[len(layers) // 2]
+    assert 50e9 < rate < 60e9  # pinned H2D on PCIe Gen5 x16 (55.2-55.4 GB/s measured by the probe test)
+    placement = steps[0].placement
+    assert placement == Placement(17, 4, "strided")
+    sim = simulate_placement(layers, placement, passes_per_step(steps))
+    measured = sorted(s.wall_ms for s in steps)[len(steps) // 2]
+    assert abs(sim.step_s * 1e3 - measured) / measured < 0.05  # 150.7 vs 155.2 ms
+    assert sim.exposed_s * 1e3 < 0.01 * measured
+
+
+def test_recorded_flux_trace_hidden_copies_propose_nothing_for_speed():
+    rec, steps = _flux_steps()
+    for headroom_gib in (0, 1, 3, 8):
+        assert propose(steps, rec.layer_bytes, steps[0].placement, headroom_gib << 30) == []
+    # memory objective: only placements that give VRAM back, within 2% of the measured step
+    for c in propose(steps, rec.layer_bytes, steps[0].placement, 8 << 30, objective="memory"):
+        assert c.extra_vram_bytes < 0

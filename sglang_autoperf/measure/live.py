@@ -100,9 +100,19 @@ class WorkerTuner:
                     policy=placement.policy,
                 )
 
-    def layer_bytes(self) -> list[int]:
-        m = self.primary[0]
-        return [sa.manager_layer_bytes(m, i) for i in range(sa.manager_setting(m)["num_layers"])]
+    def layer_bytes(self, steps: list[StepTrace] | None = None) -> list[int]:
+        """Bytes of every offloaded layer, list after list: in the order the traces met the lists
+        (the retuner's contract), else in manager order. FLUX: 19 double then 38 single blocks."""
+        from sglang_autoperf.retune.retuner import layer_lists
+
+        per_list = {
+            (component, sa.manager_layer_list_name(m)): [
+                sa.manager_layer_bytes(m, i) for i in range(sa.manager_setting(m)["num_layers"])]
+            for component, group in self.managers.items() for m in group
+        }
+        order = [(c, name) for c, name, _ in layer_lists(steps)] if steps else list(per_list)
+        order += [k for k in per_list if k not in order]
+        return [b for key in order for b in per_list.get(key, [])]
 
     def headroom_bytes(self) -> int:
         import torch
@@ -267,7 +277,7 @@ class WorkerTuner:
                 f"recorded by sglang-autoperf's overlap monitor on {torch.cuda.get_device_name()}, "
                 f"{time.strftime('%Y-%m-%d')}, sglang {metadata.version('sglang')}, torch {torch.__version__}"
             ),
-            layer_bytes=self.layer_bytes(),
+            layer_bytes=self.layer_bytes(steps),
             steps=steps,
             meta={"bucket": request["bucket"], "warmup": request["is_warmup"], "steps": request["steps"],
                   "model_fingerprint": self.plan.model_fingerprint, "rank": self.identity["rank"]},
@@ -312,7 +322,7 @@ class WorkerTuner:
         if cal.max_candidates < 1:
             return []
         candidates = propose(
-            cal.traces[cal.baseline], self.layer_bytes(), cal.baseline, self.headroom_bytes(),
+            cal.traces[cal.baseline], self.layer_bytes(cal.traces[cal.baseline]), cal.baseline, self.headroom_bytes(),
             objective=cal.objective, max_candidates=cal.max_candidates,
         )
         placements = _agree_on_placements([c.placement for c in candidates])
