@@ -85,6 +85,11 @@ class StepSummary:
                    med([s.copy_ms for s in steps]), med([s.exposed_ms for s in steps]), len(steps))
 
 
+# What a torch.compile check stores as its "placement": the DiT fully resident (no streaming).
+RESIDENT_DIT = Placement(0, 0, "resident")
+COMPILE_OBJECTIVE = "compile"
+
+
 def format_when(created_at) -> str:
     """A cache entry's creation time for log lines (local time, minutes)."""
     try:
@@ -108,6 +113,9 @@ class TuningResult:
     baseline_vram_bytes: int | None = None
     traces: list[dict[str, Any]] = field(default_factory=list)  # StepTrace.to_dict(), for the timeline
     created_at: float = field(default_factory=time.time)
+    # None: a placement calibration. True/False: a torch.compile check (keep compiled / run eager),
+    # stored under objective "compile"; `placement` is then the resident DiT (RESIDENT_DIT).
+    compiled: bool | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -124,6 +132,7 @@ class TuningResult:
             "baseline_vram_bytes": self.baseline_vram_bytes,
             "traces": list(self.traces),
             "created_at": self.created_at,
+            "compiled": self.compiled,
         }
 
     @classmethod
@@ -142,6 +151,7 @@ class TuningResult:
             baseline_vram_bytes=d.get("baseline_vram_bytes"),
             traces=list(d.get("traces") or []),
             created_at=float(d.get("created_at", 0.0)),
+            compiled=None if d.get("compiled") is None else bool(d["compiled"]),
         )
 
     @classmethod

@@ -20,8 +20,22 @@ def _gib(v: int | None) -> str:
     return "-" if v is None else f"{v / GiB:.2f} GiB"
 
 
+def format_compile_check(result: "TuningResult") -> str:
+    """A torch.compile check: compiled vs eager steps at one shape and what was kept."""
+    lines = [f"[autoperf] torch.compile check ({'kept compiled' if result.compiled else 'runs eager'})"]
+    for label in ("compiled", "eager"):
+        st = result.stats.get(label)
+        if st is not None:
+            lines.append(f"  {label:9s} median {st.median_ms:.1f} ms/step (min {st.min_ms:.1f}, max {st.max_ms:.1f}, n={st.n})")
+    lines.append(f"  check: {result.calibration_s:.1f} s, {result.steps_used} steps")
+    lines.append(f"  reason: {result.reason}")
+    return "\n".join(lines)
+
+
 def format_calibration_table(result: "TuningResult") -> str:
     """Before (baseline) vs after (chosen) per step, the measured trials, VRAM and time spent."""
+    if result.compiled is not None:
+        return format_compile_check(result)
     b: StepSummary | None = result.before
     a: StepSummary | None = result.after
     changed = result.placement != result.baseline

@@ -376,6 +376,39 @@ def _after_worker_init(result, worker, *args, **kwargs):
     return None
 
 
+# ---------------------------------------------------------------------------- torch.compile
+
+
+def compiled_dit_modules(pipeline) -> list:
+    """DiT modules sglang compiled. sglang 0.5.23 compiles with `nn.Module.compile` (the whole DiT,
+    or its blocks with --regional-compile: DenoisingStage._maybe_torch_compile), which stores the
+    compiled callable in `_compiled_call_impl`; `nn.Module.__call__` uses it while it is set."""
+    found = []
+    for name, module in (getattr(pipeline, "modules", {}) or {}).items():
+        if name.startswith("transformer") and hasattr(module, "modules"):
+            found += [m for m in module.modules() if getattr(m, "_compiled_call_impl", None) is not None]
+    return found
+
+
+class CompileSwitch:
+    """Runs sglang's compiled DiT modules compiled or eager, and back, without recompiling:
+    eager clears `_compiled_call_impl`, compiled restores the callable sglang made."""
+
+    def __init__(self, modules: list):
+        self._impls = [(m, m._compiled_call_impl) for m in modules]
+
+    def __len__(self) -> int:
+        return len(self._impls)
+
+    def set(self, compiled: bool) -> None:
+        for module, impl in self._impls:
+            module._compiled_call_impl = impl if compiled else None
+
+    @property
+    def compiled(self) -> bool:
+        return bool(self._impls) and all(m._compiled_call_impl is impl for m, impl in self._impls)
+
+
 # ---------------------------------------------------------------------------- offload managers
 
 

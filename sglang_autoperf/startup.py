@@ -135,12 +135,15 @@ def _plan_cuda(ctx: RunContext, settings: Settings, base: dict[str, Any]) -> Sta
         "memory_total_bytes": first.memory_total_bytes,
         "link": f"pcie{first.pcie_generation}x{first.pcie_width}",
     }
-    if plan_dict["dit"]["offload"] and settings.calibrate and ctx.identity:
+    if settings.calibrate and ctx.identity:
         from sglang_autoperf.cache import shape_bucket
 
         shape_known = bool(ctx.width and ctx.height)
         bucket = shape_bucket(width, height, frames, 1, workload.cfg_passes > 1)
-        _calibration_changes(ctx, settings, plan_dict, model.fingerprint, gpu_key, bucket, budget, shape_known)
+        if plan_dict["dit"]["offload"]:
+            _calibration_changes(ctx, settings, plan_dict, model.fingerprint, gpu_key, bucket, budget, shape_known)
+        elif shape_known:
+            _compile_from_cache(ctx, settings, plan_dict, model.fingerprint, gpu_key, bucket, budget)
     return StartupPlan(
         active=True,
         reason="planned from probes" + (f" within a {budget / 2**30:.1f} GiB budget" if budget else ""),
@@ -242,6 +245,26 @@ def warmup_candidates(step_ms: float) -> int:
         return MAX_CANDIDATES  # no prediction: the live time bound (measure.live) still applies
     affordable = int(MAX_WARMUP_S * 1e3 / step_ms)
     return max(0, min(MAX_CANDIDATES, (affordable - BASELINE_STEPS) // STEPS_PER_TRIAL))
+
+
+def _compile_from_cache(ctx: RunContext, settings: Settings, plan_dict: dict[str, Any], fingerprint: str,
+                        gpu_key: dict[str, Any], bucket: str, budget: int | None) -> None:
+    """Where this plan turns torch.compile on and an earlier run measured eager faster at this
+    shape (measure/compile_check.py), do not compile at all: the compile time is saved too."""
+    from sglang_autoperf.cache import COMPILE_OBJECTIVE, TuningCache, format_when, tuning_key
+
+    change = next((c for c in plan_dict["changes"] if c["setting"] == "enable_torch_compile" and c["after"] is True), None)
+    if change is None:
+        return
+    key = tuning_key(fingerprint=fingerprint, gpu_key=gpu_key, identity=ctx.identity, bucket=bucket, batch_size=1,
+                     budget_bytes=budget, objective=COMPILE_OBJECTIVE)
+    cached = TuningCache(settings.cache_dir).get(key)
+    if cached is None or cached.compiled is not False:
+        return
+    plan_dict["changes"].remove(change)
+    plan_dict["notes"].append(
+        f"torch.compile left off: an earlier check of {bucket} ({format_when(cached.created_at)}) measured eager "
+        f"faster: {cached.reason}")
 
 
 def _same_setup(a, b) -> bool:

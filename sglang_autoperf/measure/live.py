@@ -30,6 +30,7 @@ MAX_CALIBRATION_S = 90.0
 VRAM_SAFETY_BYTES = 1 << 30  # fragmentation and allocator slack beyond what the traces showed
 
 _state: "WorkerTuner | None" = None
+_compile = None  # measure.compile_check.CompileChecker, when the plan turned torch.compile on
 
 
 def calibration_steps(max_candidates: int = MAX_CANDIDATES) -> int:
@@ -446,6 +447,8 @@ def attach_worker(worker, plan, settings) -> None:
         return
     managers = sa.offload_managers(sa.worker_pipeline(worker))
     if not managers:
+        if _attach_compile_check(worker, plan, settings):
+            return
         logger().info("[autoperf] no layerwise-offloaded DiT in this worker: nothing to measure")
         return
     _state = WorkerTuner(worker, plan, settings, managers)
@@ -457,9 +460,65 @@ def attach_worker(worker, plan, settings) -> None:
     )
 
 
+def _attach_compile_check(worker, plan, settings) -> bool:
+    """Measure torch.compile where this plugin turned it on (never where the user pinned it)."""
+    global _compile
+    planned = any(c.get("setting") == "enable_torch_compile" and c.get("after") is True for c in plan.changes)
+    if not planned:
+        return False
+    from sglang_autoperf.cache import COMPILE_OBJECTIVE, TuningCache, tuning_key
+    from sglang_autoperf.measure.compile_check import CompileChecker
+
+    identity = sa.worker_identity(worker.server_args, rank=sa.worker_rank(worker))
+
+    def key_for(bucket: str, batch_size: int):
+        return tuning_key(fingerprint=plan.model_fingerprint or "", gpu_key=plan.gpu_key or {}, identity=identity,
+                          bucket=bucket, batch_size=batch_size, budget_bytes=plan.budget_bytes,
+                          objective=COMPILE_OBJECTIVE)
+
+    _compile = CompileChecker(
+        lambda: sa.CompileSwitch(sa.compiled_dit_modules(sa.worker_pipeline(worker))),
+        key_for, TuningCache(settings.cache_dir), rank=identity["rank"], agree=_agree_on_times,
+    )
+    logger().info("[autoperf] torch.compile check attached: per shape, one request compiled and one eager; "
+                  "the faster stays")
+    return True
+
+
+def _compile_loop(checker, original, stage, ctx, batch, *args, **kwargs):
+    global _compile
+    from sglang_autoperf.cache import shape_bucket
+
+    try:
+        shape = sa.request_shape(ctx, batch)
+        checker.begin_request(shape, shape_bucket(shape["width"], shape["height"], shape["num_frames"],
+                                                  shape["batch_size"], shape["cfg"]))
+    except Exception as exc:
+        _compile = None
+        _restore_compiled(checker)
+        sa.step_aside("torch.compile check (request start)", exc)
+        return original(stage, ctx, batch, *args, **kwargs)
+    result = original(stage, ctx, batch, *args, **kwargs)
+    try:
+        checker.end_request()
+    except Exception as exc:
+        _compile = None
+        _restore_compiled(checker)
+        sa.step_aside("torch.compile check", exc)
+    return result
+
+
+def _restore_compiled(checker) -> None:
+    """On our own failure, leave the DiT as sglang compiled it."""
+    if checker.switch:
+        checker.switch.set(True)
+
+
 def around_denoising_loop(original, stage, ctx, batch, *args, **kwargs):
     tuner = _state
     if tuner is None:
+        if _compile is not None:
+            return _compile_loop(_compile, original, stage, ctx, batch, *args, **kwargs)
         return original(stage, ctx, batch, *args, **kwargs)
     try:
         tuner.settings.maybe_fail("measure")
@@ -477,6 +536,8 @@ def around_denoising_loop(original, stage, ctx, batch, *args, **kwargs):
 
 def around_denoising_step(original, *args, **kwargs):
     tuner = _state
+    if tuner is None and _compile is not None and _compile.request is not None:
+        return _compile.run_step(original, args, kwargs)
     if tuner is None or (tuner.calibration is None and not tuner.settings.trace_dir):
         return original(*args, **kwargs)
     return tuner.run_step(original, args, kwargs)

@@ -399,3 +399,40 @@ def calibration_budget(step_ms_estimate: float, max_seconds: float, max_candidat
                          f"{step_ms_estimate!r} ms x {steps_per_trial!r}")
     per_trial_s = steps_per_trial * step_ms_estimate / 1e3
     return max(0, min(max_candidates, int(max_seconds // per_trial_s)))
+
+
+# --- torch.compile: compiled vs eager at the served shape -------------------------------------
+
+@dataclass(frozen=True)
+class CompileDecision:
+    keep_compiled: bool
+    reason: str
+    stats: dict[str, StepStats] = field(default_factory=dict)
+
+
+def decide_compile(compiled_ms: Sequence[float], eager_ms: Sequence[float]) -> CompileDecision:
+    """Compile stays only on evidence that it is faster at this shape: the compiled median must beat
+    the eager median by more than the noise, max(half of either spread, 1% of the eager median),
+    the rule `decide` applies to placements. No compiled steps (e.g. compile failed): eager. No eager
+    steps: compiled, as planned (nothing to compare)."""
+    stats = {}
+    if compiled_ms:
+        stats["compiled"] = StepStats.of(list(compiled_ms))
+    if eager_ms:
+        stats["eager"] = StepStats.of(list(eager_ms))
+    if not compiled_ms:
+        return CompileDecision(False, "eager: no compiled step was measured", stats)
+    c = stats["compiled"]
+    if not eager_ms:
+        return CompileDecision(True, f"compiled ({c.median_ms:.1f} ms/step): no eager step to compare", stats)
+    e = stats["eager"]
+    noise = max(c.spread_ms / 2, e.spread_ms / 2, MIN_MEASURED_GAIN * e.median_ms)
+    gain = e.median_ms - c.median_ms
+    change = -gain / e.median_ms * 100
+    if gain > noise:
+        return CompileDecision(True, (
+            f"kept torch.compile: {c.median_ms:.1f} ms/step vs eager {e.median_ms:.1f} ms ({change:+.1f}%), "
+            f"beyond the noise {noise:.1f} ms (n={c.n} vs {e.n})"), stats)
+    return CompileDecision(False, (
+        f"eager: compiled {c.median_ms:.1f} ms/step vs eager {e.median_ms:.1f} ms ({change:+.1f}%), not faster "
+        f"by more than the noise {noise:.1f} ms (n={c.n} vs {e.n})"), stats)
