@@ -11,6 +11,8 @@
 #   A2 off-resident   A again, last: brackets the others against drifts of the card's speed
 #   F/G 81 frames     off-forced vs plugin (4 steps), cold cache for that shape
 #   M0/M1/M2          2 GPUs (sglang's default multi-GPU layout): off-forced, on-cold, on-warm
+#   K0/K              no flag pinned (DiT resident): sglang alone / plugin, which turns torch.compile on
+#                     for a served Wan and checks it: request 0 compiled, request 1 eager, then the faster
 # Each arm: REQS requests (default 3) in one process (gen_api.py), same prompt and seed -> SHA-256.
 #
 #   source .gpu-kit/setup_on_gpu.sh; ARMS="A C O A2" bash benchmarks/run_calibration_gpu.sh
@@ -49,10 +51,11 @@ $PY -m sglang_autoperf.cli probe --model-path "$M" > "$R/probe_model.txt" 2>&1
 
 SA_OFF='{"attention_backend": "torch_sdpa", "dit_layerwise_offload": false}'
 SA_ON='{"attention_backend": "torch_sdpa", "dit_layerwise_offload": true}'
+SA_FREE='{"attention_backend": "torch_sdpa"}'
 SA_2GPU='{"attention_backend": "torch_sdpa", "dit_layerwise_offload": true, "num_gpus": 2}'
 arm() {  # name, autoperf(0/1), server-args, frames, steps, requests, [extra env]
   local name=$1 ap=$2 sargs=$3 frames=$4 steps=$5 reqs=$6; shift 6
-  local est=$ARM_EST_S; case $name in M*) est=$(( ARM_EST_S * 3 / 2 )) ;; *81f*) est=$(( ARM_EST_S + 30 )) ;; esac
+  local est=$ARM_EST_S; case $name in M*) est=$(( ARM_EST_S * 3 / 2 )) ;; *81f*) est=$(( ARM_EST_S + 30 )) ;; K-*) est=$(( ARM_EST_S + 180 )) ;; esac
   local left=$(( BUDGET_S - ($(date +%s) - T0) ))
   if [ "$left" -lt "$est" ]; then
     say "arm $name skipped: ${left}s left, it needs ~${est}s"; echo "== $name skipped (${left}s left)" >> "$OUT/autoperf_lines.txt"; return 0
@@ -84,6 +87,8 @@ for a in $ARMS; do
     M0) arm M0-2gpu-off-forced 0 "$SA_2GPU" 17 8 2 ;;
     M1) arm M1-2gpu-on-cold 1 "$SA_2GPU" 17 8 2 SGLANG_AUTOPERF_CACHE_DIR=$R/cache-2gpu ;;
     M2) arm M2-2gpu-on-warm 1 "$SA_2GPU" 17 8 1 SGLANG_AUTOPERF_CACHE_DIR=$R/cache-2gpu ;;
+    K0) arm K0-off-unpinned 0 "$SA_FREE" 17 8 "$REQS" ;;
+    K) arm K-on-compile-check 1 "$SA_FREE" 17 8 "$REQS" SGLANG_AUTOPERF_CACHE_DIR=$R/cache-compile ;;
     *) say "unknown arm $a" ;;
   esac
 done
