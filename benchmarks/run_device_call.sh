@@ -61,21 +61,23 @@ case_run() {  # GPU, case
     bash "$HERE/run_gpu.sh" "$case" > "$d/run.log" 2>&1
 }
 
-side_by_side() {  # "cmd for GPU0" "cmd for GPU1": in parallel on 2 GPUs, else one after the other
+# The second lane's GPU: GPU 1 where there is one, else GPU 0 after the first lane.
+G1=$(( NGPU >= 2 ? 1 : 0 ))
+side_by_side() {  # "first lane" "second lane": in parallel on 2 GPUs, else one after the other
   if [ "$NGPU" -ge 2 ]; then
     eval "$1" & local a=$!; eval "$2" & local b=$!; wait $a $b
   else
-    eval "$1"; eval "${2/ 1 / 0 }"  # the second part moves to GPU 0
+    eval "$1"; eval "$2"
   fi
 }
 
 case $PLAN in
-  probes+calib+flux) probes; side_by_side 'calib 0 calib-1gpu "A C O A2 B"' 'case_run 1 flux-1024-24g' ;;
-  wan14b+wan13b) side_by_side 'case_run 0 wan14b-81f-24g' 'case_run 1 wan13b-17f' ;;
+  probes+calib+flux) probes; side_by_side 'calib 0 calib-1gpu "A C O A2 B"' 'case_run $G1 flux-1024-24g' ;;
+  wan14b+wan13b) side_by_side 'case_run 0 wan14b-81f-24g' 'case_run $G1 wan13b-17f' ;;
   2gpu) probes; calib 0,1 calib-2gpu "M0 M1 M2" ;;
-  overhead+wan13b) side_by_side 'calib 0 calib-1gpu "A C O A2"' 'case_run 1 wan13b-17f' ;;
+  overhead+wan13b) side_by_side 'calib 0 calib-1gpu "A C O A2"' 'case_run $G1 wan13b-17f' ;;
   compile) probes; calib 0 calib-compile "K0 K" ;;
-  wan14b+wan13b81) side_by_side 'case_run 0 wan14b-81f-24g' 'case_run 1 wan13b-81f' ;;
+  wan14b+wan13b81) side_by_side 'case_run 0 wan14b-81f-24g' 'case_run $G1 wan13b-81f' ;;
   *) echo "unknown plan $PLAN"; exit 2 ;;
 esac
 

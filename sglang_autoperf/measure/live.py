@@ -33,6 +33,20 @@ _state: "WorkerTuner | None" = None
 _compile = None  # measure.compile_check.CompileChecker, when the plan turned torch.compile on
 
 
+def request_bucket(shape: dict[str, Any]) -> str:
+    from sglang_autoperf.cache import shape_bucket
+
+    return shape_bucket(shape["width"], shape["height"], shape["num_frames"], shape["batch_size"], shape["cfg"])
+
+
+def worker_tuning_key(plan, identity: dict[str, Any], bucket: str, batch_size: int, objective: str):
+    """The cache key of a result measured in this worker (what the startup plan looked up)."""
+    from sglang_autoperf.cache import tuning_key
+
+    return tuning_key(fingerprint=plan.model_fingerprint or "", gpu_key=plan.gpu_key or {}, identity=identity,
+                      bucket=bucket, batch_size=batch_size, budget_bytes=plan.budget_bytes, objective=objective)
+
+
 def calibration_steps(max_candidates: int = MAX_CANDIDATES) -> int:
     """Denoising steps a warmup request needs to calibrate `max_candidates` placements."""
     return BASELINE_STEPS + STEPS_PER_TRIAL * max_candidates
@@ -133,22 +147,10 @@ class WorkerTuner:
     # -- cache -------------------------------------------------------------------------------
 
     def bucket(self, shape: dict[str, Any]) -> str:
-        from sglang_autoperf.cache import shape_bucket
-
-        return shape_bucket(shape["width"], shape["height"], shape["num_frames"], shape["batch_size"], shape["cfg"])
+        return request_bucket(shape)
 
     def key(self, bucket: str, batch_size: int):
-        from sglang_autoperf.cache import tuning_key
-
-        return tuning_key(
-            fingerprint=self.plan.model_fingerprint or "",
-            gpu_key=self.plan.gpu_key or {},
-            identity=self.identity,
-            bucket=bucket,
-            batch_size=batch_size,
-            budget_bytes=self.plan.budget_bytes,
-            objective=self.objective(),
-        )
+        return worker_tuning_key(self.plan, self.identity, bucket, batch_size, self.objective())
 
     # -- request boundaries ------------------------------------------------------------------
 
@@ -414,14 +416,8 @@ def _agree_on_placements(placements: list[Placement]) -> list[Placement]:
 
 
 def _agree_any(flag: bool) -> bool:
-    dist = _dist_world()
-    if dist is None:
-        return flag
-    import torch
-
-    t = torch.tensor([1 if flag else 0], dtype=torch.int32, device="cuda")
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item())
+    """True on every rank if it is true on any (a MAX over ranks)."""
+    return _agree_on_times([1.0 if flag else 0.0])[0] > 0
 
 
 def _agree_on_times(times: list[float]) -> list[float]:
@@ -466,19 +462,14 @@ def _attach_compile_check(worker, plan, settings) -> bool:
     planned = any(c.get("setting") == "enable_torch_compile" and c.get("after") is True for c in plan.changes)
     if not planned:
         return False
-    from sglang_autoperf.cache import COMPILE_OBJECTIVE, TuningCache, tuning_key
+    from sglang_autoperf.cache import COMPILE_OBJECTIVE, TuningCache
     from sglang_autoperf.measure.compile_check import CompileChecker
 
     identity = sa.worker_identity(worker.server_args, rank=sa.worker_rank(worker))
-
-    def key_for(bucket: str, batch_size: int):
-        return tuning_key(fingerprint=plan.model_fingerprint or "", gpu_key=plan.gpu_key or {}, identity=identity,
-                          bucket=bucket, batch_size=batch_size, budget_bytes=plan.budget_bytes,
-                          objective=COMPILE_OBJECTIVE)
-
     _compile = CompileChecker(
         lambda: sa.CompileSwitch(sa.compiled_dit_modules(sa.worker_pipeline(worker))),
-        key_for, TuningCache(settings.cache_dir), rank=identity["rank"], agree=_agree_on_times,
+        lambda bucket, batch_size: worker_tuning_key(plan, identity, bucket, batch_size, COMPILE_OBJECTIVE),
+        TuningCache(settings.cache_dir), rank=identity["rank"], agree=_agree_on_times,
     )
     logger().info("[autoperf] torch.compile check attached: per shape, one request compiled and one eager; "
                   "the faster stays")
@@ -487,12 +478,9 @@ def _attach_compile_check(worker, plan, settings) -> bool:
 
 def _compile_loop(checker, original, stage, ctx, batch, *args, **kwargs):
     global _compile
-    from sglang_autoperf.cache import shape_bucket
-
     try:
         shape = sa.request_shape(ctx, batch)
-        checker.begin_request(shape, shape_bucket(shape["width"], shape["height"], shape["num_frames"],
-                                                  shape["batch_size"], shape["cfg"]))
+        checker.begin_request(shape, request_bucket(shape))
     except Exception as exc:
         _compile = None
         _restore_compiled(checker)
