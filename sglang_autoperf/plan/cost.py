@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import bisect
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Iterable, Sequence
 
 GiB = 1024**3
