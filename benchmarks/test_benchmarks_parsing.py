@@ -198,6 +198,17 @@ def test_report_tables(tmp_path):
     assert "offload R=24/30 P=2 leading" in md
 
 
+def test_oracle_counts_a_streamed_off_arm_but_never_a_resident_or_plugin_arm():
+    # sglang's defaults streamed the DiT (r0 p1) faster than the only sweep point: that is the oracle
+    runs = [_arm("off", "off", False, 7600.0, resident=0, prefetch=1),
+            _arm("on", "on", True, 7500.0, resident=1, prefetch=1),
+            _arm("sweep-r2-p1", "sweep", False, 7700.0, resident=2, prefetch=1)]
+    assert report.oracle(runs)["arm"] == "off"
+    # an all-resident off arm is not a streamed setting: the sweep point stays the oracle
+    runs[0] = _arm("off", "off", False, 7000.0, offload=False)
+    assert report.oracle(runs)["arm"] == "sweep-r2-p1"
+
+
 def test_report_plots(tmp_path):
     pytest.importorskip("matplotlib")
     arms = [_arm("off", "off", False, 160.0, offload=False), _arm("on", "on", True, 165.0, resident=24),
