@@ -19,6 +19,9 @@
 #   wan14b+wan13b81     GPU0: case wan14b-81f-24g (with its sweep point); GPU1: case wan13b-81f
 #   overhead+compile+wan13b  GPU0: arms O (monitor overhead) K0 K (torch.compile check);
 #                       GPU1: case wan13b-17f
+#   quiet               one GPU, nothing beside it: probes; arm O (monitor overhead), then case
+#                       wan13b-17f-short (a compile or a copy-heavy run on the other GPU of a 2-GPU
+#                       host moved 1.3B step times by 20-70% on 2026-11-27, call 1 of session 3)
 #   compile             probes; GPU0: arms K0 K (the torch.compile check on a resident Wan-1.3B, 3 requests)
 # Env: BUDGET_S (seconds for the whole call, default 570).
 # Writes under $OUT: one .tar.gz per part, summary.txt (the parts' tables and key lines).
@@ -79,6 +82,7 @@ case $PLAN in
   2gpu) probes; calib 0,1 calib-2gpu "M0 M1 M2" ;;
   overhead+wan13b) side_by_side 'calib 0 calib-1gpu "A C O A2"' 'case_run $G1 wan13b-17f' ;;
   overhead+compile+wan13b) side_by_side 'calib 0 calib-1gpu "O K0 K"' 'case_run $G1 wan13b-17f' ;;
+  quiet) probes; calib 0 calib-1gpu "O"; case_run 0 wan13b-17f-short ;;
   compile) probes; calib 0 calib-compile "K0 K" ;;
   wan14b+wan13b81) side_by_side 'case_run 0 wan14b-81f-24g' 'case_run $G1 wan13b-81f' ;;
   *) echo "unknown plan $PLAN"; exit 2 ;;
