@@ -88,7 +88,7 @@ for a in $ARMS; do
     M1) arm M1-2gpu-on-cold 1 "$SA_2GPU" 17 8 2 SGLANG_AUTOPERF_CACHE_DIR=$R/cache-2gpu ;;
     M2) arm M2-2gpu-on-warm 1 "$SA_2GPU" 17 8 1 SGLANG_AUTOPERF_CACHE_DIR=$R/cache-2gpu ;;
     K0) arm K0-off-unpinned 0 "$SA_FREE" 17 8 "$REQS" ;;
-    K) arm K-on-compile-check 1 "$SA_FREE" 17 8 "$REQS" SGLANG_AUTOPERF_CACHE_DIR=$R/cache-compile ;;
+    K) arm K-on-compile-check 1 "$SA_FREE" 17 8 "$REQS" SGLANG_AUTOPERF_CACHE_DIR=$R/cache-compile SGLANG_AUTOPERF_COMPILE=1 ;;
     *) say "unknown arm $a" ;;
   esac
 done

@@ -22,6 +22,7 @@
 #   quiet               one GPU, nothing beside it: probes; arm O (monitor overhead), then case
 #                       wan13b-17f-short (a compile or a copy-heavy run on the other GPU of a 2-GPU
 #                       host moved 1.3B step times by 20-70% on 2026-11-27, call 1 of session 3)
+#   overhead            one GPU: arm O (monitor overhead, REQS=4), then wan13b-17f-short while time is left
 #   compile             probes; GPU0: arms K0 K (the torch.compile check on a resident Wan-1.3B, 3 requests)
 # Env: BUDGET_S (seconds for the whole call, default 570).
 # Writes under $OUT: one .tar.gz per part, summary.txt (the parts' tables and key lines).
@@ -53,7 +54,7 @@ probes() {  # every visible GPU: NVML snapshot, CLI probe (table + JSON), live c
 calib() {  # GPUs (CUDA_VISIBLE_DEVICES), name, arms
   local gpus=$1 d=$W/$2 arms=$3
   mkdir -p "$d"
-  CUDA_VISIBLE_DEVICES=$gpus OUT=$d R=/tmp/$2 ARMS="$arms" SKIP_PROBES=1 BUDGET_S=$(left) \
+  CUDA_VISIBLE_DEVICES=$gpus OUT=$d R=/tmp/$2 ARMS="$arms" SKIP_PROBES=1 BUDGET_S=$(left) REQS=${REQS:-3} \
     MASTER_PORT=$(( 31000 + ${gpus%%,*} * 500 )) \
     bash "$HERE/run_calibration_gpu.sh" > "$d/run.log" 2>&1
 }
@@ -83,6 +84,7 @@ case $PLAN in
   overhead+wan13b) side_by_side 'calib 0 calib-1gpu "A C O A2"' 'case_run $G1 wan13b-17f' ;;
   overhead+compile+wan13b) side_by_side 'calib 0 calib-1gpu "O K0 K"' 'case_run $G1 wan13b-17f' ;;
   quiet) probes; calib 0 calib-1gpu "O"; case_run 0 wan13b-17f-short ;;
+  overhead) REQS=4 calib 0 calib-1gpu "O"; case_run 0 wan13b-17f-short ;;
   compile) probes; calib 0 calib-compile "K0 K" ;;
   wan14b+wan13b81) side_by_side 'case_run 0 wan14b-81f-24g' 'case_run $G1 wan13b-81f' ;;
   *) echo "unknown plan $PLAN"; exit 2 ;;

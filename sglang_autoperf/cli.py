@@ -66,6 +66,7 @@ def _cmd_plan(args) -> int:
         current={"num_gpus": num_gpus},
         budget_bytes=budget,
         lossy=args.lossy,
+        allow_compile=args.compile,
         performance_mode=args.performance_mode,
         num_gpus=num_gpus,
         platform="cuda",
@@ -112,6 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-gpus", type=int)
     p.add_argument("--performance-mode", default="auto", choices=("auto", "speed", "memory", "manual"))
     p.add_argument("--lossy", action="store_true", help="allow lossy options (as SGLANG_AUTOPERF_LOSSY=1)")
+    p.add_argument("--compile", action="store_true",
+                   help="let the plan turn torch.compile on (as SGLANG_AUTOPERF_COMPILE=1)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_plan)
 

@@ -11,6 +11,9 @@ from pathlib import Path
 
 ENV_ENABLE = "SGLANG_AUTOPERF"
 ENV_LOSSY = "SGLANG_AUTOPERF_LOSSY"
+# Let the plan turn torch.compile on (then checked per shape: kept only if measured faster). Off by
+# default: sglang's max-autotune compile stalls a shape's first request for minutes.
+ENV_COMPILE = "SGLANG_AUTOPERF_COMPILE"
 ENV_VRAM_BUDGET = "SGLANG_AUTOPERF_VRAM_BUDGET"
 ENV_CACHE_DIR = "SGLANG_AUTOPERF_CACHE_DIR"
 ENV_CALIBRATE = "SGLANG_AUTOPERF_CALIBRATE"
@@ -74,6 +77,7 @@ def _parse_trace_every(value: str | None) -> int:
 class Settings:
     enabled: bool
     lossy: bool = False
+    compile: bool = False
     vram_budget: str | None = None  # raw text; parsed against free memory by plan.budget
     cache_dir: str = ""
     calibrate: bool = True  # measure + retune live; off = plan at startup only
@@ -88,6 +92,7 @@ class Settings:
         if not enabled:
             return cls(enabled=False)
         lossy = parse_switch(ENV_LOSSY, env.get(ENV_LOSSY))
+        allow_compile = parse_switch(ENV_COMPILE, env.get(ENV_COMPILE))
         calibrate = parse_switch(ENV_CALIBRATE, env.get(ENV_CALIBRATE, "1"))
         budget = (env.get(ENV_VRAM_BUDGET) or "").strip() or None
         if budget is not None:
@@ -99,6 +104,7 @@ class Settings:
         return cls(
             enabled=True,
             lossy=lossy,
+            compile=allow_compile,
             vram_budget=budget,
             cache_dir=str(default_cache_dir(env)),
             calibrate=calibrate,

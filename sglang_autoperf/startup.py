@@ -123,6 +123,7 @@ def _plan_cuda(ctx: RunContext, settings: Settings, base: dict[str, Any]) -> Sta
         current=ctx.current,
         budget_bytes=budget,
         lossy=settings.lossy,
+        allow_compile=settings.compile,
         performance_mode=ctx.performance_mode,
         num_gpus=ctx.num_gpus,
         platform=ctx.platform,

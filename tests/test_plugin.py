@@ -18,7 +18,8 @@ def registry(monkeypatch):
     HookRegistry._hooks.clear()
     monkeypatch.setattr(sglang_adapter, "_cpu_fallbacks_registered", False)
     monkeypatch.delenv("_SGLANG_AUTOPERF_ANNOUNCED", raising=False)
-    for name in ("SGLANG_AUTOPERF", "SGLANG_AUTOPERF_LOSSY", "SGLANG_AUTOPERF_VRAM_BUDGET", "SGLANG_AUTOPERF_FAIL_AT"):
+    for name in ("SGLANG_AUTOPERF", "SGLANG_AUTOPERF_LOSSY", "SGLANG_AUTOPERF_VRAM_BUDGET", "SGLANG_AUTOPERF_FAIL_AT",
+                 "SGLANG_AUTOPERF_COMPILE"):
         monkeypatch.delenv(name, raising=False)
     yield HookRegistry
     HookRegistry._hooks.clear()
@@ -41,6 +42,13 @@ def test_bad_switch_value_names_value_and_accepted(value):
     with pytest.raises(SettingsError) as err:
         Settings.from_env({"SGLANG_AUTOPERF": value})
     assert repr(value) in str(err.value) and "1/true/on/yes" in str(err.value)
+
+
+def test_compile_is_opt_in_and_strictly_parsed():
+    assert Settings.from_env({"SGLANG_AUTOPERF": "1"}).compile is False
+    assert Settings.from_env({"SGLANG_AUTOPERF": "1", "SGLANG_AUTOPERF_COMPILE": "1"}).compile is True
+    with pytest.raises(SettingsError, match="SGLANG_AUTOPERF_COMPILE"):
+        Settings.from_env({"SGLANG_AUTOPERF": "1", "SGLANG_AUTOPERF_COMPILE": "max-autotune"})
 
 
 @pytest.mark.parametrize("budget", ["lots", "-3GiB", "2.5", "12 parsecs"])

@@ -3,8 +3,10 @@
 Per layer, on the compute stream: `arrive` (before sglang's pre-hook waits for the weights),
 `start` (after it), `end` (after the layer ran); on the copy stream: copy start and end. The
 stall sglang's wait caused is `start - arrive`: exactly the time the compute stream sat idle on
-copies. Events are only recorded on the hot path; they are read (which waits for them) after the
-step, at a step or request boundary.
+copies. A layer's `end` is the next layer's `arrive` (nothing runs on the GPU between the two:
+one hook and one event per layer fewer); only a list's last layer has an end hook of its own.
+Events are only recorded on the hot path; they are read (which waits for them) after the step:
+between steps while calibrating, at the request's end when sampling.
 """
 from __future__ import annotations
 
@@ -71,7 +73,9 @@ class OverlapMonitor:
             # prepend: runs before sglang's own pre-hook (which waits for this layer's copy)
             self._handles.append(layer.register_forward_pre_hook(self._arrive_hook(manager, i), prepend=True))
             self._handles.append(layer.register_forward_pre_hook(self._start_hook(manager, i)))
-            self._handles.append(layer.register_forward_hook(self._end_hook(manager, i)))
+        layers = sa.manager_layer_modules(manager)
+        if layers:
+            self._handles.append(layers[-1].register_forward_hook(self._end_hook(manager, len(layers) - 1)))
 
     def detach(self) -> None:
         for handle in self._handles:
@@ -195,9 +199,11 @@ class OverlapMonitor:
             timings = []
             for i in sorted(layers):
                 ev = layers[i]
-                if ev.start is None or ev.end is None or ev.arrive is None:
+                after = layers.get(i + 1)
+                end_event = ev.end if ev.end is not None else (after.arrive if after is not None else None)
+                if ev.start is None or end_event is None or ev.arrive is None:
                     continue
-                arrive, start, end = ms(ev.arrive), ms(ev.start), ms(ev.end)
+                arrive, start, end = ms(ev.arrive), ms(ev.start), ms(end_event)
                 timings.append(
                     LayerTiming(
                         layer=i,

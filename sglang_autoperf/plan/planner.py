@@ -22,11 +22,12 @@ COMPILE_GAIN_FAMILIES = frozenset({"flux", "qwen_image", "wan"})
 # DiT forwards one process must run before compile time is repaid (compile is per process and
 # per shape; serving repeats shapes, one-shot generate of a few steps does not).
 MIN_COMPILE_FORWARDS = 16
-# What compile must repay in one process: Inductor compile of a DiT takes on the order of a
-# minute (a 17-frame Wan-1.3B warmup with compile ran past 240 s on an H200 in the GPU sandbox),
-# and the conservative share of a step it saves (#13641 measured 62%; #21417 saw 1.47-1.68x losses
-# in one mode, so less is assumed).
-COMPILE_COST_S = 60.0
+# What compile must repay in one process: sglang compiles the DiT with Inductor's
+# max-autotune-no-cudagraphs, which autotunes every GEMM shape: the first compiled 17-frame
+# Wan-1.3B request ran past 313 s on an H200 (GPU sandbox, 2026-11-27; eager: ~1.3 s of denoising),
+# and a warmup with compile past 240 s the session before. And the conservative share of a step
+# it saves (#13641 measured 62%; #21417 saw 1.47-1.68x losses in one mode, so less is assumed).
+COMPILE_COST_S = 300.0
 COMPILE_SAVING_FRACTION = 0.2
 # Sequence parallel below this many tokens per GPU spends more on all-to-all than it saves.
 MIN_TOKENS_PER_GPU_FOR_SP = 2048
@@ -160,6 +161,7 @@ def make_plan(
     platform: str = "cuda",
     available_attention_backends: list[str] | None = None,
     expected_requests: int | None = None,
+    allow_compile: bool = False,
 ) -> Plan:
     pinned = dict(pinned or {})
     current = dict(current or {})
@@ -344,8 +346,17 @@ def make_plan(
     # One-shot runs (`sglang generate`) must repay compile within their own requests.
     compile_saving_s = (COMPILE_SAVING_FRACTION * best.sim.step_s * steps * (expected_requests or 0))
     one_shot_unpaid = expected_requests is not None and compile_saving_s < COMPILE_COST_S
-    if (model.family in COMPILE_GAIN_FAMILIES and forwards >= MIN_COMPILE_FORWARDS and not copy_bound
-            and not best.offload and not one_shot_unpaid):
+    compile_would_win = (model.family in COMPILE_GAIN_FAMILIES and forwards >= MIN_COMPILE_FORWARDS
+                         and not copy_bound and not best.offload and not one_shot_unpaid)
+    if compile_would_win and not allow_compile:
+        # Opt-in only: minutes of autotuning stall the first request of every new shape, and
+        # compiled kernels are not bit-identical to eager ones (placement changes are).
+        if "enable_torch_compile" not in pinned:
+            plan.notes.append(
+                f"torch.compile left off: it may pay on {model.family} at {forwards} DiT forwards per request, but its "
+                f"first request autotunes for minutes (> {COMPILE_COST_S:.0f} s measured on an H200); "
+                "SGLANG_AUTOPERF_COMPILE=1 lets the plugin turn it on and keep it only if measured faster")
+    elif compile_would_win:
         want["enable_torch_compile"] = True
         reasons["enable_torch_compile"] = (
             f"torch.compile on: {model.family} has measured compile wins (perf guide; Qwen-Image 502 -> 190 ms/step #13641) "
