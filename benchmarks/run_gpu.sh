@@ -93,6 +93,14 @@ case $CASE in
       --arm off-forced="--dit-layerwise-offload true" \
       --order off,on-forced,sweep,off-forced --timeout 200 --out "$RUN/$CASE"
     ;;
+  wan13b-17f-oracle)
+    # the plugin with offload forced against the sweep's two best predicted points, nothing else
+    M=$(ensure_model wan2.1-t2v-1.3b | tail -1) || exit 1
+    compare --model-path "$M" --case "$CASE" --width 832 --height 480 --frames 17 --steps 8 \
+      --extra-flags "$COMMON" --arms sweep --sweep-max 2 \
+      --arm-autoperf on-forced="--dit-layerwise-offload true" \
+      --order on-forced,sweep --timeout 200 --out "$RUN/$CASE"
+    ;;
   wan13b-81f)
     # 32,760 tokens: copies hide behind compute; on must equal off, forced offload should cost ~0.
     M=$(ensure_model wan2.1-t2v-1.3b | tail -1) || exit 1

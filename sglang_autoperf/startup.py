@@ -229,7 +229,7 @@ def _calibration_changes(ctx: RunContext, settings: Settings, plan_dict: dict[st
                 f"of the first request, so no real request changes placement mid-way")
     _set_change(plan_dict, ctx, "warmup_steps", steps,
                 f"{steps} warmup steps: 3 at the planned placement, then 3 for each of up to "
-                f"{candidates} candidates (bounded to ~{MAX_WARMUP_S:.0f} s at the predicted "
+                f"{candidates} candidates and 3 at the planned placement again (bounded to ~{MAX_WARMUP_S:.0f} s at the predicted "
                 f"{step_ms:.0f} ms/step; the result is cached)")
 
 
@@ -240,12 +240,11 @@ MAX_WARMUP_S = 20.0
 
 def warmup_candidates(step_ms: float) -> int:
     """How many candidate placements a calibration warmup can try within MAX_WARMUP_S."""
-    from sglang_autoperf.measure.live import BASELINE_STEPS, MAX_CANDIDATES, STEPS_PER_TRIAL
+    from sglang_autoperf.measure.live import MAX_CANDIDATES, affordable_candidates
 
     if step_ms <= 0:
         return MAX_CANDIDATES  # no prediction: the live time bound (measure.live) still applies
-    affordable = int(MAX_WARMUP_S * 1e3 / step_ms)
-    return max(0, min(MAX_CANDIDATES, (affordable - BASELINE_STEPS) // STEPS_PER_TRIAL))
+    return affordable_candidates(int(MAX_WARMUP_S * 1e3 / step_ms))
 
 
 def _compile_from_cache(ctx: RunContext, settings: Settings, plan_dict: dict[str, Any], fingerprint: str,

@@ -61,7 +61,11 @@ def _setup(monkeypatch, n=4):
     ClockEvent.clock, ClockEvent.syncs = 0, 0
     model = Blocks(n)
     manager = _manager(model, n)
-    return model, manager, OverlapMonitor({"transformer": [manager]})
+    mon = OverlapMonitor({"transformer": [manager]})
+    assert not mon.attached and all(not b._forward_pre_hooks for b in model.blocks)  # none until asked
+    mon.attach()
+    mon.attach()  # idempotent
+    return model, manager, mon
 
 
 def test_one_end_hook_per_list_and_end_is_next_arrive(monkeypatch):

@@ -216,6 +216,24 @@ def test_decide_memory_least_vram_within_2pct():
     assert d.placement == A and not d.kept_new
 
 
+def test_decide_memory_leaves_the_baseline_only_beyond_its_noise():
+    # H200, 2026-11-27, Wan-1.3B 17f warmup (n=2 each): the baseline's two steps spread 26 ms while
+    # the GPU's speed drifted; a candidate measured 9% faster was kept and then served 16% slower
+    # than the baseline run fixed. A baseline this noisy is not beaten by 9%.
+    # Measured: baseline 181.2, 207.1; candidate 174.6, 178.6. With a closing baseline (its two
+    # steps made up here, as a drifting GPU gives them) the baseline's median is no longer beaten.
+    base, cand = Placement(1, 2, "strided"), Placement(3, 3, "leading")
+    vram = {base: 1.0 * 2**30, cand: 1.37 * 2**30}
+    closing = decide(base, {base: [181.2, 207.1, 176.0, 178.0], cand: [174.6, 178.6]}, vram, "memory")
+    assert closing.placement == base and not closing.kept_new
+    # noise alone: 9% slower than the fastest, but with a 30 ms spread, is not evidence
+    noisy = decide(base, {base: [170.0, 200.0], cand: [176.6, 176.6]}, vram, "memory")
+    assert noisy.placement == base and not noisy.kept_new
+    # the same gain with a quiet baseline is evidence: switch
+    quiet = decide(base, {base: [193.0, 195.0], cand: [174.6, 178.6]}, vram, "memory")
+    assert quiet.placement == cand and quiet.kept_new
+
+
 # --- calibration_budget ---------------------------------------------------------------------------
 
 def test_calibration_budget():

@@ -9,6 +9,9 @@ Calibration, per shape bucket, once:
   baseline: 2 traced steps at the current placement (after one untraced step);
   candidates: the retuner predicts from those traces which placements fit the free VRAM and
   should be faster; each gets one untraced transition step and 2 traced steps;
+  closing baseline: the baseline once more (transition + 2 traced steps), so a GPU whose speed
+  drifts during calibration widens the baseline's spread instead of favouring whatever ran later
+  (the baseline always runs first: on 2026-11-27 an H200 drifted 10-20% within one warmup);
   decision: keep a candidate only if measured faster than the baseline beyond the spread.
 The number of candidates is bounded by the steps the warmup request has and by a time bound.
 """
@@ -49,7 +52,12 @@ def worker_tuning_key(plan, identity: dict[str, Any], bucket: str, batch_size: i
 
 def calibration_steps(max_candidates: int = MAX_CANDIDATES) -> int:
     """Denoising steps a warmup request needs to calibrate `max_candidates` placements."""
-    return BASELINE_STEPS + STEPS_PER_TRIAL * max_candidates
+    return BASELINE_STEPS + STEPS_PER_TRIAL * max_candidates + (STEPS_PER_TRIAL if max_candidates else 0)
+
+
+def affordable_candidates(steps: int) -> int:
+    """Candidates a calibration of `steps` denoising steps can measure (with the closing baseline)."""
+    return max(0, min(MAX_CANDIDATES, (steps - BASELINE_STEPS - STEPS_PER_TRIAL) // STEPS_PER_TRIAL))
 
 
 @dataclass
@@ -91,6 +99,8 @@ class WorkerTuner:
         self.primary = managers.get("transformer") or next(iter(managers.values()))
         self.identity = sa.worker_identity(worker.server_args, rank=sa.worker_rank(worker))
         self.monitor = OverlapMonitor(managers)
+        if settings.trace_dir:
+            self.monitor.attach()  # sampled tracing needs the hooks for as long as the server runs
         self.cache = TuningCache(settings.cache_dir)
         self.results: dict[str, Any] = {}  # bucket -> TuningResult
         self.calibration: Calibration | None = None
@@ -184,12 +194,13 @@ class WorkerTuner:
             self.results[bucket] = None
             return
         step_mode = shape["is_warmup"]
-        usable = max(0, shape["steps"] - BASELINE_STEPS) // STEPS_PER_TRIAL if step_mode else MAX_CANDIDATES
+        usable = affordable_candidates(shape["steps"]) if step_mode else MAX_CANDIDATES
         if step_mode and usable < 1:
             logger().info(
                 "[autoperf] warmup request has %d steps; calibration needs at least %d: measuring only",
                 shape["steps"], calibration_steps(1),
             )
+        self.monitor.attach()
         self.calibration = Calibration(
             bucket=bucket, batch_size=shape["batch_size"], step_mode=step_mode, baseline=self.placement(), objective=self.objective(),
             max_candidates=min(MAX_CANDIDATES, usable),
@@ -308,7 +319,10 @@ class WorkerTuner:
     def _advance(self, cal: Calibration) -> None:
         if not cal.proposed:
             cal.proposed = True
-            cal.trials.extend(self._propose(cal))
+            candidates = self._propose(cal)
+            cal.trials.extend(candidates)
+            if candidates:
+                cal.trials.append(cal.baseline)  # the closing baseline (see the module doc)
         cal.trial += 1
         remaining_steps = (self.request["steps"] - self.request["step"]) if cal.step_mode else None
         # Clocks differ between ranks: one rank alone stopping early would leave the others
@@ -370,6 +384,8 @@ class WorkerTuner:
         from sglang_autoperf.retune.retuner import decide
 
         self.calibration = None
+        if not self.settings.trace_dir:
+            self.monitor.detach()  # served steps run without our per-layer hooks until the next calibration
         measured = {p: _agree_on_times(cal.measured.get(p, [])) for p in cal.trials}
         vram = {p: max((t.peak_allocated_bytes for t in cal.traces.get(p, [])), default=0) for p in cal.trials}
         if not measured.get(cal.baseline):
@@ -463,7 +479,7 @@ def attach_worker(worker, plan, settings) -> None:
     _state = WorkerTuner(worker, plan, settings, managers)
     placement = _state.placement()
     logger().info(
-        "[autoperf] overlap monitor attached to %s (%s)",
+        "[autoperf] overlap monitor ready for %s (%s); its layer hooks run only while calibrating or tracing",
         ", ".join(f"{name} ({len(group)} layer list(s))" for name, group in managers.items()),
         placement.label(),
     )

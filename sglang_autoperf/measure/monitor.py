@@ -46,7 +46,9 @@ class _PendingStep:
 
 
 class OverlapMonitor:
-    """Attach once per worker; `begin_step`/`end_step` arm it for the steps to be traced."""
+    """One per worker. Its layer hooks exist only between `attach()` and `detach()` (calibrating or
+    tracing), so served steps run no code of ours per layer; `begin_step`/`end_step` arm it for the
+    steps to be traced."""
 
     def __init__(self, managers: dict[str, list]):
         self._managers = managers
@@ -62,11 +64,21 @@ class OverlapMonitor:
         for component, group in managers.items():
             for manager in group:
                 self._names[id(manager)] = (component, sa.manager_layer_list_name(manager), sa.manager_setting(manager)["num_layers"])
-                self._install(manager)
 
     @property
     def active(self) -> bool:
         return self._current is not None
+
+    @property
+    def attached(self) -> bool:
+        return bool(self._handles)
+
+    def attach(self) -> None:
+        if self._handles:
+            return
+        for group in self._managers.values():
+            for manager in group:
+                self._install(manager)
 
     def _install(self, manager) -> None:
         for i, layer in enumerate(sa.manager_layer_modules(manager)):

@@ -326,7 +326,8 @@ def decide(
 
     speed: a candidate's median must beat the baseline median by more than the noise,
     max(baseline (max-min)/2, candidate (max-min)/2, 1% of the baseline median); the fastest such
-    candidate wins. memory: least VRAM among placements within 2% of the fastest median.
+    candidate wins. memory: least VRAM among placements within 2% of the fastest median (the
+    baseline: within 2% plus the noise, so it is left only on evidence).
     An empty list means the trial failed (e.g. OOM): excluded, and said so.
     """
     if objective not in OBJECTIVES:
@@ -370,7 +371,11 @@ def decide(
     pool = [baseline] + [p for p in ok if p in vram]
     fastest = min(stats[p.label()].median_ms for p in pool)
     limit = fastest * (1 + MEMORY_TOLERANCE)
-    eligible = [p for p in pool if stats[p.label()].median_ms <= limit]
+    fastest_stats = min((stats[p.label()] for p in pool), key=lambda st: st.median_ms)
+    # Leaving the baseline needs evidence: it stays eligible unless slower than the tolerance by
+    # more than the noise (half the wider spread of it and the fastest), as the speed rule asks.
+    base_limit = limit + max(base.spread_ms / 2, fastest_stats.spread_ms / 2)
+    eligible = [p for p in pool if stats[p.label()].median_ms <= (base_limit if p == baseline else limit)]
     inf = float("inf")
     chosen = min(eligible, key=lambda p: (vram.get(p, inf), stats[p.label()].median_ms, p != baseline))
     s = stats[chosen.label()]
