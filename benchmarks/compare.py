@@ -128,6 +128,11 @@ def parse_server_args(log: str) -> dict | None:
     return obj if isinstance(obj, dict) else None
 
 
+_LIVE_PLACEMENT_RE = re.compile(
+    r"\[autoperf\] (?:calibration of \S+: (?:switched to|kept)|tuning cache hit for \S+:) "
+    r"resident=(?P<resident>\d+) prefetch=(?P<prefetch>\d+) (?P<policy>leading|strided)")
+
+
 def parse_log(log: str) -> dict:
     """What an arm actually ran with, read back from its log (never assumed from its flags)."""
     sa = parse_server_args(log)
@@ -149,8 +154,14 @@ def parse_log(log: str) -> dict:
     for ln in autoperf_lines:
         for k, v in _KV_RE.findall(ln.split("[autoperf]", 1)[1]):
             autoperf_kv[k] = _num(v.strip("'\""))
+    # the plugin changes the DiT placement live (calibration, or a cached result) after sglang's
+    # load-time line: its last such line is what the steady steps ran with
+    live = None
+    for m in _LIVE_PLACEMENT_RE.finditer(log):
+        live = {"resident": int(m["resident"]), "prefetch": int(m["prefetch"]), "policy": m["policy"]}
     tr = loaded.get("transformer")
     return {
+        "autoperf_live_placement": live,
         "server_args": {k: sa.get(k) for k in SERVER_ARG_KEYS if k in sa} if sa else None,
         "layerwise_offload": offload,  # one entry per component sglang configured, as it logged it
         "loaded": loaded,
@@ -177,6 +188,11 @@ def effective_settings(parsed_log: dict) -> dict:
         out.update(layerwise_offload=bool(sa.get("dit_layerwise_offload")) if sa else None,
                    resident_layers=sa.get("dit_layerwise_resident_layers"),
                    prefetch=sa.get("dit_offload_prefetch_size"), policy=sa.get("dit_layerwise_residency_policy"))
+    live = parsed_log.get("autoperf_live_placement")
+    if dit and live:
+        out.update(resident_layers=live["resident"], prefetch=live["prefetch"], policy=live["policy"],
+                   source="autoperf-live (after sglang's offload-log line: "
+                          f"R={dit['resident']} P={dit['prefetch'][0]} {dit['policy']})")
     out["dit_cpu_offload"] = sa.get("dit_cpu_offload")
     out["performance_mode"] = sa.get("performance_mode")
     out["attention_backend"] = sa.get("attention_backend")

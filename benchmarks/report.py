@@ -66,6 +66,11 @@ def find_cases(paths: list[str]) -> list[dict]:
         if key not in seen:
             seen.add(key)
             cases.append(load_case(f))
+    # the same case measured in several calls: name each by its folder, or rows and plots collide
+    labels = [c["label"] for c in cases]
+    for c in cases:
+        if labels.count(c["label"]) > 1:
+            c["label"] = f"{c['label']} ({os.path.basename(os.path.normpath(c['folder']))})"
     return cases
 
 
@@ -95,9 +100,12 @@ def oracle(runs: list[dict]) -> dict | None:
 
 
 def baseline_for(on_name: str, by_name: dict) -> dict | None:
-    """on -> off; on-forced -> off-forced (same suffix) when present, else off."""
+    """on -> off; on-forced -> off-forced (same suffix) when it ran (not skipped), else off."""
     suffix = on_name[2:] if on_name.startswith("on") else ""
-    return by_name.get("off" + suffix) or by_name.get("off")
+    same = by_name.get("off" + suffix)
+    if same is not None and same.get("status") != "skipped":
+        return same
+    return by_name.get("off") or same
 
 
 def comparisons(case: dict) -> list[dict]:

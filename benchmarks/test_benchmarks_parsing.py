@@ -309,3 +309,32 @@ def test_ready_line_with_class_name_is_read_back():
     eff = compare.effective_settings(compare.parse_log(log))
     assert eff["source"] == "offload-log"
     assert (eff["resident_layers"], eff["total_layers"], eff["prefetch"], eff["policy"]) == (28, 57, 2, "strided")
+
+
+def test_same_case_from_two_calls_gets_two_labels_and_a_skipped_baseline_is_passed_over(tmp_path):
+    arms = [_arm("off", "off", False, 160.0, offload=False),
+            _arm("on-forced", "explicit", True, 170.0, resident=3),
+            _arm("off-forced", "explicit", False, None, status="skipped")]
+    for call in ("call3", "call4"):
+        _write_case(str(tmp_path / call), "wan13b-17f-short", arms)
+    cases = report.find_cases([str(tmp_path)])
+    assert sorted(c["label"] for c in cases) == ["wan13b-17f-short (call3)", "wan13b-17f-short (call4)"]
+    rows = report.comparisons(cases[0])
+    assert [(r["on_arm"], r["off_arm"]) for r in rows] == [("on-forced", "off")]
+
+
+def test_live_placement_of_the_plugin_wins_over_the_load_time_line():
+    log = ("[11-27 17:22:28] Layerwise offload ready for transformer (WanTransformer3DModel) in 0.84s: groups=1, "
+           "layers=30, prefetch/group=2, resident=1/30 (forward), policy=strided\n"
+           "[11-27 17:22:34] [autoperf] calibration of 832x480x17f_b1_cfg1: switched to resident=3 prefetch=3 leading "
+           "(kept resident=3 prefetch=3 leading: 1.37 GiB vs baseline 0.93 GiB)\n")
+    parsed = compare.parse_log(log)
+    assert parsed["layerwise_offload"][0]["resident"] == 1
+    s = compare.effective_settings(parsed)
+    assert (s["resident_layers"], s["prefetch"], s["policy"]) == (3, 3, "leading")
+    assert s["source"].startswith("autoperf-live") and "R=1 P=2 strided" in s["source"]
+    hit = log.replace("calibration of 832x480x17f_b1_cfg1: switched to",
+                      "tuning cache hit for 832x480x17f_b1_cfg1:")
+    assert compare.effective_settings(compare.parse_log(hit))["resident_layers"] == 3
+    plain = compare.effective_settings(compare.parse_log(log.splitlines()[0]))
+    assert (plain["resident_layers"], plain["policy"], plain["source"]) == (1, "strided", "offload-log")

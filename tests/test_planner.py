@@ -205,7 +205,7 @@ def test_lossy_options_only_when_opted_in():
 
 
 def test_compile_is_opt_in_and_the_plan_says_why():
-    # max-autotune compile stalled a first request > 313 s on an H200: never turned on unasked
+    # max-autotune compile left a first request unfinished after 290 s on an H200: never turned on unasked
     _, _, p = plan_for("FLUX.1-dev", h100(), 1024, 1024)
     assert "enable_torch_compile" not in changed(p)
     assert any("SGLANG_AUTOPERF_COMPILE=1" in n and "torch.compile left off" in n for n in p.notes)

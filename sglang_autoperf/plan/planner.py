@@ -24,9 +24,10 @@ COMPILE_GAIN_FAMILIES = frozenset({"flux", "qwen_image", "wan"})
 MIN_COMPILE_FORWARDS = 16
 # What compile must repay in one process: sglang compiles the DiT with Inductor's
 # max-autotune-no-cudagraphs, which autotunes every GEMM shape: the first compiled 17-frame
-# Wan-1.3B request ran past 313 s on an H200 (GPU sandbox, 2026-11-27; eager: ~1.3 s of denoising),
-# and a warmup with compile past 240 s the session before. And the conservative share of a step
-# it saves (#13641 measured 62%; #21417 saw 1.47-1.68x losses in one mode, so less is assumed).
+# Wan-1.3B request had not finished after 290 s on an H200 (GPU sandbox, 2026-11-27, killed; eager:
+# ~1.3 s of denoising), and a warmup with compile ran past 240 s the session before. And the
+# conservative share of a step it saves (#13641 measured 62%; #21417 saw 1.47-1.68x losses in
+# one mode, so less is assumed).
 COMPILE_COST_S = 300.0
 COMPILE_SAVING_FRACTION = 0.2
 # Sequence parallel below this many tokens per GPU spends more on all-to-all than it saves.
@@ -354,7 +355,7 @@ def make_plan(
         if "enable_torch_compile" not in pinned:
             plan.notes.append(
                 f"torch.compile left off: it may pay on {model.family} at {forwards} DiT forwards per request, but its "
-                f"first request autotunes for minutes (> {COMPILE_COST_S:.0f} s measured on an H200); "
+                "first request autotunes for minutes (a 17-frame Wan-1.3B one was unfinished after 290 s on an H200); "
                 "SGLANG_AUTOPERF_COMPILE=1 lets the plugin turn it on and keep it only if measured faster")
     elif compile_would_win:
         want["enable_torch_compile"] = True
