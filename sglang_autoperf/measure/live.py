@@ -171,6 +171,7 @@ class WorkerTuner:
     def begin_request(self, shape: dict[str, Any]) -> None:
         bucket = self.bucket(shape)
         self.request = dict(shape, bucket=bucket, step=0)
+        self.unread.clear()  # steps of a request that never reached its end (it failed): not this one's
         if self.calibration is not None and self.calibration.bucket == bucket and not self.calibration.step_mode:
             self._apply_pending_trial()
             return
