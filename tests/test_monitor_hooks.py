@@ -102,3 +102,92 @@ def test_sampled_steps_are_read_only_when_the_request_ends(monkeypatch, tmp_path
     tuner.read_sampled_steps()
     assert [t.step for t in tuner.recorded] == [2, 4] and tuner.unread == []
     assert ClockEvent.syncs == 2
+
+
+# --- the calibration flow of a warmup request, with scripted step times -----------------------------
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+from sglang_autoperf.cache import TuningCache
+from sglang_autoperf.measure.trace import TraceRecording
+
+RECORDED = Path(__file__).parent / "fixtures" / "traces" / "h200-wan2.1-1.3b-17f-offload-prefetch1-2026-11-27.json"
+START, R3P3, R0P8 = Placement(1, 2, "strided"), Placement(3, 3, "leading"), Placement(0, 8, "leading")
+
+
+class ScriptedMonitor:
+    """Step traces recorded on an H200 (fixture), with the step times each placement is given here."""
+
+    def __init__(self, times: dict):
+        self.times = {p: iter(t) for p, t in times.items()}
+        self.base = TraceRecording.from_dict(json.loads(RECORDED.read_text())).steps[1]
+        self.attached, self.order = False, []
+
+    def attach(self):
+        self.attached = True
+
+    def detach(self):
+        self.attached = False
+
+    def begin_step(self, step, placement):
+        self.current = (step, placement)
+        self.order.append(placement)
+
+    def end_step(self):
+        return self.current
+
+    def resolve(self, pending):
+        step, placement = pending
+        # more layers on the GPU, more VRAM (93 MB a Wan-1.3B block), as the monitor's peak shows
+        peak = 600_000_000 + (placement.resident_layers + placement.prefetch_layers) * 92_887_552
+        return replace(self.base, step=step, wall_ms=next(self.times[placement]), placement=placement,
+                       peak_allocated_bytes=peak)
+
+
+def _tuner(tmp_path, times):
+    manager = _manager(Blocks(2), 30)
+    manager.prefetch_size, manager.resident_layers, manager.residency_policy = 2, 1, "strided"
+    tuner = object.__new__(WorkerTuner)
+    tuner.monitor, tuner.primary, tuner.managers = ScriptedMonitor(times), [manager], {"transformer": [manager]}
+    tuner.settings = Settings(enabled=True, cache_dir=str(tmp_path))
+    tuner.cache = TuningCache(str(tmp_path))
+    tuner.plan = SimpleNamespace(model_fingerprint="fp", gpu_key={"name": "NVIDIA H200"}, budget_bytes=None)
+    tuner.identity = {"rank": 0, "performance_mode": "auto", "pinned": ["dit_layerwise_offload"], "num_gpus": 1,
+                      "layout": "tp1", "lora": (), "sglang_version": "0.5.23", "torch_version": "2.11.0"}
+    tuner.calibration, tuner.request, tuner.results = None, None, {}
+    tuner.recorded, tuner.unread, tuner.requests_seen, tuner.single_list = [], [], 0, True
+
+    def apply(p):
+        manager.resident_layers, manager.prefetch_size, manager.residency_policy = (
+            p.resident_layers, p.prefetch_layers, p.policy)
+    tuner.apply = apply
+    tuner._propose = lambda cal: [R3P3, R0P8]
+    return tuner
+
+
+def _warmup(tuner, steps=15):
+    tuner.begin_request({"width": 832, "height": 480, "num_frames": 17, "batch_size": 1, "cfg": True,
+                         "is_warmup": True, "steps": steps})
+    for _ in range(steps):
+        tuner.run_step(lambda: None, (), {})
+    tuner.end_request()
+
+
+def test_calibration_measures_its_start_point_again_last_and_keeps_it_when_drift_explains_the_gain(tmp_path):
+    # the step times of 2026-11-27 (H200, call 4): start point 181.2/207.1, R3P3 174.6/178.6; the
+    # closing start-point steps (176.0/178.0) are what a card drifting faster gives
+    tuner = _tuner(tmp_path, {START: [181.2, 207.1, 176.0, 178.0], R3P3: [174.6, 178.6], R0P8: [230.0, 231.0]})
+    _warmup(tuner)
+    assert tuner.monitor.order == [START, START, R3P3, R3P3, R0P8, R0P8, START, START]
+    result = tuner.results[next(iter(tuner.results))]
+    assert result.placement == START and tuner.placement() == START
+    assert not tuner.monitor.attached  # no hooks while serving
+    assert tuner.cache.get(tuner.key(next(iter(tuner.results)), 1)).placement == START
+
+
+def test_calibration_switches_when_the_start_point_stays_slower(tmp_path):
+    tuner = _tuner(tmp_path, {START: [194.0, 195.0, 193.0, 196.0], R3P3: [174.6, 178.6], R0P8: [230.0, 231.0]})
+    _warmup(tuner)
+    assert tuner.placement() == R3P3 and tuner.results[next(iter(tuner.results))].placement == R3P3

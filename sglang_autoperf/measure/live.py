@@ -78,6 +78,7 @@ class Calibration:
     proposed: bool = False
     done: bool = False
     steps_used: int = 0
+    measured_in_trial: int = 0  # per trial, not per placement: the closing baseline needs its own 2 steps
 
     def __post_init__(self):
         self.trials = [self.baseline]
@@ -284,7 +285,8 @@ class WorkerTuner:
                 self.recorded.append(trace)
                 cal.measured.setdefault(cal.placement, []).append(trace.wall_ms)
                 cal.traces.setdefault(cal.placement, []).append(trace)
-                if len(cal.measured[cal.placement]) >= 2:
+                cal.measured_in_trial += 1
+                if cal.measured_in_trial >= 2:
                     self._advance(cal)
         except Exception as exc:
             _disable("step measurement", exc)
@@ -325,6 +327,7 @@ class WorkerTuner:
             if candidates:
                 cal.trials.append(cal.baseline)  # the closing baseline (see the module doc)
         cal.trial += 1
+        cal.measured_in_trial = 0
         remaining_steps = (self.request["steps"] - self.request["step"]) if cal.step_mode else None
         # Clocks differ between ranks: one rank alone stopping early would leave the others
         # waiting in the next collective, so the ranks agree (any rank out of time stops all).
