@@ -1,20 +1,26 @@
-"""The overlap monitor's hot path, on real torch modules with real forward hooks.
+"""The overlap monitor's hot path, on real torch modules with real forward hooks, and the
+calibration flow of a warmup request driven through the real WorkerTuner.
 
 CUDA events cannot exist without a GPU, so the monitor's event factory is replaced by a clock
 that counts in recording order (a test double for the one part that needs the hardware). The
 manager is a stand-in carrying the attributes the adapter reads from sglang's
 LayerwiseOffloadManager. What is checked: which hooks exist, that a layer's end is the next
-layer's arrive, and that sampled steps are never read (a host sync) before the request ends."""
+layer's arrive, that sampled steps are never read (a host sync) before the request ends, and the
+order and decision of a calibration (step traces recorded on an H200, step times scripted)."""
 from __future__ import annotations
 
+import json
+from dataclasses import replace
+from pathlib import Path
 from types import SimpleNamespace
 
 import torch
 
+from sglang_autoperf.cache import TuningCache
 from sglang_autoperf.measure import monitor as monitor_mod
 from sglang_autoperf.measure.live import WorkerTuner
 from sglang_autoperf.measure.monitor import OverlapMonitor
-from sglang_autoperf.measure.trace import Placement
+from sglang_autoperf.measure.trace import Placement, TraceRecording
 from sglang_autoperf.settings import Settings
 
 
@@ -105,13 +111,6 @@ def test_sampled_steps_are_read_only_when_the_request_ends(monkeypatch, tmp_path
 
 
 # --- the calibration flow of a warmup request, with scripted step times -----------------------------
-
-import json
-from dataclasses import replace
-from pathlib import Path
-
-from sglang_autoperf.cache import TuningCache
-from sglang_autoperf.measure.trace import TraceRecording
 
 RECORDED = Path(__file__).parent / "fixtures" / "traces" / "h200-wan2.1-1.3b-17f-offload-prefetch1-2026-11-27.json"
 START, R3P3, R0P8 = Placement(1, 2, "strided"), Placement(3, 3, "leading"), Placement(0, 8, "leading")
