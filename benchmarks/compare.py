@@ -484,6 +484,22 @@ def generate_cmd(sglang_cmd: str, model_path: str, wl: Workload, perf_path: str,
     return cmd + shlex.split(extra_flags) + shlex.split(arm_flags)
 
 
+def arm_env(arm: Arm, extra: list[str], out: str, base: dict) -> dict:
+    """The environment of one arm. Plugin arms trace every step and keep their tuning cache in the
+    case's folder: arms of one case share it, a new case starts cold (on a warm machine a cache in
+    $HOME carried one call's calibration into the next, 2026-11-27). `--env K=V` wins."""
+    env = dict(base)
+    env.pop("SGLANG_AUTOPERF", None)
+    if arm.autoperf:
+        env["SGLANG_AUTOPERF"] = "1"
+        env.setdefault("SGLANG_AUTOPERF_TRACE_DIR", os.path.join(out, "traces", arm.name))
+        env.setdefault("SGLANG_AUTOPERF_CACHE_DIR", os.path.join(out, "cache"))
+    for kv in extra:
+        k, _, v = kv.partition("=")
+        env[k] = v
+    return env
+
+
 def run_arm(arm: Arm, a, wl: Workload, out: str, common: dict) -> dict:
     log_path = os.path.join(out, "logs", f"{arm.name}.log")
     perf_path = os.path.join(out, "perf", f"{arm.name}.json")
@@ -491,15 +507,9 @@ def run_arm(arm: Arm, a, wl: Workload, out: str, common: dict) -> dict:
     for p in (log_path, perf_path):
         if os.path.exists(p):
             os.remove(p)
-    env = dict(os.environ)
-    env.pop("SGLANG_AUTOPERF", None)
+    env = arm_env(arm, a.env, out, os.environ)
     if arm.autoperf:
-        env["SGLANG_AUTOPERF"] = "1"
         os.makedirs(trace_dir, exist_ok=True)
-        env.setdefault("SGLANG_AUTOPERF_TRACE_DIR", trace_dir)  # used if the plugin honours it
-    for kv in a.env:
-        k, _, v = kv.partition("=")
-        env[k] = v
     cmd = generate_cmd(a.sglang_cmd, a.model_path, wl, perf_path, a.model_id, a.extra_flags, arm.flags)
     print(f"[compare] {arm.name}: {'SGLANG_AUTOPERF=1 ' if arm.autoperf else ''}{shlex.join(cmd)}", flush=True)
     t0 = time.time()

@@ -338,3 +338,14 @@ def test_live_placement_of_the_plugin_wins_over_the_load_time_line():
     assert compare.effective_settings(compare.parse_log(hit))["resident_layers"] == 3
     plain = compare.effective_settings(compare.parse_log(log.splitlines()[0]))
     assert (plain["resident_layers"], plain["policy"], plain["source"]) == (1, "strided", "offload-log")
+
+
+def test_plugin_arms_get_a_cache_per_case_and_plain_arms_no_plugin():
+    base = {"SGLANG_AUTOPERF": "1", "PATH": "/bin"}
+    on = compare.arm_env(compare.Arm("on", "", True, "on"), [], "/r/case", base)
+    assert on["SGLANG_AUTOPERF"] == "1" and on["SGLANG_AUTOPERF_CACHE_DIR"] == "/r/case/cache"
+    assert on["SGLANG_AUTOPERF_TRACE_DIR"] == "/r/case/traces/on"
+    off = compare.arm_env(compare.Arm("off", "", False, "off"), [], "/r/case", base)
+    assert "SGLANG_AUTOPERF" not in off and "SGLANG_AUTOPERF_CACHE_DIR" not in off
+    pinned = compare.arm_env(compare.Arm("on", "", True, "on"), ["SGLANG_AUTOPERF_CACHE_DIR=/keep"], "/r/case", base)
+    assert pinned["SGLANG_AUTOPERF_CACHE_DIR"] == "/keep"
