@@ -503,13 +503,12 @@ def arm_env(arm: Arm, extra: list[str], out: str, base: dict) -> dict:
 def run_arm(arm: Arm, a, wl: Workload, out: str, common: dict) -> dict:
     log_path = os.path.join(out, "logs", f"{arm.name}.log")
     perf_path = os.path.join(out, "perf", f"{arm.name}.json")
-    trace_dir = os.path.join(out, "traces", arm.name)
     for p in (log_path, perf_path):
         if os.path.exists(p):
             os.remove(p)
     env = arm_env(arm, a.env, out, os.environ)
     if arm.autoperf:
-        os.makedirs(trace_dir, exist_ok=True)
+        os.makedirs(env["SGLANG_AUTOPERF_TRACE_DIR"], exist_ok=True)
     cmd = generate_cmd(a.sglang_cmd, a.model_path, wl, perf_path, a.model_id, a.extra_flags, arm.flags)
     print(f"[compare] {arm.name}: {'SGLANG_AUTOPERF=1 ' if arm.autoperf else ''}{shlex.join(cmd)}", flush=True)
     t0 = time.time()

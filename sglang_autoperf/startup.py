@@ -181,7 +181,7 @@ def _calibration_changes(ctx: RunContext, settings: Settings, plan_dict: dict[st
     start (no entry for this model, GPU and layout at all); otherwise each worker looks its
     buckets up per request and calibrates a new shape across its first requests."""
     from sglang_autoperf.cache import TuningCache, format_when, tuning_key, tuning_objective
-    from sglang_autoperf.measure.live import calibration_steps
+    from sglang_autoperf.measure.live import BASELINE_STEPS, STEPS_PER_TRIAL, calibration_steps
 
     key = tuning_key(
         fingerprint=fingerprint, gpu_key=gpu_key, identity=ctx.identity, bucket=bucket, batch_size=1,
@@ -228,9 +228,9 @@ def _calibration_changes(ctx: RunContext, settings: Settings, plan_dict: dict[st
                 f"no tuning for {bucket} in the cache: calibrate resident layers and prefetch on a warmup copy "
                 f"of the first request, so no real request changes placement mid-way")
     _set_change(plan_dict, ctx, "warmup_steps", steps,
-                f"{steps} warmup steps: 3 at the planned placement, then 3 for each of up to "
-                f"{candidates} candidates and 3 at the planned placement again (bounded to ~{MAX_WARMUP_S:.0f} s at the predicted "
-                f"{step_ms:.0f} ms/step; the result is cached)")
+                f"{steps} warmup steps: {BASELINE_STEPS} at the planned placement, then {STEPS_PER_TRIAL} for each of "
+                f"up to {candidates} candidates and {STEPS_PER_TRIAL} at the planned placement again (bounded to "
+                f"~{MAX_WARMUP_S:.0f} s at the predicted {step_ms:.0f} ms/step; the result is cached)")
 
 
 # A calibration warmup is extra denoising steps before the user's first request: bound its time,

@@ -81,11 +81,11 @@ class OverlapMonitor:
                 self._install(manager)
 
     def _install(self, manager) -> None:
-        for i, layer in enumerate(sa.manager_layer_modules(manager)):
+        layers = sa.manager_layer_modules(manager)
+        for i, layer in enumerate(layers):
             # prepend: runs before sglang's own pre-hook (which waits for this layer's copy)
             self._handles.append(layer.register_forward_pre_hook(self._arrive_hook(manager, i), prepend=True))
             self._handles.append(layer.register_forward_pre_hook(self._start_hook(manager, i)))
-        layers = sa.manager_layer_modules(manager)
         if layers:
             self._handles.append(layers[-1].register_forward_hook(self._end_hook(manager, len(layers) - 1)))
 
