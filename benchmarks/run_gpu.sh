@@ -4,7 +4,7 @@
 #
 #   bash benchmarks/run_gpu.sh CASE        (from the project root)
 #
-# CASE: wan13b-17f | wan13b-17f-short | wan13b-81f | wan14b-81f-24g | flux-1024-24g   (see benchmarks/README.md)
+# CASE: wan13b-17f | wan13b-17f-short | wan13b-17f-paired | wan13b-81f | wan14b-81f-24g | flux-1024-24g   (see benchmarks/README.md)
 # Assumes sglang is importable by `python3` (on the sandbox GPU machine: the caller sourced
 # .gpu-kit/setup_on_gpu.sh first). Environment knobs:
 #   OUT        where results go (default /tmp/bench-out)         MODELS  checkpoint root (/tmp/models)
@@ -100,6 +100,20 @@ case $CASE in
       --extra-flags "$COMMON" --arms sweep --sweep-max 2 \
       --arm-autoperf on-forced="--dit-layerwise-offload true" \
       --order on-forced,sweep --timeout 200 --out "$RUN/$CASE"
+    ;;
+  wan13b-17f-paired)
+    # issue 6's "on within 5% of offload-off", twice in one call: off and the plugin alternate
+    # (a card that drifts within a call then cannot favour one side); on-forced-b starts again
+    # with the tuning cache on-forced wrote (no calibration), sglang's forced default in between
+    M=$(ensure_model wan2.1-t2v-1.3b | tail -1) || exit 1
+    compare --model-path "$M" --case "$CASE" --width 832 --height 480 --frames 17 --steps 8 \
+      --extra-flags "$COMMON" --arms '' \
+      --arm off="--dit-layerwise-offload false" \
+      --arm-autoperf on-forced="--dit-layerwise-offload true" \
+      --arm off-forced="--dit-layerwise-offload true" \
+      --arm off-b="--dit-layerwise-offload false" \
+      --arm-autoperf on-forced-b="--dit-layerwise-offload true" \
+      --order off,on-forced,off-forced,off-b,on-forced-b --timeout 200 --out "$RUN/$CASE"
     ;;
   wan13b-81f)
     # 32,760 tokens: copies hide behind compute; on must equal off, forced offload should cost ~0.
