@@ -2,7 +2,9 @@
 
 Traced and untraced steps alternate inside each request (the traced phase shifts by one from one
 request to the next), so both kinds of step share the request, the placement and whatever clock
-regime the GPU is in. Overhead = a traced step against the mean of its untraced neighbours.
+regime the GPU is in. A sampled step attaches the monitor's hooks and removes them after, so an
+untraced step runs none of our per-layer code: overhead = a traced step (hooks + events) against
+the mean of its untraced neighbours.
 
     python3 benchmarks/monitor_overhead.py RUN_JSON TRACE_DIR   (RUN_JSON from gen_api.py)
 

@@ -24,7 +24,8 @@
 #                       host moved 1.3B step times by 20-70% on 2026-11-27, call 1 of session 3)
 #   overhead            one GPU: arm O (monitor overhead, REQS=4), then wan13b-17f-short while time is left
 #   oracle              one GPU: case wan13b-17f-oracle (on-forced vs two sweep points)
-#   paired              one GPU: case wan13b-17f-paired (off, on-forced, off-forced, off, on-forced from the cache)
+#   paired              one GPU: case wan13b-17f-paired (off, on-forced, off, on-forced from the cache, off)
+#   overhead+paired     one GPU: arm O (REQS=6), then case wan13b-17f-paired
 #   validate            one GPU: arm C only (calibration from a cold cache, 2 requests): a quick check
 #   compile             probes; GPU0: arms K0 K (the torch.compile check on a resident Wan-1.3B, 3 requests)
 # Env: BUDGET_S (seconds for the whole call, default 570).
@@ -90,6 +91,7 @@ case $PLAN in
   overhead) REQS=4 calib 0 calib-1gpu "O"; case_run 0 wan13b-17f-short ;;
   oracle) case_run 0 wan13b-17f-oracle ;;
   paired) case_run 0 wan13b-17f-paired ;;
+  overhead+paired) REQS=6 calib 0 calib-1gpu "O"; case_run 0 wan13b-17f-paired ;;
   validate) REQS=2 calib 0 calib-1gpu "C" ;;
   compile) probes; calib 0 calib-compile "K0 K" ;;
   wan14b+wan13b81) side_by_side 'case_run 0 wan14b-81f-24g' 'case_run $G1 wan13b-81f' ;;

@@ -56,7 +56,8 @@ class Blocks(torch.nn.Module):
 
 def _manager(model, n):
     return SimpleNamespace(model=model, layers_attr_str="blocks", prefetch_size=1, resident_layers=0,
-                           residency_policy="leading", num_layers=n, enabled=False, device=None)
+                           residency_policy="leading", num_layers=n, enabled=False, device=None,
+                           _retained_set=frozenset(), _prefetch_events={})
 
 
 def _setup(monkeypatch, n=4):
@@ -74,10 +75,54 @@ def _setup(monkeypatch, n=4):
     return model, manager, mon
 
 
+class StreamingManager:
+    """Stands in for sglang's LayerwiseOffloadManager with the attributes the adapter reads and
+    its hook protocol: a pre-hook that loads a missing layer synchronously, queues the wait for
+    the layer's prefetch event, then prefetches the next layer (wrapping to layer 0, which is how
+    the next step's first layer is copied during this step); a post-hook that releases streamed
+    layers. prefetch_layer goes through the monitor as sglang's HookRegistry AROUND hook does."""
+
+    def __init__(self, model, n, monitor_ref, resident=()):
+        self.model, self.layers_attr_str, self.num_layers = model, "blocks", n
+        self.prefetch_size, self.resident_layers, self.residency_policy = 1, len(resident), "leading"
+        self.enabled, self.device, self.copy_stream = True, "cuda", object()
+        self._gpu_layers, self._prefetch_events = set(resident), {}
+        self._retained_set, self._permanent_set = frozenset(resident), frozenset()
+        self._consolidated_cpu_weights = {i: {"bf16": True} for i in range(n)}
+        self._mapped_cpu_weights = {}
+        self._weight_metadata = {i: {"w": {"numel": 1000, "dtype": torch.bfloat16}} for i in range(n)}
+        self.monitor_ref = monitor_ref
+        for i, layer in enumerate(model.blocks):
+            layer.register_forward_pre_hook(self._pre(i))
+            layer.register_forward_hook(self._post(i))
+
+    def _copy(self, _self, i):
+        self._gpu_layers.add(i)
+        self._prefetch_events[i] = object()
+
+    def prefetch_layer(self, i):
+        if i in self._gpu_layers:
+            return
+        self.monitor_ref[0].around_prefetch(self._copy, self, i)
+
+    def _pre(self, i):
+        def hook(module, args):
+            self.prefetch_layer(i)  # a layer not prefetched in time is loaded now (synchronously)
+            self.prefetch_layer((i + 1) % self.num_layers)
+        return hook
+
+    def _post(self, i):
+        def hook(module, args, output):
+            if i not in self._retained_set:
+                self._gpu_layers.discard(i)
+                self._prefetch_events.pop(i, None)
+        return hook
+
+
 def test_one_end_hook_per_list_and_end_is_next_arrive(monkeypatch):
     model, manager, mon = _setup(monkeypatch, n=4)
     hooks = [len(b._forward_pre_hooks) + len(b._forward_hooks) for b in model.blocks]
-    assert hooks == [2, 2, 2, 3]  # arrive + start on each layer, end only on the last
+    assert hooks == [2, 2, 2, 3]  # arrive + after-wait on each layer, end only on the last
     mon.begin_step(1, Placement(0, 1, "leading"))
     with torch.no_grad():
         model(torch.ones(1, 4))
@@ -85,13 +130,52 @@ def test_one_end_hook_per_list_and_end_is_next_arrive(monkeypatch):
     trace = mon.resolve(mon.end_step())
     assert [len(p.layers) for p in trace.passes] == [4, 4]
     first = trace.passes[0].layers
-    # recording order per layer: arrive, start; the next layer's arrive closes it
+    # one event per layer (its arrive) closes the layer before it; nothing copied, nothing waited
     for a, b in zip(first, first[1:]):
-        assert a.compute_end_ms == b.compute_start_ms - 1
-        assert a.compute_end_ms > a.compute_start_ms
+        assert a.compute_end_ms == b.compute_start_ms
+        assert a.compute_end_ms > a.compute_start_ms and a.stall_ms == 0.0
     assert first[-1].compute_end_ms == first[-1].compute_start_ms + 1  # its own end hook
+    assert ClockEvent.clock == 2 * 4 + 2 + 2  # 4 arrives a pass, 2 ends, the step's start and end
     mon.detach()
     assert all(not b._forward_pre_hooks and not b._forward_hooks for b in model.blocks)
+
+
+def test_copies_cost_one_event_and_the_stall_is_what_the_copy_ends_after_arrival(monkeypatch):
+    """Layer 1 is resident; every other layer streams with prefetch 1. Recording order (the
+    test clock) stands in for GPU time: a copy issued in the previous layer's pre-hook ends
+    before its layer arrives (hidden), a copy issued in the layer's own pre-hook ends after
+    (exposed), and layer 0 of the second step was copied during the first step."""
+    monkeypatch.setattr(monitor_mod, "_new_event", ClockEvent)
+    for name in ("reset_peak_memory_stats", "memory_allocated", "max_memory_allocated"):
+        monkeypatch.setattr(torch.cuda, name, lambda: 0)
+    ClockEvent.clock = 0
+    model, ref = Blocks(4), [None]
+    manager = StreamingManager(model, 4, ref, resident=(1,))
+    mon = ref[0] = OverlapMonitor({"transformer": [manager]})
+    mon.attach()
+    traces = []
+    for step in (0, 1):
+        mon.begin_step(step, Placement(1, 1, "leading"))
+        with torch.no_grad():
+            model(torch.ones(1, 4))
+        traces.append(mon.resolve(mon.end_step()))
+    first, second = (t.passes[0].layers for t in traces)
+    # step 0: layer 0 loaded in its own pre-hook (after its arrive): exposed, one tick
+    assert first[0].copy_end_ms == first[0].compute_start_ms and first[0].stall_ms == 1.0
+    assert first[0].copy_start_ms == first[0].compute_start_ms - 1  # issued at layer 0's arrive
+    assert first[0].copy_bytes == 2000
+    # layer 1 resident: no copy, no wait; layers 2 and 3 prefetched one layer ahead: hidden
+    assert first[1].copy_end_ms is None and first[1].stall_ms == 0.0
+    for layer in first[2:]:
+        assert layer.copy_end_ms < layer.compute_start_ms and layer.stall_ms == 0.0
+        assert layer.copy_bytes == 2000
+    # a copy starts no earlier than the previous copy on its stream ended
+    assert first[3].copy_start_ms >= first[2].copy_end_ms
+    # step 1: layer 0 was copied during step 0 (the wrap-around prefetch): timed by its own event
+    assert second[0].copy_end_ms is None and second[0].stall_ms == 1.0
+    assert all(layer.stall_ms == 0.0 for layer in second[1:])
+    # events per step: 4 arrives + 1 end + step start/end + one per copy (+ the wrap-around start)
+    assert ClockEvent.clock == (4 + 1 + 2 + 4) + (4 + 1 + 2 + 3 + 1)
 
 
 def test_sampled_steps_are_read_only_when_the_request_ends(monkeypatch, tmp_path):
@@ -104,6 +188,7 @@ def test_sampled_steps_are_read_only_when_the_request_ends(monkeypatch, tmp_path
         for _ in range(6):
             tuner.run_step(model, (torch.ones(1, 4),), {})
     assert ClockEvent.syncs == 0  # no host sync on the hot path
+    assert not mon.attached  # a sampled step takes its hooks away with it: untraced steps run none
     assert len(tuner.unread) == 2 and tuner.recorded == []  # steps 2 and 4 (step 0 never)
     tuner.read_sampled_steps()
     assert [t.step for t in tuner.recorded] == [2, 4] and tuner.unread == []

@@ -100,8 +100,6 @@ class WorkerTuner:
         self.primary = managers.get("transformer") or next(iter(managers.values()))
         self.identity = sa.worker_identity(worker.server_args, rank=sa.worker_rank(worker))
         self.monitor = OverlapMonitor(managers)
-        if settings.trace_dir:
-            self.monitor.attach()  # sampled tracing needs the hooks for as long as the server runs
         self.cache = TuningCache(settings.cache_dir)
         self.results: dict[str, Any] = {}  # bucket -> TuningResult
         self.calibration: Calibration | None = None
@@ -255,6 +253,7 @@ class WorkerTuner:
                 cal = None
                 if request is not None and self.settings.traces_step(request["step"], self.requests_seen):
                     trace_it = True
+                    self.monitor.attach()  # a sampled step carries the hooks; the steps between do not
                     self.monitor.begin_step(request["step"], self.placement())
         except Exception as exc:
             _disable("step start", exc)
@@ -266,6 +265,7 @@ class WorkerTuner:
             if trace_it:
                 try:
                     self.unread.append(self.monitor.end_step())
+                    self.monitor.detach()
                 except Exception as exc:
                     _disable("step trace", exc)
             return result
