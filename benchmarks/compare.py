@@ -484,15 +484,24 @@ def generate_cmd(sglang_cmd: str, model_path: str, wl: Workload, perf_path: str,
     return cmd + shlex.split(extra_flags) + shlex.split(arm_flags)
 
 
+# A trace dir traces calibration steps and every Nth served step; N this large leaves at most
+# step 0 of a request traced, and step 0 is not a steady step.
+SERVED_TRACE_EVERY = 1_000_000
+
+
 def arm_env(arm: Arm, extra: list[str], out: str, base: dict) -> dict:
-    """The environment of one arm. Plugin arms trace every step and keep their tuning cache in the
-    case's folder: arms of one case share it, a new case starts cold (on a warm machine a cache in
-    $HOME carried one call's calibration into the next, 2026-11-27). `--env K=V` wins."""
+    """The environment of one arm. Plugin arms write their calibration's traces and keep their
+    tuning cache in the case's folder: arms of one case share it, a new case starts cold (on a warm
+    machine a cache in $HOME carried one call's calibration into the next, 2026-11-27). Served
+    steps are not traced, as for a user: a traced step costs ~3% in the GPU sandbox, and tracing
+    every step put that cost on the plugin's side of every comparison before 2026-11-27 (evening).
+    `--env K=V` wins."""
     env = dict(base)
     env.pop("SGLANG_AUTOPERF", None)
     if arm.autoperf:
         env["SGLANG_AUTOPERF"] = "1"
         env.setdefault("SGLANG_AUTOPERF_TRACE_DIR", os.path.join(out, "traces", arm.name))
+        env.setdefault("SGLANG_AUTOPERF_TRACE_EVERY", str(SERVED_TRACE_EVERY))
         env.setdefault("SGLANG_AUTOPERF_CACHE_DIR", os.path.join(out, "cache"))
     for kv in extra:
         k, _, v = kv.partition("=")

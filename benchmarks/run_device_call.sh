@@ -24,7 +24,7 @@
 #                       host moved 1.3B step times by 20-70% on 2026-11-27, call 1 of session 3)
 #   overhead            one GPU: arm O (monitor overhead, REQS=4), then wan13b-17f-short while time is left
 #   oracle              one GPU: case wan13b-17f-oracle (on-forced vs two sweep points)
-#   paired              one GPU: case wan13b-17f-paired (off, on-forced, off, on-forced from the cache, off)
+#   paired              one GPU: case wan13b-17f-paired (off, plugin, sglang at the plugin's start point; twice)
 #   overhead+paired     one GPU: arm O (REQS=6), then case wan13b-17f-paired
 #   validate            one GPU: arm C only (calibration from a cold cache, 2 requests): a quick check
 #   compile             probes; GPU0: arms K0 K (the torch.compile check on a resident Wan-1.3B, 3 requests)

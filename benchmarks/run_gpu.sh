@@ -102,19 +102,22 @@ case $CASE in
       --order on-forced,sweep --timeout 200 --out "$RUN/$CASE"
     ;;
   wan13b-17f-paired)
-    # issue 6's "on within 5% of offload-off" in one call: off and the plugin alternate, so a card
-    # that drifts within the call cannot favour one side (off moved 172 -> 197 ms/step between two
-    # runs of one call on 2026-11-27); on-forced-b starts again with the tuning cache on-forced
-    # wrote (no calibration: what a second start gets)
+    # issue 6's "on within 5% of offload-off" in one call: off, the plugin and sglang alone at the
+    # plugin's start point (R1 P2 strided) alternate, so a card that drifts within the call cannot
+    # favour one side (off moved 172 -> 197 ms/step between two runs of one call on 2026-11-27);
+    # on-forced-b starts again with the tuning cache on-forced wrote (what a second start gets)
     M=$(ensure_model wan2.1-t2v-1.3b | tail -1) || exit 1
+    FIXED="--dit-layerwise-offload true --dit-layerwise-resident-layers 1 --dit-offload-prefetch-size 2 --dit-layerwise-residency-policy strided"
     compare --model-path "$M" --case "$CASE" --width 832 --height 480 --frames 17 --steps 8 \
       --extra-flags "$COMMON" --arms '' \
       --arm off="--dit-layerwise-offload false" \
       --arm-autoperf on-forced="--dit-layerwise-offload true" \
+      --arm r1-p2-strided="$FIXED" \
       --arm off-b="--dit-layerwise-offload false" \
       --arm-autoperf on-forced-b="--dit-layerwise-offload true" \
-      --arm off-c="--dit-layerwise-offload false" \
-      --order off,on-forced,off-b,on-forced-b,off-c --timeout 200 --arm-estimate 85 --out "$RUN/$CASE"
+      --arm r1-p2-strided-b="$FIXED" \
+      --order off,on-forced,r1-p2-strided,off-b,on-forced-b,r1-p2-strided-b --timeout 200 --arm-estimate 75 \
+      --out "$RUN/$CASE"
     ;;
   wan13b-81f)
     # 32,760 tokens: copies hide behind compute; on must equal off, forced offload should cost ~0.

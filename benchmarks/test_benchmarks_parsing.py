@@ -345,6 +345,11 @@ def test_plugin_arms_get_a_cache_per_case_and_plain_arms_no_plugin():
     on = compare.arm_env(compare.Arm("on", "", True, "on"), [], "/r/case", base)
     assert on["SGLANG_AUTOPERF"] == "1" and on["SGLANG_AUTOPERF_CACHE_DIR"] == "/r/case/cache"
     assert on["SGLANG_AUTOPERF_TRACE_DIR"] == "/r/case/traces/on"
+    # calibration steps are traced, served steps are not (as for a user): no step of 10 requests
+    from sglang_autoperf.settings import Settings
+    served = Settings.from_env(on)
+    assert not any(served.traces_step(step, req) for req in range(10) for step in range(200))
+    assert Settings.from_env({**on, "SGLANG_AUTOPERF_TRACE_EVERY": "1"}).traces_step(3, 0)
     off = compare.arm_env(compare.Arm("off", "", False, "off"), [], "/r/case", base)
     assert "SGLANG_AUTOPERF" not in off and "SGLANG_AUTOPERF_CACHE_DIR" not in off
     pinned = compare.arm_env(compare.Arm("on", "", True, "on"), ["SGLANG_AUTOPERF_CACHE_DIR=/keep"], "/r/case", base)
