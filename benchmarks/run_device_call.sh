@@ -28,7 +28,7 @@
 #   overhead+paired     one GPU: arm O (REQS=6), then case wan13b-17f-paired
 #   validate            one GPU: arm C only (calibration from a cold cache, 2 requests): a quick check
 #   compile             probes; GPU0: arms K0 K (the torch.compile check on a resident Wan-1.3B, 3 requests)
-# Env: BUDGET_S (seconds for the whole call, default 570).
+# Env: BUDGET_S (seconds for the whole call, default 570); PIN_CPUS (see below).
 # Writes under $OUT: one .tar.gz per part, summary.txt (the parts' tables and key lines).
 set -uo pipefail
 PLAN=${1:?usage: run_device_call.sh PLAN}
@@ -60,7 +60,7 @@ calib() {  # GPUs (CUDA_VISIBLE_DEVICES), name, arms
   mkdir -p "$d"
   CUDA_VISIBLE_DEVICES=$gpus OUT=$d R=/tmp/$2 ARMS="$arms" SKIP_PROBES=1 BUDGET_S=$(left) REQS=${REQS:-3} \
     MASTER_PORT=$(( 31000 + ${gpus%%,*} * 500 )) \
-    bash "$HERE/run_calibration_gpu.sh" > "$d/run.log" 2>&1
+    $PIN bash "$HERE/run_calibration_gpu.sh" > "$d/run.log" 2>&1
 }
 
 case_run() {  # GPU, case
@@ -68,8 +68,27 @@ case_run() {  # GPU, case
   mkdir -p "$d"
   CUDA_VISIBLE_DEVICES=$gpu OUT=$d MODELS=/tmp/models-gpu$gpu BUDGET_S=$(left) \
     EXTRA="--master-port $(( 33000 + gpu * 500 ))" \
-    bash "$HERE/run_gpu.sh" "$case" > "$d/run.log" 2>&1
+    $PIN bash "$HERE/run_gpu.sh" "$case" > "$d/run.log" 2>&1
 }
+
+# The machine beside the experiment, every 2 s (to tell a GPU clock or power change from a host
+# one when the same arm gives different step times in one call): GPU SM clock, power, temperature,
+# utilisation, and the host's load average.
+machine_log() {
+  while true; do
+    printf '%s,%s,%s\n' "$(date +%s)" \
+      "$(nvidia-smi --query-gpu=index,clocks.sm,clocks.mem,power.draw,temperature.gpu,utilization.gpu,clocks_throttle_reasons.active --format=csv,noheader,nounits 2>/dev/null | tr '\n' ';')" \
+      "$(cut -d' ' -f1-3 /proc/loadavg)"
+    sleep 2
+  done > "$W/machine.csv" 2>/dev/null
+}
+machine_log & MACHINE_LOG_PID=$!
+trap 'kill $MACHINE_LOG_PID 2>/dev/null' EXIT
+
+# PIN_CPUS (e.g. 0-7): run every experiment under `taskset -c PIN_CPUS`, so each sglang process of
+# the call runs on the same cores (the same arm gave 172 and 242 ms/step in two processes of one
+# call on 2026-11-27: host-bound steps on whichever cores a process lands on).
+PIN=${PIN_CPUS:+taskset -c $PIN_CPUS}
 
 # The second lane's GPU: GPU 1 where there is one, else GPU 0 after the first lane.
 G1=$(( NGPU >= 2 ? 1 : 0 ))
@@ -99,6 +118,7 @@ case $PLAN in
 esac
 
 say "packing"
+kill $MACHINE_LOG_PID 2>/dev/null; cp "$W/machine.csv" "$OUT/machine.csv" 2>/dev/null
 for d in "$W"/*/; do
   name=$(basename "$d")
   { echo "## $name"; cat "$d"/table.md 2>/dev/null
