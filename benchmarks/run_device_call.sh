@@ -25,6 +25,7 @@
 #   overhead            one GPU: arm O (monitor overhead, REQS=4), then wan13b-17f-short while time is left
 #   oracle              one GPU: case wan13b-17f-oracle (on-forced vs two sweep points)
 #   paired              one GPU: case wan13b-17f-paired (off, plugin, sglang at the plugin's start point; twice)
+#   check               one GPU: case wan13b-17f-check (off, plugin cold, off; ~4 min)
 #   overhead+paired     one GPU: arm O (REQS=6), then case wan13b-17f-paired
 #   validate            one GPU: arm C only (calibration from a cold cache, 2 requests): a quick check
 #   compile             probes; GPU0: arms K0 K (the torch.compile check on a resident Wan-1.3B, 3 requests)
@@ -110,6 +111,7 @@ case $PLAN in
   overhead) REQS=4 calib 0 calib-1gpu "O"; case_run 0 wan13b-17f-short ;;
   oracle) case_run 0 wan13b-17f-oracle ;;
   paired) case_run 0 wan13b-17f-paired ;;
+  check) case_run 0 wan13b-17f-check ;;
   overhead+paired) REQS=6 calib 0 calib-1gpu "O"; case_run 0 wan13b-17f-paired ;;
   validate) REQS=2 calib 0 calib-1gpu "C" ;;
   compile) probes; calib 0 calib-compile "K0 K" ;;

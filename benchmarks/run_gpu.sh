@@ -119,6 +119,16 @@ case $CASE in
       --order off,on-forced,r1-p2-strided,off-b,on-forced-b,r1-p2-strided-b --timeout 200 --arm-estimate 75 \
       --out "$RUN/$CASE"
     ;;
+  wan13b-17f-check)
+    # the shortest look at wan13b-17f forced: off, the plugin (cold calibration), off again
+    M=$(ensure_model wan2.1-t2v-1.3b | tail -1) || exit 1
+    compare --model-path "$M" --case "$CASE" --width 832 --height 480 --frames 17 --steps 8 \
+      --extra-flags "$COMMON" --arms '' \
+      --arm off="--dit-layerwise-offload false" \
+      --arm-autoperf on-forced="--dit-layerwise-offload true" \
+      --arm off-b="--dit-layerwise-offload false" \
+      --order off,on-forced,off-b --timeout 150 --arm-estimate 70 --out "$RUN/$CASE"
+    ;;
   wan13b-81f)
     # 32,760 tokens: copies hide behind compute; on must equal off, forced offload should cost ~0.
     M=$(ensure_model wan2.1-t2v-1.3b | tail -1) || exit 1

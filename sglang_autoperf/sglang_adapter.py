@@ -478,14 +478,6 @@ def manager_will_copy(manager, layer_idx: int) -> bool:
     return bool(manager._consolidated_cpu_weights.get(layer_idx) or manager._mapped_cpu_weights.get(layer_idx))
 
 
-def manager_layer_streamed_in(manager, layer_idx: int) -> bool:
-    """Whether sglang's pre-hook just waited on a copy of this layer (a streamed layer whose
-    prefetch event is still pending), as opposed to a layer kept resident."""
-    if layer_idx in getattr(manager, "_permanent_set", ()) or layer_idx in manager._retained_set:
-        return False
-    return layer_idx in manager._prefetch_events
-
-
 def manager_layer_bytes(manager, layer_idx: int) -> int:
     total = 0
     for meta in manager._weight_metadata.get(layer_idx, {}).values():

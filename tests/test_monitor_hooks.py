@@ -56,8 +56,7 @@ class Blocks(torch.nn.Module):
 
 def _manager(model, n):
     return SimpleNamespace(model=model, layers_attr_str="blocks", prefetch_size=1, resident_layers=0,
-                           residency_policy="leading", num_layers=n, enabled=False, device=None,
-                           _retained_set=frozenset(), _prefetch_events={})
+                           residency_policy="leading", num_layers=n, enabled=False, device=None)
 
 
 def _setup(monkeypatch, n=4):
@@ -130,21 +129,21 @@ def test_one_end_hook_per_list_and_end_is_next_arrive(monkeypatch):
     trace = mon.resolve(mon.end_step())
     assert [len(p.layers) for p in trace.passes] == [4, 4]
     first = trace.passes[0].layers
-    # one event per layer (its arrive) closes the layer before it; nothing copied, nothing waited
+    # recording order per layer: arrive, start; the next layer's arrive closes it
     for a, b in zip(first, first[1:]):
-        assert a.compute_end_ms == b.compute_start_ms
-        assert a.compute_end_ms > a.compute_start_ms and a.stall_ms == 0.0
+        assert a.compute_end_ms == b.compute_start_ms - 1
+        assert a.compute_end_ms > a.compute_start_ms and a.stall_ms == 1.0
     assert first[-1].compute_end_ms == first[-1].compute_start_ms + 1  # its own end hook
-    assert ClockEvent.clock == 2 * 4 + 2 + 2  # 4 arrives a pass, 2 ends, the step's start and end
+    assert ClockEvent.clock == 2 * (2 * 4 + 1) + 2  # arrive + start per layer, 1 end a pass, step start/end
     mon.detach()
     assert all(not b._forward_pre_hooks and not b._forward_hooks for b in model.blocks)
 
 
-def test_copies_cost_one_event_and_the_stall_is_what_the_copy_ends_after_arrival(monkeypatch):
-    """Layer 1 is resident; every other layer streams with prefetch 1. Recording order (the
-    test clock) stands in for GPU time: a copy issued in the previous layer's pre-hook ends
-    before its layer arrives (hidden), a copy issued in the layer's own pre-hook ends after
-    (exposed), and layer 0 of the second step was copied during the first step."""
+def test_a_copy_costs_one_event_and_its_start_is_derived(monkeypatch):
+    """Layer 1 is resident; every other layer streams with prefetch 1. Recording order (the test
+    clock) stands in for GPU time. A copy issued in the previous layer's pre-hook ends before its
+    layer arrives; a copy issued in the layer's own pre-hook (loaded late) ends between its arrive
+    and its start; layer 0 of the second step was copied during the first step (wrap-around)."""
     monkeypatch.setattr(monitor_mod, "_new_event", ClockEvent)
     for name in ("reset_peak_memory_stats", "memory_allocated", "max_memory_allocated"):
         monkeypatch.setattr(torch.cuda, name, lambda: 0)
@@ -160,22 +159,23 @@ def test_copies_cost_one_event_and_the_stall_is_what_the_copy_ends_after_arrival
             model(torch.ones(1, 4))
         traces.append(mon.resolve(mon.end_step()))
     first, second = (t.passes[0].layers for t in traces)
-    # step 0: layer 0 loaded in its own pre-hook (after its arrive): exposed, one tick
-    assert first[0].copy_end_ms == first[0].compute_start_ms and first[0].stall_ms == 1.0
-    assert first[0].copy_start_ms == first[0].compute_start_ms - 1  # issued at layer 0's arrive
+    arrive = [layer.compute_start_ms - layer.stall_ms for layer in first]
+    # step 0, layer 0 loaded in its own pre-hook: the copy ends after the arrive, before the start
+    assert arrive[0] < first[0].copy_end_ms < first[0].compute_start_ms
+    assert first[0].copy_start_ms == arrive[0]  # issued by layer 0's own pre-hook
     assert first[0].copy_bytes == 2000
-    # layer 1 resident: no copy, no wait; layers 2 and 3 prefetched one layer ahead: hidden
-    assert first[1].copy_end_ms is None and first[1].stall_ms == 0.0
-    for layer in first[2:]:
-        assert layer.copy_end_ms < layer.compute_start_ms and layer.stall_ms == 0.0
-        assert layer.copy_bytes == 2000
-    # a copy starts no earlier than the previous copy on its stream ended
+    # layer 1 resident: no copy of its own; layers 2 and 3 were copied one layer ahead
+    assert first[1].copy_end_ms is None and first[1].copy_bytes == 0
+    for i in (2, 3):
+        assert first[i].copy_end_ms < arrive[i] and first[i].copy_bytes == 2000
+        assert first[i].copy_start_ms == arrive[i - 1]  # issued at the previous layer's arrive ...
+    # ... or when the copy before it on the stream ended, whichever is later
     assert first[3].copy_start_ms >= first[2].copy_end_ms
-    # step 1: layer 0 was copied during step 0 (the wrap-around prefetch): timed by its own event
-    assert second[0].copy_end_ms is None and second[0].stall_ms == 1.0
-    assert all(layer.stall_ms == 0.0 for layer in second[1:])
-    # events per step: 4 arrives + 1 end + step start/end + one per copy (+ the wrap-around start)
-    assert ClockEvent.clock == (4 + 1 + 2 + 4) + (4 + 1 + 2 + 3 + 1)
+    # step 1: layer 0 was copied during step 0: no copy this step, its wait still timed
+    assert second[0].copy_end_ms is None and second[0].stall_ms > 0
+    # events per step: 4 x (arrive + start) + 1 end + step start/end + one per copy
+    assert ClockEvent.clock == (8 + 1 + 2 + 4) + (8 + 1 + 2 + 3)
+    mon.detach()
 
 
 def test_sampled_steps_are_read_only_when_the_request_ends(monkeypatch, tmp_path):

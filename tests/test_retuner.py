@@ -267,14 +267,17 @@ def test_recorded_trace_is_what_the_monitor_measured():
     assert step.compute_ms < step.wall_ms and step.exposed_ms > 0
 
 
-def test_recorded_trace_memory_objective_deepens_prefetch_without_residency():
+def test_recorded_trace_memory_objective_buys_the_host_stall_back_with_residency_not_prefetch():
+    """The recorded prefetch-1 steps stall ~0.5 ms at every streamed layer after its copy had
+    ended: host time in sglang's prefetch_layer, one per copy. A deeper prefetch issues the same
+    copies (prefetch 8 leading stalled ~4 ms at every 8th layer on the same H200, 2026-11-27), so
+    only resident layers remove them."""
     rec = _recorded()
-    cands = propose(rec.steps[:2], rec.layer_bytes, Placement(0, 1, "leading"), 100 << 30,
-                    objective="memory", max_candidates=3)
-    assert cands, "the pre-hook stall at prefetch 1 should make deeper prefetch worth a trial"
-    for c in cands:
-        assert c.placement.prefetch_layers > 1
-        assert c.extra_vram_bytes < 2 << 30  # far below making the 2.6 GB DiT resident
+    current = Placement(0, 1, "leading")
+    cands = propose(rec.steps[:2], rec.layer_bytes, current, 100 << 30, objective="memory", max_candidates=3)
+    assert cands
+    # within 2% of the best predicted (all resident) takes most of the 30 layers resident
+    assert all(c.placement.resident_layers >= 15 for c in cands)
 
 
 def test_recorded_trace_speed_objective_respects_headroom():

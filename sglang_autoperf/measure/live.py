@@ -389,8 +389,7 @@ class WorkerTuner:
         from sglang_autoperf.retune.retuner import decide
 
         self.calibration = None
-        if not self.settings.trace_dir:
-            self.monitor.detach()  # served steps run without our per-layer hooks until the next calibration
+        self.monitor.detach()  # served steps run without our per-layer hooks (a sampled step attaches its own)
         measured = {p: _agree_on_times(cal.measured.get(p, [])) for p in cal.trials}
         vram = {p: max((t.peak_allocated_bytes for t in cal.traces.get(p, [])), default=0) for p in cal.trials}
         if not measured.get(cal.baseline):

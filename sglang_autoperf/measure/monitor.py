@@ -1,18 +1,17 @@
 """Overlap monitor: CUDA events around every offloaded layer's compute and H2D copy.
 
-The fewest events that still give every number (in a launch-bound step, each event and hook is
-step time: 4 events and 2 hooks per layer measured 3-4% on an H200, 2026-11-27):
-- one `arrive` event per layer on the compute stream, before sglang's pre-hook waits for the
-  layer's weights. A layer's compute ends where the next one arrives; only a list's last layer
-  has an end hook and event of its own.
-- one `copy_end` event per H2D copy, on the copy stream, where sglang records the event its
-  pre-hook waits for. The copy cannot start before the copy stream is free (the previous copy's
-  end) nor before the compute queued when it was issued (sglang makes the copy stream wait for
-  it: the issuing layer's arrive), so its start is the later of the two.
-- compute therefore starts at max(arrive, copy_end), and the stall (compute stream idle on the
-  copy) is what copy_end is later than arrive. Only a layer whose copy was issued before this
-  step (the step boundary's wrap-around prefetch) has no copy_end here: it gets a `start` event
-  after sglang's wait, which is then the stall.
+Few events, because in a launch-bound step every event and hook is step time (4 events, a
+stream wait and 2 hooks per layer measured 3-4% on an H200, 2026-11-27):
+- compute stream, per layer: `arrive` before sglang's pre-hook and `start` after it. Between the
+  two, the compute stream waits for the layer's copy and the host runs sglang's prefetch code (the
+  GPU runs dry while it does in a launch-bound step): `start - arrive` is the stall, copy wait and
+  host time together, which is what the step pays. A layer's compute ends where the next one
+  arrives; only a list's last layer has an end hook and event of its own.
+- copy stream, per H2D copy: one `copy_end` event, where sglang records the event its pre-hook
+  waits for. The copy cannot start before the copy stream is free (the previous copy's end) nor
+  before the compute queued when it was issued (sglang makes the copy stream wait for it: the
+  issuing layer's arrive), so its start is the later of the two, with no event or stream wait of
+  ours (in a host-bound step that start is early by the host's lag: copy GB/s read low).
 Events are only recorded on the hot path and read (which waits for them) after the step:
 between steps while calibrating, at the request's end when sampling.
 """
@@ -42,7 +41,7 @@ class _Copy:
 @dataclass
 class _LayerEvents:
     arrive: Any = None
-    start: Any = None  # only for a layer whose copy was issued before this step
+    start: Any = None
     end: Any = None  # only a list's last layer
     copy: _Copy | None = None
 
@@ -135,18 +134,16 @@ class OverlapMonitor:
         return hook
 
     def _after_wait_hook(self, manager, i: int):
-        """After sglang's pre-hook: the layer's copy (issued earlier or just now) is known."""
+        """After sglang's pre-hook: its wait for this layer's copy and its prefetch calls are queued."""
         key = (id(manager), i)
 
         def hook(module, args):
             ev = self._layer
             if self._current is None or ev is None:
                 return None
+            ev.start = self._event()
+            ev.start.record()
             ev.copy = self._copies.pop(key, None)
-            if ev.copy is None and sa.manager_layer_streamed_in(manager, i):
-                # weights copied before this step (wrap-around prefetch): time sglang's wait itself
-                ev.start = self._event()
-                ev.start.record()
             return None
 
         return hook
@@ -229,12 +226,7 @@ class OverlapMonitor:
                     copy_end = ms(ev.copy.end)
                     bounds = [ms(e) for e in (ev.copy.issuer, ev.copy.previous) if e is not None]
                     copy_start = min(max(bounds, default=0.0), copy_end)
-                    start = max(arrive, copy_end)
-                elif ev.start is not None:
-                    start = max(arrive, ms(ev.start))
-                else:
-                    start = arrive
-                start = min(start, end)
+                start = min(max(arrive, ms(ev.start)) if ev.start is not None else arrive, end)
                 timings.append(
                     LayerTiming(
                         layer=i,

@@ -177,22 +177,23 @@ def _effective(counts: Sequence[int], p: Placement) -> tuple:
     return (res, prefetch_per_group(counts, p.prefetch_layers), p.policy)
 
 
-def prefetch_calls(counts: Sequence[int], placement: Placement) -> int:
-    """Pre-hooks per pass that issue copies: under `leading` one per burst of `prefetch` layers;
-    under `strided` every pre-hook tops the stream up, one copy each."""
-    p = 1 if placement.policy == "strided" else max(1, placement.prefetch_layers)
-    return sum(math.ceil(max(0, n - min(placement.resident_layers, n)) / p) for n in counts)
+def streamed_copies(counts: Sequence[int], placement: Placement) -> int:
+    """H2D copies sglang issues per pass: one per streamed layer, whatever the prefetch depth or
+    policy (a `leading` burst of 8 issues 8 prefetch_layer calls at once; `strided` issues one per
+    pre-hook and its repeats return early). Each costs host time in sglang's pre-hook."""
+    return sum(max(0, n - min(placement.resident_layers, n)) for n in counts)
 
 
 def _anchor(steps: Sequence[StepTrace], layers: Sequence[LayerCost], passes: int,
             current: Placement) -> tuple[float, float, float]:
     """(k, offset_ms, per_call_ms) with predicted = compute + k x simulated waiting + offset
-    + per_call x prefetch calls, fit so that the most-traced placement predicts its measured
+    + per_call x streamed copies, fit so that the most-traced placement predicts its measured
     median step. Compute is measured directly; the simulated waiting for copies is the uncertain
-    part. Stall the copy simulation does not explain (measured on H200 with Wan-1.3B: ~0.5 ms per
-    layer while each copy had finished ms earlier) is host time in sglang's offload pre-hooks,
-    during which the GPU runs dry: it scales with the hooks that issue copies, so deeper prefetch
-    and resident layers remove it. The rest of a longer measured step is non-block work (offset).
+    part. Stall the copy simulation does not explain (measured on H200 with Wan-1.3B in the GPU
+    sandbox: ~0.5 ms at every streamed layer under prefetch 2 strided, ~4 ms at every 8th under
+    prefetch 8 leading, while each copy had finished ms earlier) is host time in sglang's
+    prefetch_layer, during which the GPU runs dry: it scales with the copies issued, so only
+    resident layers remove it, not a deeper prefetch. The rest of a longer measured step is non-block work (offset).
     Measured below simulated: the simulation over-predicts the waiting, so it is scaled (k < 1)."""
     counts = Counter(s.placement for s in steps)
     traced = max(counts, key=lambda p: (counts[p], p == current))
@@ -201,7 +202,7 @@ def _anchor(steps: Sequence[StepTrace], layers: Sequence[LayerCost], passes: int
     measured_stall = statistics.median([s.exposed_ms for s in traced_steps])
     sim = simulate_placement(layers, traced, passes)
     sim_ms, compute_ms = sim.step_s * 1e3, sim.compute_s * 1e3
-    calls = prefetch_calls([len(g) for g in _groups(layers)], traced) * passes
+    calls = streamed_copies([len(g) for g in _groups(layers)], traced) * passes
     residual = max(0.0, measured_stall - sim.exposed_s * 1e3)
     per_call = residual / calls if calls else 0.0
     if measured >= sim_ms:
@@ -255,7 +256,7 @@ def propose(
 
     def predict(sim: StepSim, p: Placement) -> float:
         return ((sim.compute_s + k * (sim.step_s - sim.compute_s)) * 1e3 + offset
-                + per_call * prefetch_calls(counts, p) * passes)
+                + per_call * streamed_copies(counts, p) * passes)
 
     cur_sim = simulate_placement(layers, current, passes)
     cur_ms = predict(cur_sim, current)
