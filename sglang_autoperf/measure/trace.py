@@ -27,7 +27,7 @@ class LayerTiming:
     layer: int  # index within its layer list
     compute_start_ms: float  # compute stream reached the layer (after waiting for its weights)
     compute_end_ms: float
-    stall_ms: float  # compute stream idle waiting for this layer's copy
+    stall_ms: float  # compute stream idle in sglang's pre-hook: waiting for this layer's copy, and host time of its prefetch calls
     copy_start_ms: float | None = None  # None: the layer was already on the GPU (resident/prefetched earlier)
     copy_end_ms: float | None = None
     copy_bytes: int = 0
