@@ -4,7 +4,7 @@
 #
 #   bash benchmarks/run_gpu.sh CASE        (from the project root)
 #
-# CASE: wan13b-17f | wan13b-17f-short | wan13b-17f-paired | wan13b-81f | wan14b-81f-24g | flux-1024-24g   (see benchmarks/README.md)
+# CASE: wan13b-17f | wan13b-17f-short | wan13b-17f-oracle | wan13b-17f-paired | wan13b-17f-check | wan13b-81f | wan14b-81f-24g | flux-1024-24g   (see benchmarks/README.md)
 # Assumes sglang is importable by `python3` (on the sandbox GPU machine: the caller sourced
 # .gpu-kit/setup_on_gpu.sh first). Environment knobs:
 #   OUT        where results go (default /tmp/bench-out)         MODELS  checkpoint root (/tmp/models)

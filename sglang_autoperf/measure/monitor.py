@@ -1,7 +1,8 @@
 """Overlap monitor: CUDA events around every offloaded layer's compute and H2D copy.
 
-Few events, because in a launch-bound step every event and hook is step time (4 events, a
-stream wait and 2 hooks per layer measured 3-4% on an H200, 2026-11-27):
+Few events and hooks, because in a launch-bound step their host time is step time (H200, GPU
+sandbox, 2026-11-27: 4 events, a stream wait and 3 hooks per layer cost 3.9% of a traced step;
+the layout below minus the `start` event, 2.8%):
 - compute stream, per layer: `arrive` before sglang's pre-hook and `start` after it. Between the
   two, the compute stream waits for the layer's copy and the host runs sglang's prefetch code (the
   GPU runs dry while it does in a launch-bound step): `start - arrive` is the stall, copy wait and

@@ -186,14 +186,15 @@ def streamed_copies(counts: Sequence[int], placement: Placement) -> int:
 
 def _anchor(steps: Sequence[StepTrace], layers: Sequence[LayerCost], passes: int,
             current: Placement) -> tuple[float, float, float]:
-    """(k, offset_ms, per_call_ms) with predicted = compute + k x simulated waiting + offset
-    + per_call x streamed copies, fit so that the most-traced placement predicts its measured
+    """(k, offset_ms, per_copy_ms) with predicted = compute + k x simulated waiting + offset
+    + per_copy x streamed copies, fit so that the most-traced placement predicts its measured
     median step. Compute is measured directly; the simulated waiting for copies is the uncertain
     part. Stall the copy simulation does not explain (measured on H200 with Wan-1.3B in the GPU
     sandbox: ~0.5 ms at every streamed layer under prefetch 2 strided, ~4 ms at every 8th under
     prefetch 8 leading, while each copy had finished ms earlier) is host time in sglang's
     prefetch_layer, during which the GPU runs dry: it scales with the copies issued, so only
-    resident layers remove it, not a deeper prefetch. The rest of a longer measured step is non-block work (offset).
+    resident layers remove it, not a deeper prefetch. The rest of a longer measured step is
+    non-block work (offset).
     Measured below simulated: the simulation over-predicts the waiting, so it is scaled (k < 1)."""
     counts = Counter(s.placement for s in steps)
     traced = max(counts, key=lambda p: (counts[p], p == current))
@@ -202,11 +203,11 @@ def _anchor(steps: Sequence[StepTrace], layers: Sequence[LayerCost], passes: int
     measured_stall = statistics.median([s.exposed_ms for s in traced_steps])
     sim = simulate_placement(layers, traced, passes)
     sim_ms, compute_ms = sim.step_s * 1e3, sim.compute_s * 1e3
-    calls = streamed_copies([len(g) for g in _groups(layers)], traced) * passes
+    copies = streamed_copies([len(g) for g in _groups(layers)], traced) * passes
     residual = max(0.0, measured_stall - sim.exposed_s * 1e3)
-    per_call = residual / calls if calls else 0.0
+    per_copy = residual / copies if copies else 0.0
     if measured >= sim_ms:
-        return 1.0, max(0.0, measured - sim_ms - residual), per_call
+        return 1.0, max(0.0, measured - sim_ms - residual), per_copy
     if sim_ms > compute_ms:
         return max(0.0, (measured - compute_ms) / (sim_ms - compute_ms)), 0.0, 0.0
     return 1.0, 0.0, 0.0  # measured below its own compute: inconsistent trace, use the simulation as is
@@ -252,11 +253,11 @@ def propose(
     layers = measured_layer_costs(steps, layer_bytes, fallback_h2d_bytes_per_s=fallback_h2d_bytes_per_s)
     passes = passes_per_step(steps)
     counts = [len(g) for g in _groups(layers)]
-    k, offset, per_call = _anchor(steps, layers, passes, current)
+    k, offset, per_copy = _anchor(steps, layers, passes, current)
 
     def predict(sim: StepSim, p: Placement) -> float:
         return ((sim.compute_s + k * (sim.step_s - sim.compute_s)) * 1e3 + offset
-                + per_call * streamed_copies(counts, p) * passes)
+                + per_copy * streamed_copies(counts, p) * passes)
 
     cur_sim = simulate_placement(layers, current, passes)
     cur_ms = predict(cur_sim, current)
@@ -312,7 +313,8 @@ def propose(
     reference = max(pool.values(), key=lambda v: (v[0].resident_layers, -v[1]))
     measure_reference = max_candidates >= 2 and _effective(counts, reference[0]) != cur_eff
     slots = max_candidates - 1 if measure_reference else max_candidates
-    eligible = [v for v in others if v[1] <= limit and (not cur_ok or v[2] < cur_vram) and v is not reference]
+    eligible = [v for v in others if v[1] <= limit and (not cur_ok or v[2] < cur_vram)
+                and not (measure_reference and v is reference)]  # it has its own slot
     for v in sorted(eligible, key=lambda v: (v[2], round(v[1], 6), -v[0].resident_layers)):
         if len(chosen) >= slots:
             break
