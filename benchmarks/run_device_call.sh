@@ -29,6 +29,10 @@
 #   overhead+paired     one GPU: arm O (REQS=6), then case wan13b-17f-paired
 #   validate            one GPU: arm C only (calibration from a cold cache, 2 requests): a quick check
 #   compile             probes; GPU0: arms K0 K (the torch.compile check on a resident Wan-1.3B, 3 requests)
+#   cost+overhead+check one GPU: the monitor's host cost part by part (monitor_cost.py, seconds), arm O
+#                       (REQS=4), then case wan13b-17f-check
+#   compile-default+paired  one GPU: arms K0 K with SGLANG_TORCH_COMPILE_MODE=default (Inductor without
+#                       max-autotune: the first compiled request fits a call), then case wan13b-17f-paired
 # Env: BUDGET_S (seconds for the whole call, default 570); PIN_CPUS (see below).
 # Writes under $OUT: one .tar.gz per part, summary.txt (the parts' tables and key lines).
 set -uo pipefail
@@ -62,6 +66,12 @@ calib() {  # GPUs (CUDA_VISIBLE_DEVICES), name, arms
   CUDA_VISIBLE_DEVICES=$gpus OUT=$d R=/tmp/$2 ARMS="$arms" SKIP_PROBES=1 BUDGET_S=$(left) REQS=${REQS:-3} \
     MASTER_PORT=$(( 31000 + ${gpus%%,*} * 500 )) \
     $PIN bash "$HERE/run_calibration_gpu.sh" > "$d/run.log" 2>&1
+}
+
+cost() {  # the monitor's host cost, part by part, without sglang
+  local d=$W/monitor-cost; mkdir -p "$d"
+  CUDA_VISIBLE_DEVICES=0 $PIN python3 benchmarks/monitor_cost.py > "$d/monitor_cost.json" 2> "$d/run.log"
+  say "monitor cost: $(tr -d '\n' < "$d/monitor_cost.json" | cut -c1-600)"
 }
 
 case_run() {  # GPU, case
@@ -115,6 +125,8 @@ case $PLAN in
   overhead+paired) REQS=6 calib 0 calib-1gpu "O"; case_run 0 wan13b-17f-paired ;;
   validate) REQS=2 calib 0 calib-1gpu "C" ;;
   compile) probes; calib 0 calib-compile "K0 K" ;;
+  cost+overhead+check) cost; REQS=4 calib 0 calib-1gpu "O"; case_run 0 wan13b-17f-check ;;
+  compile-default+paired) SGLANG_TORCH_COMPILE_MODE=default calib 0 calib-compile "K0 K"; case_run 0 wan13b-17f-paired ;;
   wan14b+wan13b81) side_by_side 'case_run 0 wan14b-81f-24g' 'case_run $G1 wan13b-81f' ;;
   *) echo "unknown plan $PLAN"; exit 2 ;;
 esac
@@ -125,6 +137,7 @@ for d in "$W"/*/; do
   name=$(basename "$d")
   { echo "## $name"; cat "$d"/table.md 2>/dev/null
     grep -hE "median_paired|pairs\"" "$d"/monitor_overhead.json 2>/dev/null
+    cat "$d"/monitor_cost.json 2>/dev/null
     grep -hE "==|calibrat|cache hit|plan:|skipped" "$d"/autoperf_lines.txt 2>/dev/null | cut -c1-300 | head -40
     tail -25 "$d"/run.log 2>/dev/null; } >> "$W/summary.txt"
   tar czf "$OUT/$name.tar.gz" -C "$W" "$name"

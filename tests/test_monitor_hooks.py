@@ -35,6 +35,7 @@ class ClockEvent:
     def record(self, stream=None):
         ClockEvent.clock += 1
         self.t = ClockEvent.clock
+        self.stream = stream
 
     def elapsed_time(self, other):
         return float(other.t - self.t)
@@ -59,11 +60,19 @@ def _manager(model, n):
                            residency_policy="leading", num_layers=n, enabled=False, device=None)
 
 
-def _setup(monkeypatch, n=4):
+COMPUTE_STREAM = "compute stream"  # what the test's current stream is
+
+
+def _no_cuda(monkeypatch):
+    """The three CUDA reads of the monitor, replaced (no GPU here)."""
     monkeypatch.setattr(monitor_mod, "_new_event", ClockEvent)
+    monkeypatch.setattr(monitor_mod, "_current_stream", lambda: COMPUTE_STREAM)
+    monkeypatch.setattr(monitor_mod, "_allocated_now_and_peak", lambda: (0, 0))
     monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda: None)
-    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda: 0)
-    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda: 0)
+
+
+def _setup(monkeypatch, n=4):
+    _no_cuda(monkeypatch)
     ClockEvent.clock, ClockEvent.syncs = 0, 0
     model = Blocks(n)
     manager = _manager(model, n)
@@ -144,9 +153,7 @@ def test_a_copy_costs_one_event_and_its_start_is_derived(monkeypatch):
     clock) stands in for GPU time. A copy issued in the previous layer's pre-hook ends before its
     layer arrives; a copy issued in the layer's own pre-hook (loaded late) ends between its arrive
     and its start; layer 0 of the second step was copied during the first step (wrap-around)."""
-    monkeypatch.setattr(monitor_mod, "_new_event", ClockEvent)
-    for name in ("reset_peak_memory_stats", "memory_allocated", "max_memory_allocated"):
-        monkeypatch.setattr(torch.cuda, name, lambda: 0)
+    _no_cuda(monkeypatch)
     ClockEvent.clock = 0
     model, ref = Blocks(4), [None]
     manager = StreamingManager(model, 4, ref, resident=(1,))
@@ -176,6 +183,39 @@ def test_a_copy_costs_one_event_and_its_start_is_derived(monkeypatch):
     # events per step: 4 x (arrive + start) + 1 end + step start/end + one per copy
     assert ClockEvent.clock == (8 + 1 + 2 + 4) + (8 + 1 + 2 + 3)
     mon.detach()
+
+
+def test_hot_path_records_on_the_steps_streams_and_finds_layers_once(monkeypatch):
+    """Host time on the hot path is step time: the compute events go on the stream taken at the
+    step's start (no current-stream lookup per layer), a copy's event on its copy stream, and a
+    sampled step's attach/detach reuses the layer list found once (no named_modules() walk)."""
+    _no_cuda(monkeypatch)
+    lookups = []
+    real_lookup = monitor_mod.sa.manager_layer_modules
+    monkeypatch.setattr(monitor_mod.sa, "manager_layer_modules", lambda m: lookups.append(m) or real_lookup(m))
+    recorded = []
+    real_record = ClockEvent.record
+
+    def record(self, stream=None):
+        recorded.append(stream)
+        real_record(self, stream)
+
+    monkeypatch.setattr(ClockEvent, "record", record)
+    model, ref = Blocks(4), [None]
+    manager = StreamingManager(model, 4, ref)
+    mon = ref[0] = OverlapMonitor({"transformer": [manager]})
+    for step in range(3):
+        mon.attach()
+        recorded.clear()
+        mon.begin_step(step, Placement(0, 1, "leading"))
+        with torch.no_grad():
+            model(torch.ones(1, 4))
+        mon.resolve(mon.end_step())
+        mon.detach()
+        copies = [s for s in recorded if s is manager.copy_stream]
+        assert copies and all(s in (COMPUTE_STREAM, manager.copy_stream) for s in recorded)
+        assert recorded.count(COMPUTE_STREAM) == 2 * 4 + 1 + 2
+    assert lookups == [manager]
 
 
 def test_sampled_steps_are_read_only_when_the_request_ends(monkeypatch, tmp_path):

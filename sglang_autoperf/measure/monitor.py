@@ -31,6 +31,21 @@ def _new_event():
     return torch.cuda.Event(enable_timing=True)
 
 
+def _current_stream():
+    import torch
+
+    return torch.cuda.current_stream()
+
+
+def _allocated_now_and_peak() -> tuple[int, int]:
+    """One read of the allocator's stats: torch.cuda.memory_allocated() and max_memory_allocated()
+    each build the whole stats dict, inside the step being timed."""
+    import torch
+
+    allocated = torch.cuda.memory_stats_as_nested_dict().get("allocated_bytes", {}).get("all", {})
+    return int(allocated.get("current", 0)), int(allocated.get("peak", 0))
+
+
 @dataclass
 class _Copy:
     end: Any
@@ -75,12 +90,19 @@ class OverlapMonitor:
         self._layer: _LayerEvents | None = None  # events of that layer
         self._layer_bytes: dict[tuple[int, int], int] = {}
         self._names: dict[int, tuple[str, str, int]] = {}
+        # Looked up once: finding a layer list walks the whole model's named_modules(), and a
+        # sampled step attaches and detaches the hooks around itself.
+        self._layers: dict[int, list] = {}
+        # The compute stream of the traced step, taken once per step: Event.record() without a
+        # stream looks the current stream up again at every call (host time per layer).
+        self._stream: Any = None
         # Creating a CUDA event costs host time, and in a launch-bound step host time is step
         # time: events are created once and reused after each step has been read.
         self._pool: list = []
         for component, group in managers.items():
             for manager in group:
                 self._names[id(manager)] = (component, sa.manager_layer_list_name(manager), sa.manager_setting(manager)["num_layers"])
+                self._layers[id(manager)] = sa.manager_layer_modules(manager)
 
     @property
     def active(self) -> bool:
@@ -98,7 +120,7 @@ class OverlapMonitor:
                 self._install(manager)
 
     def _install(self, manager) -> None:
-        layers = sa.manager_layer_modules(manager)
+        layers = self._layers[id(manager)]
         for i, layer in enumerate(layers):
             # prepend: runs before sglang's own pre-hook (which waits for this layer's copy)
             self._handles.append(layer.register_forward_pre_hook(self._arrive_hook(manager, i), prepend=True))
@@ -128,7 +150,7 @@ class OverlapMonitor:
                 self._pass_index[key_m] = self._pass_index.get(key_m, -1) + 1
             layers = current.passes.setdefault((component, attr, n, self._pass_index.get(key_m, 0)), {})
             ev = layers[i] = _LayerEvents(arrive=self._event())
-            ev.arrive.record()
+            ev.arrive.record(self._stream)
             self._issuer, self._layer = ev.arrive, ev
             return None
 
@@ -143,7 +165,7 @@ class OverlapMonitor:
             if self._current is None or ev is None:
                 return None
             ev.start = self._event()
-            ev.start.record()
+            ev.start.record(self._stream)
             ev.copy = self._copies.pop(key, None)
             return None
 
@@ -154,7 +176,7 @@ class OverlapMonitor:
             ev = self._layer
             if self._current is not None and ev is not None:
                 ev.end = self._event()
-                ev.end.record()
+                ev.end.record(self._stream)
             return None
 
         return hook
@@ -183,8 +205,9 @@ class OverlapMonitor:
         import torch
 
         torch.cuda.reset_peak_memory_stats()
+        self._stream = _current_stream()
         start = self._event()
-        start.record()
+        start.record(self._stream)
         self._current = _PendingStep(step=step, placement=placement, start=start)
         self._pass_index.clear()
         self._copies.clear()
@@ -192,16 +215,13 @@ class OverlapMonitor:
         self._issuer, self._layer = None, None
 
     def end_step(self) -> _PendingStep | None:
-        import torch
-
         pending, self._current = self._current, None
         self._issuer, self._layer = None, None
         if pending is None:
             return None
         pending.end = self._event()
-        pending.end.record()
-        pending.allocated = int(torch.cuda.memory_allocated())
-        pending.peak = int(torch.cuda.max_memory_allocated())
+        pending.end.record(self._stream)
+        pending.allocated, pending.peak = _allocated_now_and_peak()
         return pending
 
     def resolve(self, pending: _PendingStep) -> StepTrace:
