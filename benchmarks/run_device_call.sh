@@ -31,8 +31,8 @@
 #   compile             probes; GPU0: arms K0 K (the torch.compile check on a resident Wan-1.3B, 3 requests)
 #   cost+overhead+check one GPU: the monitor's host cost part by part (monitor_cost.py, seconds), arm O
 #                       (REQS=4), then case wan13b-17f-check
-#   compile-default+paired  one GPU: arms K0 K with SGLANG_TORCH_COMPILE_MODE=default (Inductor without
-#                       max-autotune: the first compiled request fits a call), then case wan13b-17f-paired
+#   compile-default+check  one GPU: arms K0 K with SGLANG_TORCH_COMPILE_MODE=default (Inductor without
+#                       max-autotune: the first compiled request fits a call), then case wan13b-17f-check
 # Env: BUDGET_S (seconds for the whole call, default 570); PIN_CPUS (see below).
 # Writes under $OUT: one .tar.gz per part, summary.txt (the parts' tables and key lines).
 set -uo pipefail
@@ -126,7 +126,7 @@ case $PLAN in
   validate) REQS=2 calib 0 calib-1gpu "C" ;;
   compile) probes; calib 0 calib-compile "K0 K" ;;
   cost+overhead+check) cost; REQS=4 calib 0 calib-1gpu "O"; case_run 0 wan13b-17f-check ;;
-  compile-default+paired) SGLANG_TORCH_COMPILE_MODE=default calib 0 calib-compile "K0 K"; case_run 0 wan13b-17f-paired ;;
+  compile-default+check) SGLANG_TORCH_COMPILE_MODE=default calib 0 calib-compile "K0 K"; case_run 0 wan13b-17f-check ;;
   wan14b+wan13b81) side_by_side 'case_run 0 wan14b-81f-24g' 'case_run $G1 wan13b-81f' ;;
   *) echo "unknown plan $PLAN"; exit 2 ;;
 esac
