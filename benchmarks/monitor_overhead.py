@@ -9,7 +9,9 @@ the mean of its untraced neighbours.
     python3 benchmarks/monitor_overhead.py RUN_JSON TRACE_DIR   (RUN_JSON from gen_api.py)
 
 Prints one JSON object: per request the traced/untraced step medians and the paired ratios, and
-over all requests the median paired overhead in percent.
+over all requests the median paired overhead in percent; beside it the monitor's own host time per
+traced step as each trace clocked it (`monitor_host_ms`: the direct part of the overhead; the paired
+ratio also holds what no clock of ours sees, e.g. torch calling the extra hooks).
 """
 from __future__ import annotations
 
@@ -23,6 +25,11 @@ import sys
 
 def traced_steps_per_request(trace_dir: str) -> list[set[int]]:
     """Traced step indices of each non-warmup request, in request order (rank 0)."""
+    return [set(steps) for steps in monitor_host_ms_per_request(trace_dir)]
+
+
+def monitor_host_ms_per_request(trace_dir: str) -> list[dict[int, float]]:
+    """Per non-warmup request, in request order (rank 0): traced step -> the monitor's own host ms."""
     found = []
     for path in glob.glob(os.path.join(trace_dir, "trace-rank0-req*-pid*.json")):
         number = int(re.search(r"-req(\d+)-", os.path.basename(path)).group(1))
@@ -30,7 +37,7 @@ def traced_steps_per_request(trace_dir: str) -> list[set[int]]:
             rec = json.load(f)
         if rec.get("meta", {}).get("warmup"):
             continue
-        found.append((number, {int(s["step"]) for s in rec["steps"]}))
+        found.append((number, {int(s["step"]): float(s.get("monitor_host_ms", 0.0)) for s in rec["steps"]}))
     return [steps for _, steps in sorted(found)]
 
 
@@ -56,19 +63,25 @@ def main(argv: list[str]) -> int:
         return 2
     with open(argv[0]) as f:
         run = json.load(f)
-    traced = traced_steps_per_request(argv[1])
+    host = monitor_host_ms_per_request(argv[1])
+    traced = [set(h) for h in host]
     requests = [r for r in run["requests"] if r.get("status") == "ok"]
     if len(traced) != len(requests):
         print(json.dumps({"error": f"{len(traced)} traced requests vs {len(requests)} served"}))
         return 1
     per_request = [paired_overhead(r["steps_ms"], t) for r, t in zip(requests, traced)]
     pairs = [p for r in per_request for p in r["paired_overhead_pct"]]
+    host_ms = [ms for h in host for ms in h.values()]
+    untraced = [r["untraced_median_ms"] for r in per_request if r["untraced_median_ms"]]
     print(json.dumps({
         "card": run.get("card"),
         "requests": per_request,
         "pairs": len(pairs),
         "median_paired_overhead_pct": statistics.median(pairs) if pairs else None,
         "mean_paired_overhead_pct": statistics.mean(pairs) if pairs else None,
+        "median_monitor_host_ms": statistics.median(host_ms) if host_ms else None,
+        "median_monitor_host_pct": (100 * statistics.median(host_ms) / statistics.median(untraced)
+                                    if host_ms and untraced else None),
     }, indent=1))
     return 0
 

@@ -31,6 +31,7 @@
 #   compile             probes; GPU0: arms K0 K (the torch.compile check on a resident Wan-1.3B, 3 requests)
 #   cost+overhead+check one GPU: the monitor's host cost part by part (monitor_cost.py, seconds), arm O
 #                       (REQS=4), then case wan13b-17f-check
+#   overhead+check      one GPU: arm O (REQS=6), then case wan13b-17f-check
 #   compile-default+check  one GPU: arms K0 K with SGLANG_TORCH_COMPILE_MODE=default (Inductor without
 #                       max-autotune: the first compiled request fits a call), then case wan13b-17f-check
 # Env: BUDGET_S (seconds for the whole call, default 570); PIN_CPUS (see below).
@@ -125,6 +126,7 @@ case $PLAN in
   overhead+paired) REQS=6 calib 0 calib-1gpu "O"; case_run 0 wan13b-17f-paired ;;
   validate) REQS=2 calib 0 calib-1gpu "C" ;;
   compile) probes; calib 0 calib-compile "K0 K" ;;
+  overhead+check) REQS=6 calib 0 calib-1gpu "O"; case_run 0 wan13b-17f-check ;;
   cost+overhead+check) cost; REQS=4 calib 0 calib-1gpu "O"; case_run 0 wan13b-17f-check ;;
   compile-default+check) SGLANG_TORCH_COMPILE_MODE=default calib 0 calib-compile "K0 K"; case_run 0 wan13b-17f-check ;;
   wan14b+wan13b81) side_by_side 'case_run 0 wan14b-81f-24g' 'case_run $G1 wan13b-81f' ;;
@@ -136,7 +138,7 @@ kill $MACHINE_LOG_PID 2>/dev/null; cp "$W/machine.csv" "$OUT/machine.csv" 2>/dev
 for d in "$W"/*/; do
   name=$(basename "$d")
   { echo "## $name"; cat "$d"/table.md 2>/dev/null
-    grep -hE "median_paired|pairs\"" "$d"/monitor_overhead.json 2>/dev/null
+    grep -hE "median_|pairs\"" "$d"/monitor_overhead.json 2>/dev/null
     cat "$d"/monitor_cost.json 2>/dev/null
     grep -hE "==|calibrat|cache hit|plan:|skipped" "$d"/autoperf_lines.txt 2>/dev/null | cut -c1-300 | head -40
     tail -25 "$d"/run.log 2>/dev/null; } >> "$W/summary.txt"

@@ -281,7 +281,7 @@ def test_compare_end_to_end_with_fake_sglang(tmp_path):
     assert rows[0]["speedup"] == pytest.approx(150.0 / 155.0)
 
 
-def test_monitor_overhead_pairs_traced_steps_with_untraced_neighbours(tmp_path):
+def test_monitor_overhead_pairs_traced_steps_with_untraced_neighbours(tmp_path, capsys):
     import json
 
     import monitor_overhead as mo
@@ -294,12 +294,17 @@ def test_monitor_overhead_pairs_traced_steps_with_untraced_neighbours(tmp_path):
     # warmup requests' traces are skipped; the others are matched to served requests in order
     for number, warmup, traced in [(1, True, [1, 2]), (2, False, [2, 4]), (3, False, [1, 3, 5])]:
         (tmp_path / f"trace-rank0-req{number}-pid7.json").write_text(json.dumps(
-            {"meta": {"warmup": warmup}, "steps": [{"step": s} for s in traced]}))
+            {"meta": {"warmup": warmup}, "steps": [{"step": s, "monitor_host_ms": 0.5 + s / 10} for s in traced]}))
     assert mo.traced_steps_per_request(str(tmp_path)) == [{2, 4}, {1, 3, 5}]
     run = tmp_path / "run.json"
     run.write_text(json.dumps({"card": "x", "requests": [
         {"status": "ok", "steps_ms": steps}, {"status": "ok", "steps_ms": [900.0, 103.0, 100.0, 103.0, 100.0, 103.0]}]}))
     assert mo.main([str(run), str(tmp_path)]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["pairs"] == 5 and doc["median_paired_overhead_pct"] == pytest.approx(3.0)
+    # host ms of steps 2, 4 | 1, 3, 5 = 0.7, 0.9 | 0.6, 0.8, 1.0; untraced medians 100 and 100
+    assert doc["median_monitor_host_ms"] == pytest.approx(0.8)
+    assert doc["median_monitor_host_pct"] == pytest.approx(0.8)
 
 
 def test_ready_line_with_class_name_is_read_back():

@@ -73,6 +73,7 @@ class StepSummary:
     copy_ms: float
     exposed_ms: float
     steps: int = 0
+    monitor_ms: float = 0.0  # the monitor's own host time per traced step (what tracing cost)
 
     @classmethod
     def of(cls, steps: list[StepTrace]) -> "StepSummary":
@@ -82,7 +83,8 @@ class StepSummary:
             raise ValueError("no steps")
         med = statistics.median
         return cls(med([s.wall_ms for s in steps]), med([s.compute_ms for s in steps]),
-                   med([s.copy_ms for s in steps]), med([s.exposed_ms for s in steps]), len(steps))
+                   med([s.copy_ms for s in steps]), med([s.exposed_ms for s in steps]), len(steps),
+                   med([s.monitor_host_ms for s in steps]))
 
 
 # What a torch.compile check stores as its "placement": the DiT fully resident (no streaming).

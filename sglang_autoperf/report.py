@@ -16,6 +16,13 @@ def _ms(v: float | None) -> str:
     return "-" if v is None else f"{v:.1f}"
 
 
+def _share(summary: "StepSummary | None") -> str:
+    """The monitor's own host time per traced step, and its share of the step."""
+    if summary is None or summary.step_ms <= 0:
+        return "-"
+    return f"{summary.monitor_ms:.2f} ({summary.monitor_ms / summary.step_ms:.1%})"
+
+
 def _gib(v: int | None) -> str:
     return "-" if v is None else f"{v / GiB:.2f} GiB"
 
@@ -47,6 +54,7 @@ def format_calibration_table(result: "TuningResult") -> str:
         ("copy ms", _ms(b and b.copy_ms), _ms(a and a.copy_ms)),
         ("exposed copy ms", _ms(b and b.exposed_ms), _ms(a and a.exposed_ms)),
         ("VRAM (DiT layers)", _gib(result.baseline_vram_bytes), _gib(result.vram_bytes)),
+        ("monitor's own host ms", _share(b), _share(a)),
     ]
     w0 = max(len(r[0]) for r in rows)
     w1 = max(len(r[1]) for r in rows)

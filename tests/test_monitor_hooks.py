@@ -14,9 +14,10 @@ from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
+import pytest
 import torch
 
-from sglang_autoperf.cache import TuningCache
+from sglang_autoperf.cache import StepSummary, TuningCache
 from sglang_autoperf.measure import monitor as monitor_mod
 from sglang_autoperf.measure.live import WorkerTuner
 from sglang_autoperf.measure.monitor import OverlapMonitor
@@ -216,6 +217,37 @@ def test_hot_path_records_on_the_steps_streams_and_finds_layers_once(monkeypatch
         assert copies and all(s in (COMPUTE_STREAM, manager.copy_stream) for s in recorded)
         assert recorded.count(COMPUTE_STREAM) == 2 * 4 + 1 + 2
     assert lookups == [manager]
+
+
+def test_each_trace_carries_the_monitors_own_host_time(monkeypatch):
+    """Every timed region of ours advances a scripted clock by 1 us: a sampled step counts its
+    attach, begin, 2 hooks per layer, the list's end hook, its end and its detach; a step of a
+    calibration (attached once, before its first step) counts no attach or detach of its own."""
+    _no_cuda(monkeypatch)
+    ticks = iter(range(0, 10**12, 1000))
+    monkeypatch.setattr(monitor_mod, "perf_counter_ns", lambda: next(ticks))
+    model = Blocks(3)
+    mon = OverlapMonitor({"transformer": [_manager(model, 3)]})
+    placement = Placement(0, 1, "leading")
+
+    def step(i):
+        mon.begin_step(i, placement)
+        with torch.no_grad():
+            model(torch.ones(1, 4))
+        return mon.end_step()
+
+    mon.attach()
+    sampled = step(1)
+    mon.detach()
+    assert mon.resolve(sampled).monitor_host_ms == pytest.approx((1 + 1 + 3 * 2 + 1 + 1 + 1) * 1e-3)
+    mon.attach()
+    first = mon.resolve(step(2))
+    second = mon.resolve(step(3))
+    mon.detach()  # after the calibration's last step was read: counted nowhere
+    assert first.monitor_host_ms == pytest.approx(10 * 1e-3)  # the calibration's one attach
+    assert second.monitor_host_ms == pytest.approx(9 * 1e-3)
+    summary = StepSummary.of([first, second])
+    assert summary.monitor_ms == pytest.approx(9.5e-3)
 
 
 def test_sampled_steps_are_read_only_when_the_request_ends(monkeypatch, tmp_path):

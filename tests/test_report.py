@@ -31,7 +31,7 @@ def make_result(traces: bool = True) -> TuningResult:
         stats={BASE.label(): StepStats(431.2, 425.0, 441.0, 6), CHOSEN.label(): StepStats(212.7, 205.0, 214.0, 6)},
         reason="kept resident=34 prefetch=2 strided: median 212.7 ms/step vs baseline 431.2 ms",
         calibration_s=12.5, steps_used=18,
-        before=StepSummary(431.2, 148.3, 290.4, 282.9, 6), after=StepSummary(212.7, 148.1, 121.6, 64.4, 6),
+        before=StepSummary(431.2, 148.3, 290.4, 282.9, 6, 0.62), after=StepSummary(212.7, 148.1, 121.6, 64.4, 6, 0.58),
         vram_bytes=int(22.5 * GiB), baseline_vram_bytes=3 * GiB,
         traces=[synthetic_step(BASE).to_dict(), synthetic_step(CHOSEN).to_dict()] if traces else [],
     )
@@ -45,7 +45,8 @@ def make_key() -> TuningKey:
 def test_table_holds_the_numbers():
     text = format_calibration_table(make_result())
     for s in ("431.2", "212.7", "148.3", "290.4", "121.6", "282.9", "64.4", "22.50 GiB", "3.00 GiB",
-              "12.5 s", "18 steps", CHOSEN.label(), BASE.label(), "exposed copy", "switched to"):
+              "12.5 s", "18 steps", CHOSEN.label(), BASE.label(), "exposed copy", "switched to",
+              "0.62 (0.1%)", "0.58 (0.3%)"):
         assert s in text, s
 
 

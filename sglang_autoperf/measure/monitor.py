@@ -14,11 +14,14 @@ the layout below minus the `start` event, 2.8%):
   issuing layer's arrive), so its start is the later of the two, with no event or stream wait of
   ours (in a host-bound step that start is early by the host's lag: copy GB/s read low).
 Events are only recorded on the hot path and read (which waits for them) after the step:
-between steps while calibrating, at the request's end when sampling.
+between steps while calibrating, at the request's end when sampling. The monitor also clocks its
+own host time in each traced step (hooks, prefetch wrapper, step start/end, a sampled step's
+attach/detach; one perf_counter pair each), so every trace says what tracing it cost.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from time import perf_counter_ns
 from typing import Any
 
 from sglang_autoperf import sglang_adapter as sa
@@ -72,6 +75,7 @@ class _PendingStep:
     passes: dict[tuple[str, str, int, int], dict[int, _LayerEvents]] = field(default_factory=dict)
     allocated: int = 0
     peak: int = 0
+    host_ns: int = 0  # the monitor's own host time in this step
 
 
 class OverlapMonitor:
@@ -96,6 +100,8 @@ class OverlapMonitor:
         # The compute stream of the traced step, taken once per step: Event.record() without a
         # stream looks the current stream up again at every call (host time per layer).
         self._stream: Any = None
+        self._attach_ns = 0  # a sampled step's attach, counted into the step it was made for
+        self._last_pending: _PendingStep | None = None  # a sampled step's detach is counted into it
         # Creating a CUDA event costs host time, and in a launch-bound step host time is step
         # time: events are created once and reused after each step has been read.
         self._pool: list = []
@@ -115,9 +121,11 @@ class OverlapMonitor:
     def attach(self) -> None:
         if self._handles:
             return
+        t0 = perf_counter_ns()
         for group in self._managers.values():
             for manager in group:
                 self._install(manager)
+        self._attach_ns = perf_counter_ns() - t0
 
     def _install(self, manager) -> None:
         layers = self._layers[id(manager)]
@@ -129,9 +137,13 @@ class OverlapMonitor:
             self._handles.append(layers[-1].register_forward_hook(self._end_hook()))
 
     def detach(self) -> None:
+        t0 = perf_counter_ns()
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
+        if self._last_pending is not None:
+            self._last_pending.host_ns += perf_counter_ns() - t0
+            self._last_pending = None
 
     # -- hot path: record events only ------------------------------------------------------
 
@@ -146,12 +158,14 @@ class OverlapMonitor:
             current = self._current
             if current is None:
                 return None
+            t0 = perf_counter_ns()
             if i == 0:
                 self._pass_index[key_m] = self._pass_index.get(key_m, -1) + 1
             layers = current.passes.setdefault((component, attr, n, self._pass_index.get(key_m, 0)), {})
             ev = layers[i] = _LayerEvents(arrive=self._event())
             ev.arrive.record(self._stream)
             self._issuer, self._layer = ev.arrive, ev
+            current.host_ns += perf_counter_ns() - t0
             return None
 
         return hook
@@ -161,34 +175,43 @@ class OverlapMonitor:
         key = (id(manager), i)
 
         def hook(module, args):
-            ev = self._layer
-            if self._current is None or ev is None:
+            ev, current = self._layer, self._current
+            if current is None or ev is None:
                 return None
+            t0 = perf_counter_ns()
             ev.start = self._event()
             ev.start.record(self._stream)
             ev.copy = self._copies.pop(key, None)
+            current.host_ns += perf_counter_ns() - t0
             return None
 
         return hook
 
     def _end_hook(self):
         def hook(module, args, output):
-            ev = self._layer
-            if self._current is not None and ev is not None:
+            ev, current = self._layer, self._current
+            if current is not None and ev is not None:
+                t0 = perf_counter_ns()
                 ev.end = self._event()
                 ev.end.record(self._stream)
+                current.host_ns += perf_counter_ns() - t0
             return None
 
         return hook
 
     def around_prefetch(self, original, manager, layer_idx, *args, **kwargs):
         """Wraps LayerwiseOffloadManager.prefetch_layer while a step is traced."""
-        if self._current is None or id(manager) not in self._names or not sa.manager_will_copy(manager, layer_idx):
+        current = self._current
+        if current is None:
             return original(manager, layer_idx, *args, **kwargs)
-        stream = sa.manager_copy_stream(manager)
+        t0 = perf_counter_ns()
+        stream = sa.manager_copy_stream(manager) if id(manager) in self._names and sa.manager_will_copy(manager, layer_idx) else None
+        t1 = perf_counter_ns()
+        current.host_ns += t1 - t0
         if stream is None:
             return original(manager, layer_idx, *args, **kwargs)
         result = original(manager, layer_idx, *args, **kwargs)
+        t0 = perf_counter_ns()
         end = self._event()
         end.record(stream)  # where sglang recorded the event its pre-hook waits for
         key = (id(manager), layer_idx)
@@ -197,6 +220,7 @@ class OverlapMonitor:
         self._copies[key] = _Copy(end=end, nbytes=self._layer_bytes[key], issuer=self._issuer,
                                   previous=self._last_copy.get(id(stream)))
         self._last_copy[id(stream)] = end
+        current.host_ns += perf_counter_ns() - t0
         return result
 
     # -- step boundaries ---------------------------------------------------------------------
@@ -204,6 +228,7 @@ class OverlapMonitor:
     def begin_step(self, step: int, placement: Placement) -> None:
         import torch
 
+        t0 = perf_counter_ns()
         torch.cuda.reset_peak_memory_stats()
         self._stream = _current_stream()
         start = self._event()
@@ -212,9 +237,12 @@ class OverlapMonitor:
         self._pass_index.clear()
         self._copies.clear()
         self._last_copy.clear()
-        self._issuer, self._layer = None, None
+        self._issuer, self._layer, self._last_pending = None, None, None
+        self._current.host_ns = self._attach_ns + perf_counter_ns() - t0
+        self._attach_ns = 0
 
     def end_step(self) -> _PendingStep | None:
+        t0 = perf_counter_ns()
         pending, self._current = self._current, None
         self._issuer, self._layer = None, None
         if pending is None:
@@ -222,11 +250,15 @@ class OverlapMonitor:
         pending.end = self._event()
         pending.end.record(self._stream)
         pending.allocated, pending.peak = _allocated_now_and_peak()
+        pending.host_ns += perf_counter_ns() - t0
+        self._last_pending = pending
         return pending
 
     def resolve(self, pending: _PendingStep) -> StepTrace:
         """Read the events of a finished step (waits for its last event)."""
         pending.end.synchronize()
+        if self._last_pending is pending:
+            self._last_pending = None
         t0 = pending.start
 
         def ms(ev) -> float | None:
@@ -267,6 +299,7 @@ class OverlapMonitor:
             passes=tuple(passes),
             dit_allocated_bytes=pending.allocated,
             peak_allocated_bytes=pending.peak,
+            monitor_host_ms=pending.host_ns / 1e6,
         )
         self._recycle(pending)
         return trace

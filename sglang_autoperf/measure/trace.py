@@ -77,6 +77,7 @@ class StepTrace:
     passes: tuple[PassTrace, ...]
     dit_allocated_bytes: int = 0  # torch.cuda.memory_allocated() at the end of the step
     peak_allocated_bytes: int = 0  # max_memory_allocated during the step
+    monitor_host_ms: float = 0.0  # host time the monitor itself spent in this step (its direct cost)
 
     @property
     def compute_ms(self) -> float:
@@ -123,6 +124,7 @@ class StepTrace:
             passes=passes,
             dit_allocated_bytes=d.get("dit_allocated_bytes", 0),
             peak_allocated_bytes=d.get("peak_allocated_bytes", 0),
+            monitor_host_ms=d.get("monitor_host_ms", 0.0),
         )
 
 
