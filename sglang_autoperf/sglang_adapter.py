@@ -27,10 +27,6 @@ TARGET_DENOISE_LOOP = (
 TARGET_DENOISE_STEP = (
     "sglang.multimodal_gen.runtime.pipelines_core.stages.denoising.DenoisingStage._run_denoising_step"
 )
-TARGET_PREFETCH = (
-    "sglang.multimodal_gen.runtime.managers.memory_managers.layerwise_offload."
-    "LayerwiseOffloadManager.prefetch_layer"
-)
 
 # sglang 0.5.23's CPU path calls sgl-kernel ops that only a CPU build of sgl-kernel has (not on
 # PyPI). These are routed to sglang's own native implementations, only after the original failed.
@@ -118,7 +114,8 @@ def register_hooks(settings: Settings) -> None:
 
         HookRegistry.register(TARGET_DENOISE_LOOP, live.around_denoising_loop, HookType.AROUND)
         HookRegistry.register(TARGET_DENOISE_STEP, live.around_denoising_step, HookType.AROUND)
-        HookRegistry.register(TARGET_PREFETCH, live.around_prefetch_layer, HookType.AROUND)
+        # prefetch_layer is wrapped per manager and only while the monitor is attached
+        # (wrap_manager_prefetch): a class-wide hook would add a call to every served layer
 
 
 def register_cpu_fallbacks() -> None:
@@ -463,6 +460,26 @@ def manager_layer_list_name(manager) -> str:
 
 def manager_layer_modules(manager) -> list:
     return list(dict(manager.model.named_modules())[manager.layers_attr_str])
+
+
+def wrap_manager_prefetch(manager, around: Callable) -> bool:
+    """Route this manager's `prefetch_layer(i, ...)` through `around(original, manager, i, ...)`
+    until `unwrap_manager_prefetch`. sglang's hooks call `self.prefetch_layer`, so an instance
+    attribute shadows the method for this manager alone; the class is never patched. False (and
+    nothing done) for a manager without the method."""
+    original = getattr(type(manager), "prefetch_layer", None)
+    if original is None:
+        return False
+
+    def prefetch_layer(layer_idx, *args, **kwargs):
+        return around(original, manager, layer_idx, *args, **kwargs)
+
+    manager.prefetch_layer = prefetch_layer
+    return True
+
+
+def unwrap_manager_prefetch(manager) -> None:
+    manager.__dict__.pop("prefetch_layer", None)
 
 
 def manager_copy_stream(manager):

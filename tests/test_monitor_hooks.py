@@ -91,7 +91,7 @@ class StreamingManager:
     the next step's first layer is copied during this step); a post-hook that releases streamed
     layers. prefetch_layer goes through the monitor as sglang's HookRegistry AROUND hook does."""
 
-    def __init__(self, model, n, monitor_ref, resident=()):
+    def __init__(self, model, n, resident=()):
         self.model, self.layers_attr_str, self.num_layers = model, "blocks", n
         self.prefetch_size, self.resident_layers, self.residency_policy = 1, len(resident), "leading"
         self.enabled, self.device, self.copy_stream = True, "cuda", object()
@@ -100,19 +100,15 @@ class StreamingManager:
         self._consolidated_cpu_weights = {i: {"bf16": True} for i in range(n)}
         self._mapped_cpu_weights = {}
         self._weight_metadata = {i: {"w": {"numel": 1000, "dtype": torch.bfloat16}} for i in range(n)}
-        self.monitor_ref = monitor_ref
         for i, layer in enumerate(model.blocks):
             layer.register_forward_pre_hook(self._pre(i))
             layer.register_forward_hook(self._post(i))
 
-    def _copy(self, _self, i):
-        self._gpu_layers.add(i)
-        self._prefetch_events[i] = object()
-
-    def prefetch_layer(self, i):
+    def prefetch_layer(self, i, non_blocking=True):
         if i in self._gpu_layers:
             return
-        self.monitor_ref[0].around_prefetch(self._copy, self, i)
+        self._gpu_layers.add(i)
+        self._prefetch_events[i] = object()
 
     def _pre(self, i):
         def hook(module, args):
@@ -156,9 +152,9 @@ def test_a_copy_costs_one_event_and_its_start_is_derived(monkeypatch):
     and its start; layer 0 of the second step was copied during the first step (wrap-around)."""
     _no_cuda(monkeypatch)
     ClockEvent.clock = 0
-    model, ref = Blocks(4), [None]
-    manager = StreamingManager(model, 4, ref, resident=(1,))
-    mon = ref[0] = OverlapMonitor({"transformer": [manager]})
+    model = Blocks(4)
+    manager = StreamingManager(model, 4, resident=(1,))
+    mon = OverlapMonitor({"transformer": [manager]})
     mon.attach()
     traces = []
     for step in (0, 1):
@@ -202,9 +198,9 @@ def test_hot_path_records_on_the_steps_streams_and_finds_layers_once(monkeypatch
         real_record(self, stream)
 
     monkeypatch.setattr(ClockEvent, "record", record)
-    model, ref = Blocks(4), [None]
-    manager = StreamingManager(model, 4, ref)
-    mon = ref[0] = OverlapMonitor({"transformer": [manager]})
+    model = Blocks(4)
+    manager = StreamingManager(model, 4)
+    mon = OverlapMonitor({"transformer": [manager]})
     for step in range(3):
         mon.attach()
         recorded.clear()
@@ -217,6 +213,31 @@ def test_hot_path_records_on_the_steps_streams_and_finds_layers_once(monkeypatch
         assert copies and all(s in (COMPUTE_STREAM, manager.copy_stream) for s in recorded)
         assert recorded.count(COMPUTE_STREAM) == 2 * 4 + 1 + 2
     assert lookups == [manager]
+
+
+def test_prefetch_is_wrapped_only_while_attached_and_only_on_the_instance(monkeypatch):
+    """Served steps (monitor detached) call sglang's own prefetch_layer: no code of ours per layer."""
+    _no_cuda(monkeypatch)
+    model = Blocks(4)
+    manager, other = StreamingManager(model, 4), StreamingManager(Blocks(4), 4)
+    mon = OverlapMonitor({"transformer": [manager]})
+    seen = []
+    real = mon.around_prefetch
+    monkeypatch.setattr(mon, "around_prefetch", lambda *a, **k: seen.append(a[2]) or real(*a, **k))
+    assert "prefetch_layer" not in vars(manager)
+    mon.attach()
+    assert "prefetch_layer" in vars(manager) and "prefetch_layer" not in vars(other)
+    assert StreamingManager.prefetch_layer.__qualname__ == "StreamingManager.prefetch_layer"  # class untouched
+    with torch.no_grad():
+        model(torch.ones(1, 4))
+    assert seen  # sglang's hooks reached the wrapper through self.prefetch_layer
+    mon.detach()
+    assert "prefetch_layer" not in vars(manager)
+    seen.clear()
+    manager._gpu_layers.clear()
+    with torch.no_grad():
+        model(torch.ones(1, 4))
+    assert seen == [] and manager._gpu_layers  # sglang's own method ran, ours did not
 
 
 def test_each_trace_carries_the_monitors_own_host_time(monkeypatch):

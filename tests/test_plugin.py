@@ -84,7 +84,7 @@ def test_enabled_registers_launch_worker_and_live_hooks(registry, monkeypatch):
     plugin.register()
     targets = ours(registry)
     for target in (sglang_adapter.TARGET_LAUNCH, sglang_adapter.TARGET_WORKER_INIT, sglang_adapter.TARGET_DENOISE_STEP,
-                   sglang_adapter.TARGET_DENOISE_LOOP, sglang_adapter.TARGET_PREFETCH):
+                   sglang_adapter.TARGET_DENOISE_LOOP):
         assert target in targets
 
 

@@ -564,13 +564,6 @@ def around_denoising_step(original, *args, **kwargs):
     return tuner.run_step(original, args, kwargs)
 
 
-def around_prefetch_layer(original, manager, layer_idx, *args, **kwargs):
-    tuner = _state
-    if tuner is None or not tuner.monitor.active:
-        return original(manager, layer_idx, *args, **kwargs)
-    return tuner.monitor.around_prefetch(original, manager, layer_idx, *args, **kwargs)
-
-
 def _disable(what: str, exc: BaseException) -> None:
     """An error of ours: restore the placement sglang started with and stop measuring."""
     global _state

@@ -86,6 +86,7 @@ class OverlapMonitor:
     def __init__(self, managers: dict[str, list]):
         self._managers = managers
         self._handles: list = []
+        self._wrapped: list = []  # managers whose prefetch_layer goes through around_prefetch
         self._current: _PendingStep | None = None
         self._pass_index: dict[int, int] = {}  # id(manager) -> forward passes seen this step
         self._copies: dict[tuple[int, int], _Copy] = {}  # (id(manager), layer) -> copy not yet consumed
@@ -135,12 +136,17 @@ class OverlapMonitor:
             self._handles.append(layer.register_forward_pre_hook(self._after_wait_hook(manager, i)))
         if layers:
             self._handles.append(layers[-1].register_forward_hook(self._end_hook()))
+        if sa.wrap_manager_prefetch(manager, self.around_prefetch):
+            self._wrapped.append(manager)
 
     def detach(self) -> None:
         t0 = perf_counter_ns()
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
+        for manager in self._wrapped:
+            sa.unwrap_manager_prefetch(manager)
+        self._wrapped.clear()
         if self._last_pending is not None:
             self._last_pending.host_ns += perf_counter_ns() - t0
             self._last_pending = None
@@ -200,7 +206,7 @@ class OverlapMonitor:
         return hook
 
     def around_prefetch(self, original, manager, layer_idx, *args, **kwargs):
-        """Wraps LayerwiseOffloadManager.prefetch_layer while a step is traced."""
+        """A manager's prefetch_layer while the monitor is attached (sglang_adapter.wrap_manager_prefetch)."""
         current = self._current
         if current is None:
             return original(manager, layer_idx, *args, **kwargs)
