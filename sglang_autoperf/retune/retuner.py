@@ -395,6 +395,12 @@ def decide(
     s = stats[chosen.label()]
     v = vram.get(chosen)
     vtxt = f"{v / 1024**3:.2f} GiB" if v is not None else "VRAM unknown"
+    if chosen == baseline and s.median_ms > limit:
+        return Decision(baseline, False, (
+            f"kept {baseline.label()} ({s.median_ms:.1f} ms/step, {vtxt}): "
+            f"{(s.median_ms / fastest - 1) * 100:+.1f}% vs the fastest measured ({fastest:.1f} ms), but within "
+            f"{MEMORY_TOLERANCE:.0%} plus the noise {base_limit - limit:.1f} ms (half the wider spread; the baseline "
+            f"ran {base.min_ms:.1f}-{base.max_ms:.1f} ms): not left without evidence" + failed_note), stats)
     if chosen == baseline:
         return Decision(baseline, False, (
             f"kept {baseline.label()} ({s.median_ms:.1f} ms/step, {vtxt}): no placement within "
