@@ -28,8 +28,9 @@ def traced_steps_per_request(trace_dir: str) -> list[set[int]]:
     return [set(steps) for steps in monitor_host_ms_per_request(trace_dir)]
 
 
-def monitor_host_ms_per_request(trace_dir: str) -> list[dict[int, float]]:
-    """Per non-warmup request, in request order (rank 0): traced step -> the monitor's own host ms."""
+def monitor_host_ms_per_request(trace_dir: str, field: str = "monitor_host_ms") -> list[dict[int, float]]:
+    """Per non-warmup request, in request order (rank 0): traced step -> the monitor's own host ms
+    (or another per-step number of the traces: `field`)."""
     found = []
     for path in glob.glob(os.path.join(trace_dir, "trace-rank0-req*-pid*.json")):
         number = int(re.search(r"-req(\d+)-", os.path.basename(path)).group(1))
@@ -37,7 +38,7 @@ def monitor_host_ms_per_request(trace_dir: str) -> list[dict[int, float]]:
             rec = json.load(f)
         if rec.get("meta", {}).get("warmup"):
             continue
-        found.append((number, {int(s["step"]): float(s.get("monitor_host_ms", 0.0)) for s in rec["steps"]}))
+        found.append((number, {int(s["step"]): float(s.get(field, 0.0)) for s in rec["steps"]}))
     return [steps for _, steps in sorted(found)]
 
 
@@ -72,6 +73,7 @@ def main(argv: list[str]) -> int:
     per_request = [paired_overhead(r["steps_ms"], t) for r, t in zip(requests, traced)]
     pairs = [p for r in per_request for p in r["paired_overhead_pct"]]
     host_ms = [ms for h in host for ms in h.values()]
+    record_ms = [ms for h in monitor_host_ms_per_request(argv[1], "monitor_record_ms") for ms in h.values()]
     untraced = [r["untraced_median_ms"] for r in per_request if r["untraced_median_ms"]]
     print(json.dumps({
         "card": run.get("card"),
@@ -82,6 +84,7 @@ def main(argv: list[str]) -> int:
         "median_monitor_host_ms": statistics.median(host_ms) if host_ms else None,
         "median_monitor_host_pct": (100 * statistics.median(host_ms) / statistics.median(untraced)
                                     if host_ms and untraced else None),
+        "median_monitor_record_ms": statistics.median(record_ms) if record_ms else None,
     }, indent=1))
     return 0
 

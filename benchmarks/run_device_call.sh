@@ -32,6 +32,7 @@
 #   cost+overhead+check one GPU: the monitor's host cost part by part (monitor_cost.py, seconds), arm O
 #                       (REQS=4), then case wan13b-17f-check
 #   overhead+check      one GPU: arm O (REQS=6), then case wan13b-17f-check
+#   overhead-only       one GPU: arm O (REQS=6), nothing else (~4 minutes)
 #   compile-default+check  one GPU: arms K0 K with SGLANG_TORCH_COMPILE_MODE=default (Inductor without
 #                       max-autotune: the first compiled request fits a call), then case wan13b-17f-check
 # Env: BUDGET_S (seconds for the whole call, default 570); PIN_CPUS (see below).
@@ -126,6 +127,7 @@ case $PLAN in
   overhead+paired) REQS=6 calib 0 calib-1gpu "O"; case_run 0 wan13b-17f-paired ;;
   validate) REQS=2 calib 0 calib-1gpu "C" ;;
   compile) probes; calib 0 calib-compile "K0 K" ;;
+  overhead-only) REQS=6 calib 0 calib-1gpu "O" ;;
   overhead+check) REQS=6 calib 0 calib-1gpu "O"; case_run 0 wan13b-17f-check ;;
   cost+overhead+check) cost; REQS=4 calib 0 calib-1gpu "O"; case_run 0 wan13b-17f-check ;;
   compile-default+check) SGLANG_TORCH_COMPILE_MODE=default calib 0 calib-compile "K0 K"; case_run 0 wan13b-17f-check ;;

@@ -294,7 +294,7 @@ def test_monitor_overhead_pairs_traced_steps_with_untraced_neighbours(tmp_path, 
     # warmup requests' traces are skipped; the others are matched to served requests in order
     for number, warmup, traced in [(1, True, [1, 2]), (2, False, [2, 4]), (3, False, [1, 3, 5])]:
         (tmp_path / f"trace-rank0-req{number}-pid7.json").write_text(json.dumps(
-            {"meta": {"warmup": warmup}, "steps": [{"step": s, "monitor_host_ms": 0.5 + s / 10} for s in traced]}))
+            {"meta": {"warmup": warmup}, "steps": [{"step": s, "monitor_host_ms": 0.5 + s / 10, "monitor_record_ms": 0.1} for s in traced]}))
     assert mo.traced_steps_per_request(str(tmp_path)) == [{2, 4}, {1, 3, 5}]
     run = tmp_path / "run.json"
     run.write_text(json.dumps({"card": "x", "requests": [
@@ -305,6 +305,7 @@ def test_monitor_overhead_pairs_traced_steps_with_untraced_neighbours(tmp_path, 
     # host ms of steps 2, 4 | 1, 3, 5 = 0.7, 0.9 | 0.6, 0.8, 1.0; untraced medians 100 and 100
     assert doc["median_monitor_host_ms"] == pytest.approx(0.8)
     assert doc["median_monitor_host_pct"] == pytest.approx(0.8)
+    assert doc["median_monitor_record_ms"] == pytest.approx(0.1)
 
 
 def test_ready_line_with_class_name_is_read_back():

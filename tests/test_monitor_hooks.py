@@ -241,9 +241,10 @@ def test_prefetch_is_wrapped_only_while_attached_and_only_on_the_instance(monkey
 
 
 def test_each_trace_carries_the_monitors_own_host_time(monkeypatch):
-    """Every timed region of ours advances a scripted clock by 1 us: a sampled step counts its
-    attach, begin, 2 hooks per layer, the list's end hook, its end and its detach; a step of a
-    calibration (attached once, before its first step) counts no attach or detach of its own."""
+    """The scripted clock advances 1 us per reading. A sampled step counts its attach, begin, the 2
+    hooks of each layer (3 us each: they also time their event record, 1 us of it), the list's end
+    hook, its end and its detach; a step of a calibration (attached once, before its first step)
+    counts no attach or detach of its own."""
     _no_cuda(monkeypatch)
     ticks = iter(range(0, 10**12, 1000))
     monkeypatch.setattr(monitor_mod, "perf_counter_ns", lambda: next(ticks))
@@ -260,15 +261,17 @@ def test_each_trace_carries_the_monitors_own_host_time(monkeypatch):
     mon.attach()
     sampled = step(1)
     mon.detach()
-    assert mon.resolve(sampled).monitor_host_ms == pytest.approx((1 + 1 + 3 * 2 + 1 + 1 + 1) * 1e-3)
+    trace = mon.resolve(sampled)
+    assert trace.monitor_host_ms == pytest.approx((1 + 1 + 3 * 2 * 3 + 1 + 1 + 1) * 1e-3)
+    assert trace.monitor_record_ms == pytest.approx(3 * 2 * 1e-3)
     mon.attach()
     first = mon.resolve(step(2))
     second = mon.resolve(step(3))
     mon.detach()  # after the calibration's last step was read: counted nowhere
-    assert first.monitor_host_ms == pytest.approx(10 * 1e-3)  # the calibration's one attach
-    assert second.monitor_host_ms == pytest.approx(9 * 1e-3)
+    assert first.monitor_host_ms == pytest.approx(22 * 1e-3)  # the calibration's one attach
+    assert second.monitor_host_ms == pytest.approx(21 * 1e-3)
     summary = StepSummary.of([first, second])
-    assert summary.monitor_ms == pytest.approx(9.5e-3)
+    assert summary.monitor_ms == pytest.approx(21.5e-3)
 
 
 def test_sampled_steps_are_read_only_when_the_request_ends(monkeypatch, tmp_path):

@@ -80,6 +80,7 @@ class _PendingStep:
     allocated: int = 0
     peak: int = 0
     host_ns: int = 0  # the monitor's own host time in this step
+    record_ns: int = 0  # of which inside Event.record (a full launch queue would block there)
 
 
 class OverlapMonitor:
@@ -173,8 +174,11 @@ class OverlapMonitor:
                 self._pass_index[key_m] = self._pass_index.get(key_m, -1) + 1
             layers = current.passes.setdefault((component, attr, n, self._pass_index.get(key_m, 0)), {})
             ev = layers[i] = _LayerEvents(arrive=self._event())
+            t1 = perf_counter_ns()
             ev.arrive.record(self._stream)
+            t2 = perf_counter_ns()
             self._issuer, self._layer = ev.arrive, ev
+            current.record_ns += t2 - t1
             current.host_ns += perf_counter_ns() - t0
             return None
 
@@ -190,7 +194,9 @@ class OverlapMonitor:
                 return None
             t0 = perf_counter_ns()
             ev.start = self._event()
+            t1 = perf_counter_ns()
             ev.start.record(self._stream)
+            current.record_ns += perf_counter_ns() - t1
             ev.copy = self._copies.pop(key, None)
             current.host_ns += perf_counter_ns() - t0
             return None
@@ -223,7 +229,9 @@ class OverlapMonitor:
         result = original(manager, layer_idx, *args, **kwargs)
         t0 = perf_counter_ns()
         end = self._event()
+        t1 = perf_counter_ns()
         end.record(stream)  # where sglang recorded the event its pre-hook waits for
+        current.record_ns += perf_counter_ns() - t1
         key = (id(manager), layer_idx)
         if key not in self._layer_bytes:
             self._layer_bytes[key] = sa.manager_layer_bytes(manager, layer_idx)
@@ -310,6 +318,7 @@ class OverlapMonitor:
             dit_allocated_bytes=pending.allocated,
             peak_allocated_bytes=pending.peak,
             monitor_host_ms=pending.host_ns / 1e6,
+            monitor_record_ms=pending.record_ns / 1e6,
         )
         self._recycle(pending)
         return trace

@@ -78,6 +78,7 @@ class StepTrace:
     dit_allocated_bytes: int = 0  # torch.cuda.memory_allocated() at the end of the step
     peak_allocated_bytes: int = 0  # max_memory_allocated during the step
     monitor_host_ms: float = 0.0  # host time the monitor itself spent in this step (its direct cost)
+    monitor_record_ms: float = 0.0  # of which in its per-layer and per-copy CUDA event records
 
     @property
     def compute_ms(self) -> float:
@@ -125,6 +126,7 @@ class StepTrace:
             dit_allocated_bytes=d.get("dit_allocated_bytes", 0),
             peak_allocated_bytes=d.get("peak_allocated_bytes", 0),
             monitor_host_ms=d.get("monitor_host_ms", 0.0),
+            monitor_record_ms=d.get("monitor_record_ms", 0.0),
         )
 
 
