@@ -111,7 +111,9 @@ class TuningResult:
     steps_used: int
     before: StepSummary | None = None  # traced steps under the baseline
     after: StepSummary | None = None  # traced steps under the chosen placement
-    vram_bytes: int = 0  # DiT layers on the card under the chosen placement
+    # peak allocated in a traced step, chosen placement and start point: what the memory objective
+    # compares (the DiT layers on the card, prefetch buffers and the step's activations)
+    vram_bytes: int = 0
     baseline_vram_bytes: int | None = None
     traces: list[dict[str, Any]] = field(default_factory=list)  # StepTrace.to_dict(), for the timeline
     created_at: float = field(default_factory=time.time)

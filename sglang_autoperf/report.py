@@ -53,7 +53,7 @@ def format_calibration_table(result: "TuningResult") -> str:
         ("compute ms", _ms(b and b.compute_ms), _ms(a and a.compute_ms)),
         ("copy ms", _ms(b and b.copy_ms), _ms(a and a.copy_ms)),
         ("exposed copy ms", _ms(b and b.exposed_ms), _ms(a and a.exposed_ms)),
-        ("VRAM (DiT layers)", _gib(result.baseline_vram_bytes), _gib(result.vram_bytes)),
+        ("peak VRAM in a step", _gib(result.baseline_vram_bytes), _gib(result.vram_bytes)),
         ("monitor's own host ms", _share(b), _share(a)),
     ]
     w0 = max(len(r[0]) for r in rows)

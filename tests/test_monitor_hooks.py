@@ -370,4 +370,7 @@ def test_calibration_measures_its_start_point_again_last_and_keeps_it_when_drift
 def test_calibration_switches_when_the_start_point_stays_slower(tmp_path):
     tuner = _tuner(tmp_path, {START: [194.0, 195.0, 193.0, 196.0], R3P3: [174.6, 178.6], R0P8: [230.0, 231.0]})
     _warmup(tuner)
-    assert tuner.placement() == R3P3 and tuner.results[next(iter(tuner.results))].placement == R3P3
+    result = tuner.results[next(iter(tuner.results))]
+    assert tuner.placement() == R3P3 and result.placement == R3P3
+    # the table's before/after VRAM: the traced steps' peaks of the start point (R1 P2) and of R3 P3
+    assert (result.baseline_vram_bytes, result.vram_bytes) == (600_000_000 + 3 * 92_887_552, 600_000_000 + 6 * 92_887_552)

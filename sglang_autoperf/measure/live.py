@@ -411,6 +411,7 @@ class WorkerTuner:
             before=before,
             after=after,
             vram_bytes=vram.get(decision.placement, 0),
+            baseline_vram_bytes=vram.get(cal.baseline),
         )
         self.results[cal.bucket] = result
         if self.identity["rank"] == 0:
