@@ -25,12 +25,12 @@ import sys
 
 def traced_steps_per_request(trace_dir: str) -> list[set[int]]:
     """Traced step indices of each non-warmup request, in request order (rank 0)."""
-    return [set(steps) for steps in monitor_host_ms_per_request(trace_dir)]
+    return [set(steps) for steps in step_values_per_request(trace_dir, "monitor_host_ms")]
 
 
-def monitor_host_ms_per_request(trace_dir: str, field: str = "monitor_host_ms") -> list[dict[int, float]]:
-    """Per non-warmup request, in request order (rank 0): traced step -> the monitor's own host ms
-    (or another per-step number of the traces: `field`)."""
+def step_values_per_request(trace_dir: str, field: str) -> list[dict[int, float]]:
+    """Per non-warmup request, in request order (rank 0): traced step -> that step's `field`
+    (e.g. `monitor_host_ms`, the monitor's own host time)."""
     found = []
     for path in glob.glob(os.path.join(trace_dir, "trace-rank0-req*-pid*.json")):
         number = int(re.search(r"-req(\d+)-", os.path.basename(path)).group(1))
@@ -64,7 +64,7 @@ def main(argv: list[str]) -> int:
         return 2
     with open(argv[0]) as f:
         run = json.load(f)
-    host = monitor_host_ms_per_request(argv[1])
+    host = step_values_per_request(argv[1], "monitor_host_ms")
     traced = [set(h) for h in host]
     requests = [r for r in run["requests"] if r.get("status") == "ok"]
     if len(traced) != len(requests):
@@ -73,7 +73,7 @@ def main(argv: list[str]) -> int:
     per_request = [paired_overhead(r["steps_ms"], t) for r, t in zip(requests, traced)]
     pairs = [p for r in per_request for p in r["paired_overhead_pct"]]
     host_ms = [ms for h in host for ms in h.values()]
-    record_ms = [ms for h in monitor_host_ms_per_request(argv[1], "monitor_record_ms") for ms in h.values()]
+    record_ms = [ms for h in step_values_per_request(argv[1], "monitor_record_ms") for ms in h.values()]
     untraced = [r["untraced_median_ms"] for r in per_request if r["untraced_median_ms"]]
     print(json.dumps({
         "card": run.get("card"),

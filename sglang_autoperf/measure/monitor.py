@@ -117,10 +117,6 @@ class OverlapMonitor:
                 self._layers[id(manager)] = sa.manager_layer_modules(manager)
 
     @property
-    def active(self) -> bool:
-        return self._current is not None
-
-    @property
     def attached(self) -> bool:
         return bool(self._handles)
 
@@ -221,7 +217,8 @@ class OverlapMonitor:
         if current is None:
             return original(manager, layer_idx, *args, **kwargs)
         t0 = perf_counter_ns()
-        stream = sa.manager_copy_stream(manager) if id(manager) in self._names and sa.manager_will_copy(manager, layer_idx) else None
+        # installed only on this monitor's managers (attach), so no membership check
+        stream = sa.manager_copy_stream(manager) if sa.manager_will_copy(manager, layer_idx) else None
         t1 = perf_counter_ns()
         current.host_ns += t1 - t0
         if stream is None:
