@@ -2,8 +2,9 @@
 
 In a launch-bound denoising step every microsecond of host time on the hot path is step time, so
 this splits what a traced step pays: the CUDA calls one by one, then the monitor itself on a
-stack of small layers (each with one pre-hook standing in for sglang's) - a step without the
-monitor against a sampled step (attach, begin, forward, end, detach; events read afterwards).
+stack of small layers (each with one pre-hook standing in for sglang's, which the monitor wraps) -
+a step without the monitor against a sampled step (attach, begin, forward, end, detach; events
+read afterwards).
 
     python3 benchmarks/monitor_cost.py [--layers 30] [--passes 2] [--reps 200] > monitor_cost.json
 """
@@ -47,10 +48,11 @@ class Blocks(torch.nn.Module):
 def monitor_step_us(layers: int, passes: int, reps: int) -> dict:
     """Median host time of one step (`passes` forwards) without and with a sampled trace."""
     model = Blocks(layers, 64).cuda()
-    for block in model.blocks:  # sglang's own pre-hook is there in both arms
-        block.register_forward_pre_hook(lambda module, args: None)
     manager = SimpleNamespace(model=model, layers_attr_str="blocks", prefetch_size=1, resident_layers=layers,
-                              residency_policy="leading", num_layers=layers, enabled=False, device=None)
+                              residency_policy="leading", num_layers=layers, enabled=False, device=None,
+                              _forward_hooks=[])
+    for block in model.blocks:  # sglang's own pre-hook, its handle kept where sglang keeps it, in both arms
+        manager._forward_hooks.append(block.register_forward_pre_hook(lambda module, args: None))
     monitor = OverlapMonitor({"transformer": [manager]})
     x = torch.ones(1, 64, device="cuda")
 

@@ -462,17 +462,52 @@ def manager_layer_modules(manager) -> list:
     return list(dict(manager.model.named_modules())[manager.layers_attr_str])
 
 
+def wrap_layer_pre_hooks(manager, layers: list, make_wrapper: Callable) -> Callable[[], None]:
+    """Put `make_wrapper(i, sglang_hook)` in the place of the forward pre-hook sglang's manager
+    registered on layer i (found through the handles it keeps in `_forward_hooks`), so that what
+    runs around sglang's hook costs torch no extra hook dispatch. A layer without one gets the
+    wrapper as a hook of its own (`make_wrapper(i, None)`). Returns the undo: it puts sglang's
+    hooks back (where sglang has not removed them meanwhile) and removes hooks of our own."""
+    pre_hook_ids: dict[int, tuple[dict, int]] = {}
+    for handle in getattr(manager, "_forward_hooks", None) or ():
+        hooks = handle.hooks_dict_ref()
+        if hooks is not None:
+            pre_hook_ids[id(hooks)] = (hooks, handle.id)
+    undo: list[Callable[[], None]] = []
+    for i, layer in enumerate(layers):
+        hooks, hook_id = pre_hook_ids.get(id(layer._forward_pre_hooks), (None, None))
+        sglang_hook = hooks.get(hook_id) if hooks is not None else None
+        if sglang_hook is None:
+            undo.append(layer.register_forward_pre_hook(make_wrapper(i, None)).remove)
+            continue
+        wrapper = make_wrapper(i, sglang_hook)
+        hooks[hook_id] = wrapper
+
+        def put_back(hooks=hooks, hook_id=hook_id, sglang_hook=sglang_hook, wrapper=wrapper):
+            if hooks.get(hook_id) is wrapper:
+                hooks[hook_id] = sglang_hook
+
+        undo.append(put_back)
+
+    def undo_all() -> None:
+        for step in undo:
+            step()
+
+    return undo_all
+
+
 def wrap_manager_prefetch(manager, around: Callable) -> bool:
-    """Route this manager's `prefetch_layer(i, ...)` through `around(original, manager, i, ...)`
-    until `unwrap_manager_prefetch`. sglang's hooks call `self.prefetch_layer`, so an instance
-    attribute shadows the method for this manager alone; the class is never patched. False (and
-    nothing done) for a manager without the method."""
+    """Route this manager's `prefetch_layer(i, ...)` through `around(original, i, ...)` until
+    `unwrap_manager_prefetch` (`original` is the class's method: call it as original(manager, i,
+    ...)). sglang's hooks call `self.prefetch_layer`, so an instance attribute shadows the method
+    for this manager alone; the class is never patched. False (and nothing done) for a manager
+    without the method."""
     original = getattr(type(manager), "prefetch_layer", None)
     if original is None:
         return False
 
     def prefetch_layer(layer_idx, *args, **kwargs):
-        return around(original, manager, layer_idx, *args, **kwargs)
+        return around(original, layer_idx, *args, **kwargs)
 
     manager.prefetch_layer = prefetch_layer
     return True
@@ -482,17 +517,16 @@ def unwrap_manager_prefetch(manager) -> None:
     manager.__dict__.pop("prefetch_layer", None)
 
 
+def manager_prefetch_events(manager) -> dict:
+    """layer -> the event sglang recorded on the copy stream after that layer's copies (its
+    pre-hook waits for it). A new entry for a layer means prefetch_layer issued a copy. The dict
+    is cleared, never replaced, so a reference taken once stays valid. Empty for a manager that
+    never copies (no such dict)."""
+    return getattr(manager, "_prefetch_events", {})
+
+
 def manager_copy_stream(manager):
-    return manager.copy_stream
-
-
-def manager_will_copy(manager, layer_idx: int) -> bool:
-    """Whether prefetch_layer(layer_idx) is about to issue an H2D copy (not already there)."""
-    if not manager.enabled or manager.device is None:
-        return False
-    if layer_idx < 0 or layer_idx >= manager.num_layers or layer_idx in manager._gpu_layers:
-        return False
-    return bool(manager._consolidated_cpu_weights.get(layer_idx) or manager._mapped_cpu_weights.get(layer_idx))
+    return getattr(manager, "copy_stream", None)
 
 
 def manager_layer_bytes(manager, layer_idx: int) -> int:

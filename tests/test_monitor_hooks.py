@@ -86,10 +86,11 @@ def _setup(monkeypatch, n=4):
 
 class StreamingManager:
     """Stands in for sglang's LayerwiseOffloadManager with the attributes the adapter reads and
-    its hook protocol: a pre-hook that loads a missing layer synchronously, queues the wait for
-    the layer's prefetch event, then prefetches the next layer (wrapping to layer 0, which is how
-    the next step's first layer is copied during this step); a post-hook that releases streamed
-    layers. prefetch_layer goes through the monitor as sglang's HookRegistry AROUND hook does."""
+    its hook protocol: per layer a pre-hook and a post-hook whose handles it keeps in
+    `_forward_hooks` (pre, post), as sglang's register_forward_hooks does; the pre-hook loads a
+    missing layer synchronously, then prefetches the next layer (wrapping to layer 0, which is how
+    the next step's first layer is copied during this step); a copy records a new event in
+    `_prefetch_events`; the post-hook releases streamed layers."""
 
     def __init__(self, model, n, resident=()):
         self.model, self.layers_attr_str, self.num_layers = model, "blocks", n
@@ -97,12 +98,11 @@ class StreamingManager:
         self.enabled, self.device, self.copy_stream = True, "cuda", object()
         self._gpu_layers, self._prefetch_events = set(resident), {}
         self._retained_set, self._permanent_set = frozenset(resident), frozenset()
-        self._consolidated_cpu_weights = {i: {"bf16": True} for i in range(n)}
-        self._mapped_cpu_weights = {}
         self._weight_metadata = {i: {"w": {"numel": 1000, "dtype": torch.bfloat16}} for i in range(n)}
+        self._forward_hooks = []
         for i, layer in enumerate(model.blocks):
-            layer.register_forward_pre_hook(self._pre(i))
-            layer.register_forward_hook(self._post(i))
+            self._forward_hooks.append(layer.register_forward_pre_hook(self._pre(i)))
+            self._forward_hooks.append(layer.register_forward_hook(self._post(i)))
 
     def prefetch_layer(self, i, non_blocking=True):
         if i in self._gpu_layers:
@@ -125,9 +125,10 @@ class StreamingManager:
 
 
 def test_one_end_hook_per_list_and_end_is_next_arrive(monkeypatch):
+    """A manager without pre-hooks of its own: the monitor's layer function becomes a hook."""
     model, manager, mon = _setup(monkeypatch, n=4)
     hooks = [len(b._forward_pre_hooks) + len(b._forward_hooks) for b in model.blocks]
-    assert hooks == [2, 2, 2, 3]  # arrive + after-wait on each layer, end only on the last
+    assert hooks == [1, 1, 1, 2]  # one per layer, end only on the last
     mon.begin_step(1, Placement(0, 1, "leading"))
     with torch.no_grad():
         model(torch.ones(1, 4))
@@ -143,6 +144,52 @@ def test_one_end_hook_per_list_and_end_is_next_arrive(monkeypatch):
     assert ClockEvent.clock == 2 * (2 * 4 + 1) + 2  # arrive + start per layer, 1 end a pass, step start/end
     mon.detach()
     assert all(not b._forward_pre_hooks and not b._forward_hooks for b in model.blocks)
+
+
+def test_the_layer_function_takes_sglangs_pre_hook_place_and_detach_puts_it_back(monkeypatch):
+    """No hook of ours for torch to dispatch per layer: the events go around sglang's own pre-hook
+    (found through the handles the manager keeps), which still runs, between arrive and start."""
+    _no_cuda(monkeypatch)
+    model = Blocks(3)
+    manager = StreamingManager(model, 3)
+    sglang_hooks = [dict(b._forward_pre_hooks) for b in model.blocks]
+    mon = OverlapMonitor({"transformer": [manager]})
+    mon.attach()
+    assert [len(b._forward_pre_hooks) for b in model.blocks] == [1, 1, 1]
+    assert [len(b._forward_hooks) for b in model.blocks] == [1, 1, 2]  # sglang's post-hooks + our end
+    assert all(dict(b._forward_pre_hooks) != h for b, h in zip(model.blocks, sglang_hooks))
+    mon.begin_step(0, Placement(0, 1, "leading"))
+    with torch.no_grad():
+        model(torch.ones(1, 4))
+    trace = mon.resolve(mon.end_step())
+    assert manager._gpu_layers == {0}  # sglang's hooks ran: the wrap-around prefetch of layer 0
+    assert [t.copy_bytes for t in trace.passes[0].layers] == [2000, 2000, 2000]
+    mon.detach()
+    assert [dict(b._forward_pre_hooks) for b in model.blocks] == sglang_hooks
+    assert [len(b._forward_hooks) for b in model.blocks] == [1, 1, 1]
+
+
+def test_wrap_finds_the_pre_hooks_of_sglangs_own_register_forward_hooks():
+    """The adapter reads the handles sglang 0.5.23's real register_forward_hooks keeps: this
+    breaks when sglang changes how it hooks its layers."""
+    from sglang.multimodal_gen.runtime.managers.memory_managers.layerwise_offload import LayerwiseOffloadManager
+
+    from sglang_autoperf import sglang_adapter as sa
+
+    model = Blocks(3)
+    manager = SimpleNamespace(enabled=True, model=model, layers_attr_str="blocks", _forward_hooks=[])
+    LayerwiseOffloadManager.register_forward_hooks(manager)
+    originals = [next(iter(b._forward_pre_hooks.values())) for b in model.blocks]
+    got = []
+    undo = sa.wrap_layer_pre_hooks(manager, list(model.blocks), lambda i, hook: got.append((i, hook)) or (lambda m, a: None))
+    assert got == list(enumerate(originals))
+    assert all(len(b._forward_pre_hooks) == 1 and next(iter(b._forward_pre_hooks.values())) is not o
+               for b, o in zip(model.blocks, originals))
+    undo()
+    assert [next(iter(b._forward_pre_hooks.values())) for b in model.blocks] == originals
+    manager._forward_hooks[0].remove()  # sglang removed a hook meanwhile: undo does not resurrect it
+    undo()
+    assert len(model.blocks[0]._forward_pre_hooks) == 0
 
 
 def test_a_copy_costs_one_event_and_its_start_is_derived(monkeypatch):
@@ -221,30 +268,31 @@ def test_prefetch_is_wrapped_only_while_attached_and_only_on_the_instance(monkey
     model = Blocks(4)
     manager, other = StreamingManager(model, 4), StreamingManager(Blocks(4), 4)
     mon = OverlapMonitor({"transformer": [manager]})
-    seen = []
-    real = mon.around_prefetch
-    monkeypatch.setattr(mon, "around_prefetch", lambda *a, **k: seen.append(a[2]) or real(*a, **k))
     assert "prefetch_layer" not in vars(manager)
     mon.attach()
     assert "prefetch_layer" in vars(manager) and "prefetch_layer" not in vars(other)
     assert StreamingManager.prefetch_layer.__qualname__ == "StreamingManager.prefetch_layer"  # class untouched
+    mon.begin_step(0, Placement(0, 1, "leading"))
     with torch.no_grad():
         model(torch.ones(1, 4))
-    assert seen  # sglang's hooks reached the wrapper through self.prefetch_layer
+    pending = mon.end_step()
+    assert sum(copy is not None for *_, copy in pending.layers) == 4  # sglang's hooks reached the wrapper
     mon.detach()
     assert "prefetch_layer" not in vars(manager)
-    seen.clear()
     manager._gpu_layers.clear()
+    mon.begin_step(1, Placement(0, 1, "leading"))  # armed but detached: nothing of ours may run
     with torch.no_grad():
         model(torch.ones(1, 4))
-    assert seen == [] and manager._gpu_layers  # sglang's own method ran, ours did not
+    pending = mon.end_step()
+    assert pending.layers == [] and mon._copies == {} and manager._gpu_layers  # sglang's own method ran
 
 
 def test_each_trace_carries_the_monitors_own_host_time(monkeypatch):
-    """The scripted clock advances 1 us per reading. A sampled step counts its attach, begin, the 2
-    hooks of each layer (3 us each: they also time their event record, 1 us of it), the list's end
-    hook, its end and its detach; a step of a calibration (attached once, before its first step)
-    counts no attach or detach of its own."""
+    """The scripted clock advances 1 us per reading. A sampled step counts its attach, begin, each
+    layer's function (7 readings: 5 us of ours, 2 of them in the two event records; the reading
+    after sglang's hook starts our second part), the list's end hook, its end and its detach; a
+    step of a calibration (attached once, before its first step) counts no attach or detach of
+    its own."""
     _no_cuda(monkeypatch)
     ticks = iter(range(0, 10**12, 1000))
     monkeypatch.setattr(monitor_mod, "perf_counter_ns", lambda: next(ticks))
@@ -262,16 +310,16 @@ def test_each_trace_carries_the_monitors_own_host_time(monkeypatch):
     sampled = step(1)
     mon.detach()
     trace = mon.resolve(sampled)
-    assert trace.monitor_host_ms == pytest.approx((1 + 1 + 3 * 2 * 3 + 1 + 1 + 1) * 1e-3)
+    assert trace.monitor_host_ms == pytest.approx((1 + 1 + 3 * 5 + 1 + 1 + 1) * 1e-3)
     assert trace.monitor_record_ms == pytest.approx(3 * 2 * 1e-3)
     mon.attach()
     first = mon.resolve(step(2))
     second = mon.resolve(step(3))
     mon.detach()  # after the calibration's last step was read: counted nowhere
-    assert first.monitor_host_ms == pytest.approx(22 * 1e-3)  # the calibration's one attach
-    assert second.monitor_host_ms == pytest.approx(21 * 1e-3)
+    assert first.monitor_host_ms == pytest.approx(19 * 1e-3)  # the calibration's one attach
+    assert second.monitor_host_ms == pytest.approx(18 * 1e-3)
     summary = StepSummary.of([first, second])
-    assert summary.monitor_ms == pytest.approx(21.5e-3)
+    assert summary.monitor_ms == pytest.approx(18.5e-3)
 
 
 def test_sampled_steps_are_read_only_when_the_request_ends(monkeypatch, tmp_path):

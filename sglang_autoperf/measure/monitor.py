@@ -1,13 +1,16 @@
 """Overlap monitor: CUDA events around every offloaded layer's compute and H2D copy.
 
-Few events and hooks, because in a launch-bound step their host time is step time. Measured on
-H200s in the GPU sandbox, 2026-11-27 (paired against untraced neighbour steps): 4 events, a stream
-wait and 3 hooks per layer 3.9% of a traced step; the layout below minus `start` 2.8%; the layout
-below 1.7-2.5%, of which the monitor's own clock (`monitor_host_ms`) sees 1.3-1.5% (2.3-3.4 ms per
-Wan-1.3B step of 60 layer passes, ~40 us a layer pass; the same code on a bare stack of layers:
-~10 us, benchmarks/monitor_cost.py). Steps outside calibration or sampling carry none of it.
+Few events and little Python, because in a launch-bound step their host time is step time.
+Measured on H200s in the GPU sandbox, 2026-11-27 (paired against untraced neighbour steps): 4
+events, a stream wait and 3 hooks per layer 3.9% of a traced step; 3 events and two hooks of our
+own per layer (arrive prepended, start after sglang's) 1.7-2.5%, of which the monitor's own clock
+(`monitor_host_ms`) saw 1.3-1.5% (~40 us a layer pass in situ, ~10 us on a bare stack of layers,
+benchmarks/monitor_cost.py). Now one function per layer in the place of sglang's own pre-hook
+(no hook of ours for torch to dispatch), entries appended as flat tuples, and a prefetch wrapper
+that costs two dict reads when no copy is issued. Steps outside calibration or sampling carry none
+of it.
 The layout:
-- compute stream, per layer: `arrive` before sglang's pre-hook and `start` after it. Between the
+- compute stream, per layer: `arrive` before sglang's pre-hook runs and `start` after it. Between the
   two, the compute stream waits for the layer's copy and the host runs sglang's prefetch code (the
   GPU runs dry while it does in a launch-bound step): `start - arrive` is the stall, copy wait and
   host time together, which is what the step pays. A layer's compute ends where the next one
@@ -20,7 +23,8 @@ The layout:
 Events are only recorded on the hot path and read (which waits for them) after the step:
 between steps while calibrating, at the request's end when sampling. The monitor also clocks its
 own host time in each traced step (hooks, prefetch wrapper, step start/end, a sampled step's
-attach/detach; one perf_counter pair each), so every trace says what tracing it cost.
+attach/detach; perf_counter pairs around our part, sglang's hook excluded), so every trace says
+what tracing it cost.
 """
 from __future__ import annotations
 
@@ -62,25 +66,23 @@ class _Copy:
 
 
 @dataclass
-class _LayerEvents:
-    arrive: Any = None
-    start: Any = None
-    end: Any = None  # only a list's last layer
-    copy: _Copy | None = None
-
-
-@dataclass
 class _PendingStep:
     step: int
     placement: Placement
     start: Any
     end: Any = None
-    # (component, layer list, num layers, pass index) -> layer index -> events
-    passes: dict[tuple[str, str, int, int], dict[int, _LayerEvents]] = field(default_factory=dict)
+    # one entry per traced layer, in forward order: (pass key, layer, arrive, start, copy or None);
+    # pass key = (component, layer list, num layers, pass index). Flat tuples: cheapest to append.
+    layers: list = field(default_factory=list)
+    ends: dict = field(default_factory=dict)  # pass key -> end event of the list's last layer
     allocated: int = 0
     peak: int = 0
     host_ns: int = 0  # the monitor's own host time in this step
     record_ns: int = 0  # of which inside Event.record (a full launch queue would block there)
+
+
+def _no_pre_hook(module, args):
+    return None
 
 
 class OverlapMonitor:
@@ -90,14 +92,12 @@ class OverlapMonitor:
 
     def __init__(self, managers: dict[str, list]):
         self._managers = managers
-        self._handles: list = []
-        self._wrapped: list = []  # managers whose prefetch_layer goes through around_prefetch
+        self._undo: list = []  # what attach() changed, undone by detach()
         self._current: _PendingStep | None = None
-        self._pass_index: dict[int, int] = {}  # id(manager) -> forward passes seen this step
+        self._pass_count: dict[int, int] = {}  # id(manager) -> forward passes seen this step
         self._copies: dict[tuple[int, int], _Copy] = {}  # (id(manager), layer) -> copy not yet consumed
         self._last_copy: dict[int, Any] = {}  # id(copy stream) -> end event of its latest copy this step
-        self._issuer: Any = None  # arrive event of the layer whose pre-hooks are running
-        self._layer: _LayerEvents | None = None  # events of that layer
+        self._issuer: Any = None  # arrive event of the layer whose pre-hook is running
         self._layer_bytes: dict[tuple[int, int], int] = {}
         self._names: dict[int, tuple[str, str, int]] = {}
         # Looked up once: finding a layer list walks the whole model's named_modules(), and a
@@ -118,10 +118,10 @@ class OverlapMonitor:
 
     @property
     def attached(self) -> bool:
-        return bool(self._handles)
+        return bool(self._undo)
 
     def attach(self) -> None:
-        if self._handles:
+        if self._undo:
             return
         t0 = perf_counter_ns()
         for group in self._managers.values():
@@ -131,112 +131,108 @@ class OverlapMonitor:
 
     def _install(self, manager) -> None:
         layers = self._layers[id(manager)]
-        for i, layer in enumerate(layers):
-            # prepend: runs before sglang's own pre-hook (which waits for this layer's copy)
-            self._handles.append(layer.register_forward_pre_hook(self._arrive_hook(manager, i), prepend=True))
-            self._handles.append(layer.register_forward_pre_hook(self._after_wait_hook(manager, i)))
+        pass_key: list = [None]  # this manager's current pass key, set by its layer 0
+        # Our events go around sglang's own pre-hook, inside it (one function per layer, no hook
+        # of ours for torch to dispatch): measured cheaper than two hooks of our own per layer.
+        self._undo.append(sa.wrap_layer_pre_hooks(
+            manager, layers, lambda i, sglang_hook: self._layer_hook(manager, i, sglang_hook or _no_pre_hook, pass_key)))
         if layers:
-            self._handles.append(layers[-1].register_forward_hook(self._end_hook()))
-        if sa.wrap_manager_prefetch(manager, self.around_prefetch):
-            self._wrapped.append(manager)
+            self._undo.append(layers[-1].register_forward_hook(self._end_hook(pass_key)).remove)
+        if sa.wrap_manager_prefetch(manager, self._prefetch_wrapper(manager)):
+            self._undo.append(lambda: sa.unwrap_manager_prefetch(manager))
 
     def detach(self) -> None:
         t0 = perf_counter_ns()
-        for handle in self._handles:
-            handle.remove()
-        self._handles.clear()
-        for manager in self._wrapped:
-            sa.unwrap_manager_prefetch(manager)
-        self._wrapped.clear()
+        for undo in reversed(self._undo):
+            undo()
+        self._undo.clear()
         if self._last_pending is not None:
             self._last_pending.host_ns += perf_counter_ns() - t0
             self._last_pending = None
 
     # -- hot path: record events only ------------------------------------------------------
 
-    def _event(self):
-        return self._pool.pop() if self._pool else _new_event()
-
-    def _arrive_hook(self, manager, i: int):
+    def _layer_hook(self, manager, i: int, sglang_hook, pass_key: list):
+        """sglang's pre-hook of layer i with our two events around it: `arrive` before (the compute
+        stream reached the layer), `start` after (its wait for the layer's copy and its prefetch
+        calls are queued)."""
         key_m = id(manager)
         component, attr, n = self._names[key_m]
+        copy_key = (key_m, i)
+        copies, pool = self._copies, self._pool
 
         def hook(module, args):
             current = self._current
             if current is None:
-                return None
+                return sglang_hook(module, args)
             t0 = perf_counter_ns()
             if i == 0:
-                self._pass_index[key_m] = self._pass_index.get(key_m, -1) + 1
-            layers = current.passes.setdefault((component, attr, n, self._pass_index.get(key_m, 0)), {})
-            ev = layers[i] = _LayerEvents(arrive=self._event())
+                count = self._pass_count[key_m] = self._pass_count.get(key_m, -1) + 1
+                pass_key[0] = (component, attr, n, count)
+            arrive = pool.pop() if pool else _new_event()
             t1 = perf_counter_ns()
-            ev.arrive.record(self._stream)
+            arrive.record(self._stream)
             t2 = perf_counter_ns()
-            self._issuer, self._layer = ev.arrive, ev
-            current.record_ns += t2 - t1
-            current.host_ns += perf_counter_ns() - t0
-            return None
+            self._issuer = arrive
+            result = sglang_hook(module, args)
+            t3 = perf_counter_ns()
+            start = pool.pop() if pool else _new_event()
+            t4 = perf_counter_ns()
+            start.record(self._stream)
+            t5 = perf_counter_ns()
+            current.layers.append((pass_key[0] or (component, attr, n, 0), i, arrive, start, copies.pop(copy_key, None)))
+            current.record_ns += (t2 - t1) + (t5 - t4)
+            current.host_ns += (t2 - t0) + (perf_counter_ns() - t3)
+            return result
 
         return hook
 
-    def _after_wait_hook(self, manager, i: int):
-        """After sglang's pre-hook: its wait for this layer's copy and its prefetch calls are queued."""
-        key = (id(manager), i)
-
-        def hook(module, args):
-            ev, current = self._layer, self._current
-            if current is None or ev is None:
-                return None
-            t0 = perf_counter_ns()
-            ev.start = self._event()
-            t1 = perf_counter_ns()
-            ev.start.record(self._stream)
-            current.record_ns += perf_counter_ns() - t1
-            ev.copy = self._copies.pop(key, None)
-            current.host_ns += perf_counter_ns() - t0
-            return None
-
-        return hook
-
-    def _end_hook(self):
+    def _end_hook(self, pass_key: list):
         def hook(module, args, output):
-            ev, current = self._layer, self._current
-            if current is not None and ev is not None:
+            current = self._current
+            if current is not None and pass_key[0] is not None:
                 t0 = perf_counter_ns()
-                ev.end = self._event()
-                ev.end.record(self._stream)
+                end = self._pool.pop() if self._pool else _new_event()
+                end.record(self._stream)
+                current.ends[pass_key[0]] = end
                 current.host_ns += perf_counter_ns() - t0
             return None
 
         return hook
 
-    def around_prefetch(self, original, manager, layer_idx, *args, **kwargs):
-        """A manager's prefetch_layer while the monitor is attached (sglang_adapter.wrap_manager_prefetch)."""
-        current = self._current
-        if current is None:
-            return original(manager, layer_idx, *args, **kwargs)
-        t0 = perf_counter_ns()
-        # installed only on this monitor's managers (attach), so no membership check
-        stream = sa.manager_copy_stream(manager) if sa.manager_will_copy(manager, layer_idx) else None
-        t1 = perf_counter_ns()
-        current.host_ns += t1 - t0
-        if stream is None:
-            return original(manager, layer_idx, *args, **kwargs)
-        result = original(manager, layer_idx, *args, **kwargs)
-        t0 = perf_counter_ns()
-        end = self._event()
-        t1 = perf_counter_ns()
-        end.record(stream)  # where sglang recorded the event its pre-hook waits for
-        current.record_ns += perf_counter_ns() - t1
-        key = (id(manager), layer_idx)
-        if key not in self._layer_bytes:
-            self._layer_bytes[key] = sa.manager_layer_bytes(manager, layer_idx)
-        self._copies[key] = _Copy(end=end, nbytes=self._layer_bytes[key], issuer=self._issuer,
-                                  previous=self._last_copy.get(id(stream)))
-        self._last_copy[id(stream)] = end
-        current.host_ns += perf_counter_ns() - t0
-        return result
+    def _prefetch_wrapper(self, manager):
+        """A manager's prefetch_layer while the monitor is attached (sglang_adapter.wrap_manager_prefetch):
+        a copy was issued when sglang recorded a new event for the layer; ours goes right after it,
+        on the copy stream. Most calls (a strided pre-hook asks again for layers already there)
+        cost two dict reads."""
+        key_m = id(manager)
+        events = sa.manager_prefetch_events(manager)
+        stream = sa.manager_copy_stream(manager)
+
+        def around(original, layer_idx, *args, **kwargs):
+            current = self._current
+            if current is None:
+                return original(manager, layer_idx, *args, **kwargs)
+            before = events.get(layer_idx)
+            result = original(manager, layer_idx, *args, **kwargs)
+            t0 = perf_counter_ns()
+            issued = events.get(layer_idx)
+            if issued is not None and issued is not before:
+                end = self._pool.pop() if self._pool else _new_event()
+                t1 = perf_counter_ns()
+                end.record(stream)
+                current.record_ns += perf_counter_ns() - t1
+                key = (key_m, layer_idx)
+                nbytes = self._layer_bytes.get(key)
+                if nbytes is None:
+                    nbytes = self._layer_bytes[key] = sa.manager_layer_bytes(manager, layer_idx)
+                self._copies[key] = _Copy(end=end, nbytes=nbytes, issuer=self._issuer,
+                                          previous=self._last_copy.get(id(stream)))
+                self._last_copy[id(stream)] = end
+            current.host_ns += perf_counter_ns() - t0
+            return result
+
+        return around
 
     # -- step boundaries ---------------------------------------------------------------------
 
@@ -249,17 +245,17 @@ class OverlapMonitor:
         start = self._event()
         start.record(self._stream)
         self._current = _PendingStep(step=step, placement=placement, start=start)
-        self._pass_index.clear()
+        self._pass_count.clear()
         self._copies.clear()
         self._last_copy.clear()
-        self._issuer, self._layer, self._last_pending = None, None, None
+        self._issuer, self._last_pending = None, None
         self._current.host_ns = self._attach_ns + perf_counter_ns() - t0
         self._attach_ns = 0
 
     def end_step(self) -> _PendingStep | None:
         t0 = perf_counter_ns()
         pending, self._current = self._current, None
-        self._issuer, self._layer = None, None
+        self._issuer = None
         if pending is None:
             return None
         pending.end = self._event()
@@ -268,6 +264,9 @@ class OverlapMonitor:
         pending.host_ns += perf_counter_ns() - t0
         self._last_pending = pending
         return pending
+
+    def _event(self):
+        return self._pool.pop() if self._pool else _new_event()
 
     def resolve(self, pending: _PendingStep) -> StepTrace:
         """Read the events of a finished step (waits for its last event)."""
@@ -279,22 +278,27 @@ class OverlapMonitor:
         def ms(ev) -> float | None:
             return None if ev is None else float(t0.elapsed_time(ev))
 
+        by_pass: dict[tuple, dict[int, tuple]] = {}
+        for entry in pending.layers:
+            by_pass.setdefault(entry[0], {})[entry[1]] = entry
         passes = []
-        for (component, attr, n, _), layers in sorted(pending.passes.items(), key=lambda kv: kv[0][3]):
+        for key in sorted(by_pass, key=lambda k: k[3]):
+            component, attr, n, _ = key
+            layers = by_pass[key]
             timings = []
             for i in sorted(layers):
-                ev = layers[i]
+                _, _, arrive_ev, start_ev, copy = layers[i]
                 after = layers.get(i + 1)
-                end_event = ev.end if ev.end is not None else (after.arrive if after is not None else None)
-                if end_event is None or ev.arrive is None:
+                end_ev = after[2] if after is not None else pending.ends.get(key)
+                if end_ev is None:
                     continue
-                arrive, end = ms(ev.arrive), ms(end_event)
+                arrive, end = ms(arrive_ev), ms(end_ev)
                 copy_start = copy_end = None
-                if ev.copy is not None:
-                    copy_end = ms(ev.copy.end)
-                    bounds = [ms(e) for e in (ev.copy.issuer, ev.copy.previous) if e is not None]
+                if copy is not None:
+                    copy_end = ms(copy.end)
+                    bounds = [ms(e) for e in (copy.issuer, copy.previous) if e is not None]
                     copy_start = min(max(bounds, default=0.0), copy_end)
-                start = min(max(arrive, ms(ev.start)) if ev.start is not None else arrive, end)
+                start = min(max(arrive, ms(start_ev)), end)
                 timings.append(
                     LayerTiming(
                         layer=i,
@@ -303,7 +307,7 @@ class OverlapMonitor:
                         stall_ms=start - arrive,
                         copy_start_ms=copy_start,
                         copy_end_ms=copy_end,
-                        copy_bytes=ev.copy.nbytes if ev.copy is not None else 0,
+                        copy_bytes=copy.nbytes if copy is not None else 0,
                     )
                 )
             passes.append(PassTrace(component=component, layer_list=attr, num_layers=n, layers=tuple(timings)))
@@ -322,8 +326,9 @@ class OverlapMonitor:
 
     def _recycle(self, pending: _PendingStep) -> None:
         self._pool.extend((pending.start, pending.end))
-        for layers in pending.passes.values():
-            for ev in layers.values():
-                self._pool.extend(e for e in (ev.arrive, ev.start, ev.end) if e is not None)
-                if ev.copy is not None:
-                    self._pool.append(ev.copy.end)
+        self._pool.extend(pending.ends.values())
+        for _, _, arrive, start, copy in pending.layers:
+            self._pool.append(arrive)
+            self._pool.append(start)
+            if copy is not None:
+                self._pool.append(copy.end)
