@@ -18,7 +18,7 @@ from types import SimpleNamespace
 
 import torch
 
-from sglang_autoperf.measure.monitor import OverlapMonitor
+from sglang_autoperf.measure.monitor import OverlapMonitor, _record_function
 from sglang_autoperf.measure.trace import Placement
 
 
@@ -97,10 +97,12 @@ def main() -> None:
     torch.cuda.init()
     stream = torch.cuda.current_stream()
     event = torch.cuda.Event(enable_timing=True)
+    record = _record_function()
     calls = {
         "torch.cuda.current_stream()": torch.cuda.current_stream,
         "Event.record()": event.record,
         "Event.record(stream)": lambda: event.record(stream),
+        "_CudaEventBase.record(event, stream) (the monitor's)": lambda: record(event, stream),
         "torch.cuda.Event(enable_timing=True)": lambda: torch.cuda.Event(enable_timing=True),
         "torch.cuda.memory_allocated()": torch.cuda.memory_allocated,
         "torch.cuda.max_memory_allocated()": torch.cuda.max_memory_allocated,

@@ -33,6 +33,8 @@
 #                       (REQS=4), then case wan13b-17f-check
 #   overhead+check      one GPU: arm O (REQS=6), then case wan13b-17f-check
 #   overhead-only       one GPU: arm O (REQS=6), nothing else (~4 minutes)
+#   cost+overhead-only  one GPU: monitor_cost.py (seconds), then arm O (REQS=6)
+#   tax                 one GPU: case wan13b-17f-tax (sglang's own per-layer hook cost vs offload off)
 #   compile-default+check  one GPU: arms K0 K with SGLANG_TORCH_COMPILE_MODE=default (Inductor without
 #                       max-autotune: the first compiled request fits a call), then case wan13b-17f-check
 # Env: BUDGET_S (seconds for the whole call, default 570); PIN_CPUS (see below).
@@ -128,6 +130,8 @@ case $PLAN in
   validate) REQS=2 calib 0 calib-1gpu "C" ;;
   compile) probes; calib 0 calib-compile "K0 K" ;;
   overhead-only) REQS=6 calib 0 calib-1gpu "O" ;;
+  cost+overhead-only) cost; REQS=6 calib 0 calib-1gpu "O" ;;
+  tax) case_run 0 wan13b-17f-tax ;;
   overhead+check) REQS=6 calib 0 calib-1gpu "O"; case_run 0 wan13b-17f-check ;;
   cost+overhead+check) cost; REQS=4 calib 0 calib-1gpu "O"; case_run 0 wan13b-17f-check ;;
   compile-default+check) SGLANG_TORCH_COMPILE_MODE=default calib 0 calib-compile "K0 K"; case_run 0 wan13b-17f-check ;;

@@ -4,7 +4,7 @@
 #
 #   bash benchmarks/run_gpu.sh CASE        (from the project root)
 #
-# CASE: wan13b-17f | wan13b-17f-short | wan13b-17f-oracle | wan13b-17f-paired | wan13b-17f-check | wan13b-81f | wan14b-81f-24g | flux-1024-24g   (see benchmarks/README.md)
+# CASE: wan13b-17f | wan13b-17f-short | wan13b-17f-oracle | wan13b-17f-paired | wan13b-17f-check | wan13b-17f-tax | wan13b-81f | wan14b-81f-24g | flux-1024-24g   (see benchmarks/README.md)
 # Assumes sglang is importable by `python3` (on the sandbox GPU machine: the caller sourced
 # .gpu-kit/setup_on_gpu.sh first). Environment knobs:
 #   OUT        where results go (default /tmp/bench-out)         MODELS  checkpoint root (/tmp/models)
@@ -128,6 +128,21 @@ case $CASE in
       --arm-autoperf on-forced="--dit-layerwise-offload true" \
       --arm off-b="--dit-layerwise-offload false" \
       --order off,on-forced,off-b --timeout 150 --arm-estimate 70 --out "$RUN/$CASE"
+    ;;
+  wan13b-17f-tax)
+    # what sglang's layerwise offload costs by itself when nothing streams: off, sglang alone with
+    # all 30 layers resident (its per-layer hooks still run), the plugin (cold calibration), and
+    # again in reverse order, so drift within the call hits both sides alike
+    M=$(ensure_model wan2.1-t2v-1.3b | tail -1) || exit 1
+    ALL="--dit-layerwise-offload true --dit-layerwise-resident-layers 30"
+    compare --model-path "$M" --case "$CASE" --width 832 --height 480 --frames 17 --steps 8 \
+      --extra-flags "$COMMON" --arms '' \
+      --arm off="--dit-layerwise-offload false" \
+      --arm r30="$ALL" \
+      --arm-autoperf on-forced="--dit-layerwise-offload true" \
+      --arm r30-b="$ALL" \
+      --arm off-b="--dit-layerwise-offload false" \
+      --order off,r30,on-forced,r30-b,off-b --timeout 150 --arm-estimate 75 --out "$RUN/$CASE"
     ;;
   wan13b-81f)
     # 32,760 tokens: copies hide behind compute; on must equal off, forced offload should cost ~0.

@@ -496,20 +496,16 @@ def wrap_layer_pre_hooks(manager, layers: list, make_wrapper: Callable) -> Calla
     return undo_all
 
 
-def wrap_manager_prefetch(manager, around: Callable) -> bool:
-    """Route this manager's `prefetch_layer(i, ...)` through `around(original, i, ...)` until
-    `unwrap_manager_prefetch` (`original` is the class's method: call it as original(manager, i,
-    ...)). sglang's hooks call `self.prefetch_layer`, so an instance attribute shadows the method
-    for this manager alone; the class is never patched. False (and nothing done) for a manager
-    without the method."""
+def wrap_manager_prefetch(manager, make_wrapper: Callable) -> bool:
+    """Route this manager's `prefetch_layer(i, ...)` through `make_wrapper(original)` (called as
+    wrapper(i, ...); `original` is the class's method: original(manager, i, ...)) until
+    `unwrap_manager_prefetch`. sglang's hooks call `self.prefetch_layer`, so an instance
+    attribute shadows the method for this manager alone; the class is never patched. False (and
+    nothing done) for a manager without the method."""
     original = getattr(type(manager), "prefetch_layer", None)
     if original is None:
         return False
-
-    def prefetch_layer(layer_idx, *args, **kwargs):
-        return around(original, layer_idx, *args, **kwargs)
-
-    manager.prefetch_layer = prefetch_layer
+    manager.prefetch_layer = make_wrapper(original)
     return True
 
 

@@ -65,8 +65,9 @@ COMPUTE_STREAM = "compute stream"  # what the test's current stream is
 
 
 def _no_cuda(monkeypatch):
-    """The three CUDA reads of the monitor, replaced (no GPU here)."""
+    """The CUDA parts of the monitor, replaced (no GPU here)."""
     monkeypatch.setattr(monitor_mod, "_new_event", ClockEvent)
+    monkeypatch.setattr(monitor_mod, "_record_function", lambda: ClockEvent.record)
     monkeypatch.setattr(monitor_mod, "_current_stream", lambda: COMPUTE_STREAM)
     monkeypatch.setattr(monitor_mod, "_allocated_now_and_peak", lambda: (0, 0))
     monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda: None)

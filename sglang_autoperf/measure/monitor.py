@@ -42,6 +42,17 @@ def _new_event():
     return torch.cuda.Event(enable_timing=True)
 
 
+def _record_function():
+    """`record(event, stream)`: the C++ method under torch.cuda.Event.record, called without the
+    Python wrapper (which only looks up the current stream when none is given): one frame less
+    per record on the hot path. torch.cuda.Event.record where torch has no such base."""
+    import torch
+
+    base = getattr(torch._C, "_CudaEventBase", None)
+    record = getattr(base, "record", None)
+    return record if record is not None and issubclass(torch.cuda.Event, base) else torch.cuda.Event.record
+
+
 def _current_stream():
     import torch
 
@@ -111,6 +122,7 @@ class OverlapMonitor:
         # Creating a CUDA event costs host time, and in a launch-bound step host time is step
         # time: events are created once and reused after each step has been read.
         self._pool: list = []
+        self._record = _record_function()
         for component, group in managers.items():
             for manager in group:
                 self._names[id(manager)] = (component, sa.manager_layer_list_name(manager), sa.manager_setting(manager)["num_layers"])
@@ -159,7 +171,7 @@ class OverlapMonitor:
         key_m = id(manager)
         component, attr, n = self._names[key_m]
         copy_key = (key_m, i)
-        copies, pool = self._copies, self._pool
+        copies, pool, record = self._copies, self._pool, self._record
 
         def hook(module, args):
             current = self._current
@@ -171,14 +183,14 @@ class OverlapMonitor:
                 pass_key[0] = (component, attr, n, count)
             arrive = pool.pop() if pool else _new_event()
             t1 = perf_counter_ns()
-            arrive.record(self._stream)
+            record(arrive, self._stream)
             t2 = perf_counter_ns()
             self._issuer = arrive
             result = sglang_hook(module, args)
             t3 = perf_counter_ns()
             start = pool.pop() if pool else _new_event()
             t4 = perf_counter_ns()
-            start.record(self._stream)
+            record(start, self._stream)
             t5 = perf_counter_ns()
             current.layers.append((pass_key[0] or (component, attr, n, 0), i, arrive, start, copies.pop(copy_key, None)))
             current.record_ns += (t2 - t1) + (t5 - t4)
@@ -193,7 +205,7 @@ class OverlapMonitor:
             if current is not None and pass_key[0] is not None:
                 t0 = perf_counter_ns()
                 end = self._pool.pop() if self._pool else _new_event()
-                end.record(self._stream)
+                self._record(end, self._stream)
                 current.ends[pass_key[0]] = end
                 current.host_ns += perf_counter_ns() - t0
             return None
@@ -203,36 +215,40 @@ class OverlapMonitor:
     def _prefetch_wrapper(self, manager):
         """A manager's prefetch_layer while the monitor is attached (sglang_adapter.wrap_manager_prefetch):
         a copy was issued when sglang recorded a new event for the layer; ours goes right after it,
-        on the copy stream. Most calls (a strided pre-hook asks again for layers already there)
-        cost two dict reads."""
+        on the copy stream. Most calls (a pre-hook asks again for layers already there) cost two
+        dict reads."""
         key_m = id(manager)
         events = sa.manager_prefetch_events(manager)
         stream = sa.manager_copy_stream(manager)
+        record = self._record
 
-        def around(original, layer_idx, *args, **kwargs):
-            current = self._current
-            if current is None:
-                return original(manager, layer_idx, *args, **kwargs)
-            before = events.get(layer_idx)
-            result = original(manager, layer_idx, *args, **kwargs)
-            t0 = perf_counter_ns()
-            issued = events.get(layer_idx)
-            if issued is not None and issued is not before:
-                end = self._pool.pop() if self._pool else _new_event()
-                t1 = perf_counter_ns()
-                end.record(stream)
-                current.record_ns += perf_counter_ns() - t1
-                key = (key_m, layer_idx)
-                nbytes = self._layer_bytes.get(key)
-                if nbytes is None:
-                    nbytes = self._layer_bytes[key] = sa.manager_layer_bytes(manager, layer_idx)
-                self._copies[key] = _Copy(end=end, nbytes=nbytes, issuer=self._issuer,
-                                          previous=self._last_copy.get(id(stream)))
-                self._last_copy[id(stream)] = end
-            current.host_ns += perf_counter_ns() - t0
-            return result
+        def make(original):
+            def prefetch_layer(layer_idx, *args, **kwargs):
+                current = self._current
+                if current is None:
+                    return original(manager, layer_idx, *args, **kwargs)
+                before = events.get(layer_idx)
+                result = original(manager, layer_idx, *args, **kwargs)
+                t0 = perf_counter_ns()
+                issued = events.get(layer_idx)
+                if issued is not None and issued is not before:
+                    end = self._pool.pop() if self._pool else _new_event()
+                    t1 = perf_counter_ns()
+                    record(end, stream)
+                    current.record_ns += perf_counter_ns() - t1
+                    key = (key_m, layer_idx)
+                    nbytes = self._layer_bytes.get(key)
+                    if nbytes is None:
+                        nbytes = self._layer_bytes[key] = sa.manager_layer_bytes(manager, layer_idx)
+                    self._copies[key] = _Copy(end=end, nbytes=nbytes, issuer=self._issuer,
+                                              previous=self._last_copy.get(id(stream)))
+                    self._last_copy[id(stream)] = end
+                current.host_ns += perf_counter_ns() - t0
+                return result
 
-        return around
+            return prefetch_layer
+
+        return make
 
     # -- step boundaries ---------------------------------------------------------------------
 
