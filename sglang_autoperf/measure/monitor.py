@@ -1,14 +1,13 @@
 """Overlap monitor: CUDA events around every offloaded layer's compute and H2D copy.
 
 Few events and little Python, because in a launch-bound step their host time is step time.
-Measured on H200s in the GPU sandbox, 2026-11-27 (paired against untraced neighbour steps): 4
-events, a stream wait and 3 hooks per layer 3.9% of a traced step; 3 events and two hooks of our
-own per layer (arrive prepended, start after sglang's) 1.7-2.5%, of which the monitor's own clock
-(`monitor_host_ms`) saw 1.3-1.5% (~40 us a layer pass in situ, ~10 us on a bare stack of layers,
-benchmarks/monitor_cost.py). Now one function per layer in the place of sglang's own pre-hook
-(no hook of ours for torch to dispatch), entries appended as flat tuples, and a prefetch wrapper
-that costs two dict reads when no copy is issued. Steps outside calibration or sampling carry none
-of it.
+Measured on H200s in the GPU sandbox (Wan-1.3B 17f, paired against untraced neighbour steps):
+4 events, a stream wait and 3 hooks per layer 3.9% of a traced step; 3 events and two hooks of
+our own per layer 1.7-2.5% (2026-11-27); this layout 1.00-1.49% (2026-11-28, 3 calls), its own
+clock (`monitor_host_ms`) 0.97-1.00%: ~30 us of host time per layer pass, half of it event
+records. What changed: one function per layer in the place of sglang's own pre-hook (no hook of
+ours for torch to dispatch), entries appended as flat tuples, a prefetch wrapper that costs two
+dict reads when no copy is issued. Steps outside calibration or sampling carry none of it.
 The layout:
 - compute stream, per layer: `arrive` before sglang's pre-hook runs and `start` after it. Between the
   two, the compute stream waits for the layer's copy and the host runs sglang's prefetch code (the
