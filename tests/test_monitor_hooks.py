@@ -423,3 +423,24 @@ def test_calibration_switches_when_the_start_point_stays_slower(tmp_path):
     assert tuner.placement() == R3P3 and result.placement == R3P3
     # the table's before/after VRAM: the traced steps' peaks of the start point (R1 P2) and of R3 P3
     assert (result.baseline_vram_bytes, result.vram_bytes) == (600_000_000 + 3 * 92_887_552, 600_000_000 + 6 * 92_887_552)
+
+
+def test_a_calibration_that_ends_all_resident_says_why_and_names_the_budget(tmp_path, caplog):
+    """Offload pinned on (memory objective), the reference R30 measured fastest: the log says every
+    layer stays resident, by how much streaming was slower, and how to cap VRAM; with a budget set
+    it does not (the budget bounded what was tried)."""
+    import logging
+
+    r30 = Placement(30, 1, "leading")
+    for budget, expect in ((None, True), (24 << 30, False)):
+        tuner = _tuner(tmp_path / str(budget), {START: [181.2, 179.0, 180.1, 181.1], R3P3: [180.6, 181.0], r30: [169.1, 169.4]})
+        tuner.plan.budget_bytes = budget
+        tuner._propose = lambda cal: [R3P3, r30]
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="sglang.autoperf"):
+            _warmup(tuner)
+        assert tuner.placement() == r30
+        notes = [r.getMessage() for r in caplog.records if "stay resident although layerwise offload is on" in r.getMessage()]
+        assert bool(notes) == expect
+        if expect:
+            assert "resident=1 prefetch=2 strided, ran 180.6 ms/step, +6.7% vs 169.2 ms" in notes[0] and "SGLANG_AUTOPERF_VRAM_BUDGET" in notes[0]

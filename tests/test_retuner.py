@@ -9,6 +9,7 @@ import pytest
 from sglang_autoperf.measure.trace import LayerTiming, PassTrace, Placement, StepTrace, TraceRecording
 from sglang_autoperf.plan.cost import streamed_layers
 from sglang_autoperf.retune.retuner import (
+    all_resident_note,
     calibration_budget,
     decide,
     measured_layer_costs,
@@ -333,3 +334,22 @@ def test_recorded_flux_trace_hidden_copies_propose_nothing_for_speed():
     # one slot only: no room for a reference, the slot goes to saving VRAM
     one = propose(steps, rec.layer_bytes, steps[0].placement, 8 << 30, objective="memory", max_candidates=1)
     assert len(one) == 1 and one[0].extra_vram_bytes < 0
+
+
+def test_all_resident_under_the_memory_objective_is_explained_with_the_budget_hint():
+    """The step times of 2026-11-28 (H200, call 3): offload pinned on, R30 of 30 chosen because the
+    fastest streamed placement ran 5% slower; the user is told why and how to cap VRAM."""
+    r30, r0, start = Placement(30, 1, "leading"), Placement(0, 2, "strided"), Placement(1, 2, "strided")
+    measured = {start: [175.5, 179.0, 179.8, 181.1], r0: [177.6, 178.0], r30: [169.1, 169.4]}
+    vram = {start: 930 * MB, r0: 900 * MB, r30: 3256 * MB}
+    decision = decide(start, measured, vram, "memory")
+    assert decision.placement == r30
+    note = all_resident_note(decision.placement, measured, 30, "memory", budget_set=False)
+    assert "all 30 DiT layers stay resident" in note
+    assert "resident=0 prefetch=2 strided, ran 177.8 ms/step, +5.1% vs 169.2 ms" in note
+    assert "SGLANG_AUTOPERF_VRAM_BUDGET" in note
+    # nothing to explain: a budget bounded the trials, the speed objective, a streamed choice
+    assert all_resident_note(r30, measured, 30, "memory", budget_set=True) is None
+    assert all_resident_note(r30, measured, 30, "speed", budget_set=False) is None
+    assert all_resident_note(r0, measured, 30, "memory", budget_set=False) is None
+    assert all_resident_note(r30, {r30: [169.1]}, 30, "memory", budget_set=False) is None  # no streamed one measured

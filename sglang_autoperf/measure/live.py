@@ -386,7 +386,7 @@ class WorkerTuner:
     def _finish(self, cal: Calibration) -> None:
         from sglang_autoperf.cache import TuningResult
         from sglang_autoperf.report import format_calibration_table
-        from sglang_autoperf.retune.retuner import decide
+        from sglang_autoperf.retune.retuner import all_resident_note, decide, layer_lists
 
         self.calibration = None
         self.monitor.detach()  # served steps run without our per-layer hooks (a sampled step attaches its own)
@@ -423,6 +423,11 @@ class WorkerTuner:
         )
         for line in format_calibration_table(result).splitlines():
             logger().info("%s", line if line.startswith("[autoperf]") else f"[autoperf] {line}")
+        lists = layer_lists(before)
+        note = all_resident_note(decision.placement, measured, lists[0][2] if lists else 0, cal.objective,
+                                 self.plan.budget_bytes is not None)
+        if note:
+            logger().info("[autoperf] %s", note)
 
 
 def _is_oom(exc: BaseException) -> bool:

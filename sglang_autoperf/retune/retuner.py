@@ -414,6 +414,32 @@ def decide(
         + failed_note), stats)
 
 
+def all_resident_note(
+    chosen: Placement, measured: dict[Placement, list[float]], num_layers: int, objective: str, budget_set: bool,
+) -> str | None:
+    """When the memory objective (offload pinned on, or --performance-mode memory) ended with every
+    layer resident, why, in numbers, and what a user who needs the VRAM can do: a user who pinned
+    offload on may expect streaming. None otherwise, or when the user capped VRAM (the budget
+    already bounded what was tried)."""
+    if (objective != "memory" or budget_set or num_layers <= 0 or chosen.resident_layers < num_layers
+            or not measured.get(chosen)):
+        return None
+    streamed = {p: StepStats.of(t) for p, t in measured.items() if t and p.resident_layers < num_layers}
+    if not streamed:
+        return None
+    best, s = min(streamed.items(), key=lambda kv: kv[1].median_ms)
+    resident = StepStats.of(measured[chosen])
+    from sglang_autoperf.settings import ENV_VRAM_BUDGET
+
+    return (
+        f"all {num_layers} DiT layers stay resident although layerwise offload is on: the fastest streamed "
+        f"placement measured, {best.label()}, ran {s.median_ms:.1f} ms/step, "
+        f"{(s.median_ms / resident.median_ms - 1) * 100:+.1f}% vs {resident.median_ms:.1f} ms resident (the "
+        f"tolerance is {MEMORY_TOLERANCE:.0%}); to hold the DiT's VRAM lower, set {ENV_VRAM_BUDGET} (calibration "
+        f"then tries only placements that fit it)"
+    )
+
+
 def calibration_budget(step_ms_estimate: float, max_seconds: float, max_candidates: int,
                        steps_per_trial: int) -> int:
     """How many candidate trials fit in `max_seconds` (each costs steps_per_trial x step time)."""
