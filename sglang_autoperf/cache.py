@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import tempfile
 import time
@@ -22,7 +23,7 @@ from sglang_autoperf.measure.trace import Placement, StepStats, StepTrace
 logger = logging.getLogger("sglang.autoperf")
 
 # Bump when TuningKey/TuningResult change meaning: old entries then miss instead of misleading.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -38,8 +39,13 @@ class TuningKey:
     lora_adapters: tuple[str, ...] = ()
     batch_size: int = 1
     shape_bucket: str = ""
-    budget_bytes: int | None = None
+    # SGLANG_AUTOPERF_VRAM_BUDGET as the user meant it (budget_key): a fraction stays a fraction,
+    # never the bytes it meant at one moment's free memory (those would never match again)
+    budget: str = ""
     objective: str = "speed"
+    pinned_placement: str = ""  # placement flags the user pinned, with values: tuned around them
+    plugin_version: str = ""  # a new release or cost model may choose differently: a miss, not a stale hit
+    cost_model_version: int = 0
 
     def __post_init__(self) -> None:
         # order of adapters does not change the answer
@@ -87,9 +93,46 @@ class StepSummary:
                    med([s.monitor_host_ms for s in steps]))
 
 
+def _number(v: Any, what: str) -> float:
+    if type(v) not in (int, float) or not math.isfinite(v) or v < 0:
+        raise ValueError(f"{what} {v!r} is not a finite number >= 0")
+    return float(v)
+
+
+def _whole(v: Any, what: str) -> int:
+    if type(v) is not int or v < 0:
+        raise ValueError(f"{what} {v!r} is not a whole number >= 0")
+    return v
+
+
+def _text(v: Any, what: str) -> str:
+    if not isinstance(v, str):
+        raise ValueError(f"{what} {v!r} is not text")
+    return v
+
+
+def _mapping(v: Any, what: str) -> dict:
+    if not isinstance(v, dict):
+        raise ValueError(f"{what} holds {type(v).__name__}, not an object")
+    return v
+
+
+def _sequence(v: Any, what: str) -> list:
+    if not isinstance(v, list):
+        raise ValueError(f"{what} holds {type(v).__name__}, not a list")
+    return v
+
+
+def _numbers(d: Any, what: str, whole: tuple[str, ...] = ()) -> dict[str, Any]:
+    """A flat object of numbers (StepStats, StepSummary), the `whole` ones integers."""
+    return {k: (_whole(v, f"{what}.{k}") if k in whole else _number(v, f"{what}.{k}"))
+            for k, v in _mapping(d, what).items()}
+
+
 # What a torch.compile check stores as its "placement": the DiT fully resident (no streaming).
 RESIDENT_DIT = Placement(0, 0, "resident")
 COMPILE_OBJECTIVE = "compile"
+OBJECTIVES = ("speed", "memory", COMPILE_OBJECTIVE)
 
 
 def format_when(created_at) -> str:
@@ -141,21 +184,30 @@ class TuningResult:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TuningResult":
+        """Strict: every value of the type and range it was written with; ValueError otherwise (a
+        cache file may have been edited or written by another version: a miss, never a guess)."""
+        objective = d["objective"]
+        if objective not in OBJECTIVES:
+            raise ValueError(f"objective {objective!r} is not one of {', '.join(OBJECTIVES)}")
+        compiled = d.get("compiled")
+        if compiled is not None and type(compiled) is not bool:
+            raise ValueError(f"compiled {compiled!r} is not true, false or null")
+        baseline_vram = d.get("baseline_vram_bytes")
         return cls(
-            placement=Placement(**d["placement"]),
-            objective=str(d["objective"]),
-            baseline=Placement(**d["baseline"]),
-            stats={str(k): StepStats(**v) for k, v in d["stats"].items()},
-            reason=str(d["reason"]),
-            calibration_s=float(d["calibration_s"]),
-            steps_used=int(d["steps_used"]),
-            before=StepSummary(**d["before"]) if d.get("before") else None,
-            after=StepSummary(**d["after"]) if d.get("after") else None,
-            vram_bytes=int(d.get("vram_bytes", 0)),
-            baseline_vram_bytes=d.get("baseline_vram_bytes"),
-            traces=list(d.get("traces") or []),
-            created_at=float(d.get("created_at", 0.0)),
-            compiled=None if d.get("compiled") is None else bool(d["compiled"]),
+            placement=Placement.from_dict(d["placement"]),
+            objective=objective,
+            baseline=Placement.from_dict(d["baseline"]),
+            stats={str(k): StepStats(**_numbers(v, "stats", whole=("n",))) for k, v in _mapping(d["stats"], "stats").items()},
+            reason=_text(d["reason"], "reason"),
+            calibration_s=_number(d["calibration_s"], "calibration_s"),
+            steps_used=_whole(d["steps_used"], "steps_used"),
+            before=StepSummary(**_numbers(d["before"], "before", whole=("steps",))) if d.get("before") else None,
+            after=StepSummary(**_numbers(d["after"], "after", whole=("steps",))) if d.get("after") else None,
+            vram_bytes=_whole(d.get("vram_bytes", 0), "vram_bytes"),
+            baseline_vram_bytes=None if baseline_vram is None else _whole(baseline_vram, "baseline_vram_bytes"),
+            traces=[_mapping(t, "traces") for t in _sequence(d.get("traces") or [], "traces")],
+            created_at=_number(d.get("created_at", 0.0), "created_at"),
+            compiled=compiled,
         )
 
     @classmethod
@@ -300,9 +352,25 @@ def tuning_objective(performance_mode: str, pinned: Iterable[str]) -> str:
     return "memory" if performance_mode == "memory" or "dit_layerwise_offload" in set(pinned) else "speed"
 
 
+def budget_key(text: str | None) -> str:
+    """The budget as a key: an amount in bytes ('24GiB' and '24576MiB' are one key), a fraction
+    as such ('0.5 of free'). Raises BudgetError on text the plugin would refuse anyway."""
+    if not text:
+        return ""
+    from sglang_autoperf.plan.budget import parse_vram_budget
+
+    # A fraction scales with the free memory it is applied to; an amount does not.
+    small, large = parse_vram_budget(text, 1 << 40), parse_vram_budget(text, 1 << 41)
+    return f"{small} bytes" if small == large else f"{float(text):g} of free"
+
+
 def tuning_key(*, fingerprint: str, gpu_key: dict[str, Any], identity: dict[str, Any], bucket: str,
-               batch_size: int, budget_bytes: int | None, objective: str) -> TuningKey:
-    """The one place a key is built from the plan (main process) or the worker's view of it."""
+               batch_size: int, budget: str | None, objective: str) -> TuningKey:
+    """The one place a key is built, from the plan (main process) or the worker's view of it;
+    `identity` is the adapter's worker_identity of the final ServerArgs, `budget` the user's text."""
+    from sglang_autoperf import __version__
+    from sglang_autoperf.plan.cost import COST_MODEL_VERSION
+
     return TuningKey(
         model_fingerprint=fingerprint,
         gpu_name=str(gpu_key.get("name", "")),
@@ -315,6 +383,9 @@ def tuning_key(*, fingerprint: str, gpu_key: dict[str, Any], identity: dict[str,
         lora_adapters=tuple(identity.get("lora", ())),
         batch_size=int(batch_size),
         shape_bucket=bucket,
-        budget_bytes=budget_bytes,
+        budget=budget_key(budget),
         objective=objective,
+        pinned_placement=str(identity.get("pinned_placement", "")),
+        plugin_version=__version__,
+        cost_model_version=COST_MODEL_VERSION,
     )

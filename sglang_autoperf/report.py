@@ -75,12 +75,15 @@ def format_calibration_table(result: "TuningResult") -> str:
 
 
 def _format_key(key: "TuningKey") -> str:
-    budget = "none" if key.budget_bytes is None else _gib(key.budget_bytes)
+    budget = key.budget or "none"
+    if budget.endswith(" bytes"):
+        budget = _gib(int(budget.split()[0]))
+    pinned = key.pinned_placement or "none"
     lora = ",".join(key.lora_adapters) or "none"
     return (f"  key: {key.gpu_name} x{key.gpu_count} ({_gib(key.gpu_total_memory_bytes)}, {key.link}), "
             f"{key.layout}, model {key.model_fingerprint[:12]}, shape {key.shape_bucket}, batch "
-            f"{key.batch_size}, budget {budget}, LoRA {lora}, sglang {key.sglang_version}, "
-            f"torch {key.torch_version}")
+            f"{key.batch_size}, budget {budget}, pinned {pinned}, LoRA {lora}, sglang {key.sglang_version}, "
+            f"torch {key.torch_version}, autoperf {key.plugin_version} (cost model {key.cost_model_version})")
 
 
 def write_timeline_png(step: "StepTrace", path: str, title: str = "") -> None:

@@ -7,9 +7,8 @@ in effect and the user's run going.
 """
 from __future__ import annotations
 
-import argparse
+import copy
 import functools
-import sys
 import traceback
 from typing import Any, Callable
 
@@ -27,6 +26,9 @@ TARGET_DENOISE_LOOP = (
 TARGET_DENOISE_STEP = (
     "sglang.multimodal_gen.runtime.pipelines_core.stages.denoising.DenoisingStage._run_denoising_step"
 )
+# `sglang generate`'s command body: it receives the namespace sglang's own parser made (ServerArgs
+# and SamplingParams flags), before launch_server runs in the same process.
+TARGET_GENERATE_CMD = "sglang.multimodal_gen.runtime.entrypoints.cli.generate.generate_cmd"
 
 # sglang 0.5.23's CPU path calls sgl-kernel ops that only a CPU build of sgl-kernel has (not on
 # PyPI). These are routed to sglang's own native implementations, only after the original failed.
@@ -63,19 +65,41 @@ _RESIDENCY_FIELDS = {
     "vae_cpu_offload": "vae",
 }
 
+# The flags that pin each knob of a live placement (measure.trace.PLACEMENT_KNOBS): the DiT-wide
+# flag and sglang's per-component map (any entry in the map counts: it may name the DiT).
+PLACEMENT_KNOB_FLAGS = {
+    "resident_layers": ("dit_layerwise_resident_layers", "layerwise_resident_layers"),
+    "prefetch_layers": ("dit_offload_prefetch_size", "layerwise_prefetch_size"),
+    "policy": ("dit_layerwise_residency_policy", "layerwise_residency_policy"),
+}
+# sglang derives these from the parallel flags a plan may change; a user who set one of them has
+# pinned the planned flag too (--cfg-parallel-size 2 decides enable_cfg_parallel: ServerArgs.
+# _adjust_parallelism gives it precedence).
+_PARALLEL_ALIASES = {
+    "enable_cfg_parallel": ("cfg_parallel_degree",),
+    "ulysses_degree": ("sp_degree", "kv_gather_degree"),
+    "ring_degree": ("sp_degree", "kv_gather_degree"),
+}
+_PARALLEL_DERIVED = ("cfg_parallel_degree", "sp_degree", "ulysses_degree", "ring_degree", "kv_gather_degree")
+
 # The plan rides inside ServerArgs (pickled to every worker by sglang's ServerArgsPayload).
 PLAN_ATTR = "autoperf_plan"
 
 _settings: Settings | None = None
 _cpu_fallbacks_registered = False
+# What `sglang generate` parsed (TARGET_GENERATE_CMD), for the plan in the same process; None under
+# `sglang serve` and the Python API, whose request shapes arrive with the requests.
+_cli_request: dict[str, Any] | None = None
 
 
-def step_aside(what: str, exc: BaseException) -> None:
+def step_aside(what: str, exc: BaseException, note: str = "") -> None:
+    """The one WARNING line for a failure of ours (the traceback only at DEBUG)."""
     logger().warning(
-        "[autoperf] %s failed (%s: %s); sglang's own settings are in effect",
+        "[autoperf] %s failed (%s: %s)%s; sglang's own settings are in effect",
         what,
         type(exc).__name__,
         str(exc).splitlines()[0][:300] if str(exc) else "",
+        note,
     )
     logger().debug("[autoperf] %s", "".join(traceback.format_exception(exc)))
 
@@ -106,6 +130,7 @@ def register_hooks(settings: Settings) -> None:
     _settings = settings
     from sglang.multimodal_gen.runtime.platforms.plugins import HookRegistry, HookType
 
+    HookRegistry.register(TARGET_GENERATE_CMD, _before_generate_cmd, HookType.BEFORE)
     HookRegistry.register(TARGET_LAUNCH, _before_launch_server, HookType.BEFORE)
     HookRegistry.register(TARGET_WORKER_INIT, _after_worker_init, HookType.AFTER)
     register_cpu_fallbacks()
@@ -202,23 +227,30 @@ def current_settings(server_args) -> dict[str, Any]:
     return values
 
 
+_HINT_FIELDS = {"width": "width", "height": "height", "num_frames": "num_frames",
+                "num_inference_steps": "steps", "guidance_scale": "guidance_scale"}
+
+
+@_guarded("reading the request of `sglang generate`")
+def _before_generate_cmd(args, *rest, **kwargs):
+    """BEFORE hook on `sglang generate`'s command: keep the request fields sglang's own parser read
+    (a --config file's values where the flag was not given)."""
+    global _cli_request
+    values = {name: getattr(args, name, None) for name in _HINT_FIELDS}
+    config_file = getattr(args, "config", None)
+    if config_file:
+        from sglang.multimodal_gen.runtime.server_args import ServerArgs
+
+        config = ServerArgs.load_config_file(config_file) or {}
+        values = {k: v if v is not None else config.get(k) for k, v in values.items()}
+    _cli_request = {key: values[name] for name, key in _HINT_FIELDS.items() if values[name] is not None}
+    return None
+
+
 def _workload_hints(server_args) -> dict[str, Any]:
-    """The request shape where it is known before any request: CLI args, then warmup settings."""
-    parser = argparse.ArgumentParser(add_help=False)
-    for flag, typ in (("--width", int), ("--height", int), ("--num-frames", int),
-                      ("--num-inference-steps", int), ("--guidance-scale", float)):
-        parser.add_argument(flag, type=typ, default=None)
-    try:
-        known, _ = parser.parse_known_args(sys.argv[1:])
-        hints = {
-            "width": known.width,
-            "height": known.height,
-            "num_frames": known.num_frames,
-            "steps": known.num_inference_steps,
-            "guidance_scale": known.guidance_scale,
-        }
-    except SystemExit:  # argparse on a malformed value; sglang will report it itself
-        hints = {}
+    """The request shape where it is known before any request: what `sglang generate` parsed, then
+    the warmup settings. Never the host program's argv (under the Python API it is not ours)."""
+    hints = dict(_cli_request or {})
     resolutions = getattr(server_args, "warmup_resolutions", None)
     if resolutions and not hints.get("width"):
         first = str(resolutions[0] if isinstance(resolutions, (list, tuple)) else resolutions)
@@ -233,34 +265,84 @@ def _workload_hints(server_args) -> dict[str, Any]:
 def _one_shot_requests() -> int | None:
     """`sglang generate` serves its prompt(s) and exits: one request (per prompt) to repay any
     start-up cost such as compile. Serving and the Python API: unknown (None)."""
-    argv = sys.argv[1:3]
-    return 1 if "generate" in argv else None
+    return 1 if _cli_request is not None else None
+
+
+def pinned_placement_knobs(pinned: Any) -> frozenset[str]:
+    """The placement knobs (measure.trace.PLACEMENT_KNOBS) the user pinned with these flags."""
+    names = set(pinned)
+    return frozenset(knob for knob, flags in PLACEMENT_KNOB_FLAGS.items() if names & set(flags))
+
+
+def _pinned_placement_text(server_args, explicit: set[str]) -> str:
+    """The pinned placement flags with their values: part of the tuning key."""
+    flags = sorted(f for flags in PLACEMENT_KNOB_FLAGS.values() for f in flags if f in explicit)
+    return ",".join(f"{f}={getattr(server_args, f, None)!r}" for f in flags)
+
+
+def residency_policies() -> tuple[str, ...]:
+    from sglang.multimodal_gen.runtime.managers.memory_managers import layerwise_offload as lo
+
+    return tuple(lo.RESIDENCY_POLICIES)
+
+
+def live_placement_blocker(server_args) -> str | None:
+    """Why sglang cannot change the DiT's placement between forward passes in this run (None: it
+    can). Under `permanent` lifetime the resident layers have no host copy to stream back from."""
+    from sglang.multimodal_gen.runtime.managers.memory_managers import layerwise_offload as lo
+
+    lifetimes = {str(getattr(server_args, "dit_layerwise_residency_lifetime", lo.RESIDENCY_LIFETIME_FORWARD))}
+    per_component = getattr(server_args, "layerwise_residency_lifetime", None)
+    if per_component:
+        lifetimes |= {str(v) for v in server_args._parse_component_value_map(
+            per_component, option="--layerwise-residency-lifetime").values()}
+    if lifetimes - {lo.RESIDENCY_LIFETIME_FORWARD}:
+        return (f"residency lifetime {', '.join(sorted(lifetimes - {lo.RESIDENCY_LIFETIME_FORWARD}))}: sglang keeps "
+                f"those resident layers without a host copy, so their placement cannot change live")
+    return None
+
+
+def _pinned(server_args) -> dict[str, Any]:
+    """Flags the user set, with their values; a derived parallel flag pins the one it decides."""
+    explicit = _explicit(server_args)
+    pinned = {name: getattr(server_args, name, None) for name in sorted(explicit)}
+    for planned, aliases in _PARALLEL_ALIASES.items():
+        if planned not in pinned and explicit & set(aliases):
+            pinned[planned] = getattr(server_args, planned, None)
+    return pinned
 
 
 def run_context(server_args):
     from sglang_autoperf.startup import RunContext
 
-    explicit = _explicit(server_args)
+    pinned = _pinned(server_args)
     return RunContext(
         model_path=str(server_args.model_path),
         platform=_platform_name(),
         num_gpus=int(server_args.num_gpus or 1),
         base_gpu_id=int(getattr(server_args, "base_gpu_id", 0) or 0),
         performance_mode=str(getattr(server_args, "performance_mode", "auto")),
-        pinned={name: getattr(server_args, name, None) for name in sorted(explicit)},
+        pinned=pinned,
         current=current_settings(server_args),
         identity=worker_identity(server_args),
         expected_requests=_one_shot_requests(),
+        fixed_knobs=tuple(sorted(pinned_placement_knobs(pinned))),
+        live_blocker=live_placement_blocker(server_args),
+        policies=residency_policies(),
         **_workload_hints(server_args),
     )
+
+
+def _saved_fields(server_args) -> dict[str, Any]:
+    names = PLANNED_FIELDS + _PARALLEL_DERIVED + ("layerwise_offload_components", "sp_split_auto")
+    return {name: copy.copy(getattr(server_args, name, None)) for name in names}
 
 
 def _before_launch_server(server_args, *args, **kwargs):
     """BEFORE hook on launch_server: probe, plan, write the plan into ServerArgs."""
     if getattr(server_args, PLAN_ATTR, None):  # launched twice (pool roles): plan once
         return None
-    saved = {name: getattr(server_args, name, None) for name in PLANNED_FIELDS}
-    saved["layerwise_offload_components"] = getattr(server_args, "layerwise_offload_components", None)
+    saved = _saved_fields(server_args)
     try:
         startup = _plan_and_apply(server_args)
     except Exception as exc:
@@ -273,23 +355,28 @@ def _before_launch_server(server_args, *args, **kwargs):
 
 
 def _plan_and_apply(server_args):
-    from sglang_autoperf.startup import plan_startup
+    from sglang_autoperf.startup import apply_cached_tuning, plan_startup
 
     assert _settings is not None
     _settings.maybe_fail("apply")
     ctx = run_context(server_args)
     log = logger()
     log.info(
-        "[autoperf] main process sees model %s on platform %s (%d GPU(s)); flags pinned by the user: %s",
+        "[autoperf] main process sees model %s on platform %s (%s); flags pinned by the user: %s",
         ctx.model_path,
         ctx.platform,
-        ctx.num_gpus,
+        f"{ctx.num_gpus} GPU(s)" if ctx.platform != "cpu" else "no GPU",
         ", ".join(f"--{k.replace('_', '-')}" for k in ctx.pinned) or "none",
     )
     startup = plan_startup(ctx, _settings)
     if not startup.active:
         log.warning("[autoperf] %s; sglang's own settings are in effect", startup.reason)
         return startup
+    # The tuning cache is keyed by the ServerArgs the workers will run (the layout after the plan),
+    # so the key is taken from a copy with the plan applied: startup and workers build one key.
+    preview = copy.deepcopy(server_args)
+    apply_changes(preview, startup.changes, pinned=set(ctx.pinned))
+    apply_cached_tuning(startup, ctx, _settings, worker_identity(preview))
     applied = apply_changes(server_args, startup.changes, pinned=set(ctx.pinned))
     startup.changes = applied
     for change in applied:
@@ -308,7 +395,8 @@ def apply_changes(server_args, changes: list[dict[str, Any]], *, pinned: set[str
     from sglang.multimodal_gen.runtime.managers.memory_managers import layerwise_offload_components as lc
 
     applied = []
-    residency_touched = False
+    residency_touched = parallel_touched = False
+    pinned = set(pinned) | set(_pinned(server_args))
     for change in changes:
         name = change["setting"]
         if name not in PLANNED_FIELDS:
@@ -317,10 +405,28 @@ def apply_changes(server_args, changes: list[dict[str, Any]], *, pinned: set[str
             continue  # the planner already reported what it would have done
         setattr(server_args, name, change["after"])
         residency_touched |= name in _RESIDENCY_FIELDS
+        parallel_touched |= name in _PARALLEL_ALIASES
         applied.append(dict(change))
     if residency_touched:
         _rederive_residency(server_args, lc)
+    if parallel_touched:
+        _rederive_parallelism(server_args, {c["setting"] for c in applied})
     return applied
+
+
+def _rederive_parallelism(server_args, planned: set[str]) -> None:
+    """sglang derived cfg_parallel_degree / sp_degree / ulysses / ring / kv-gather from the parallel
+    flags before this hook; after a plan changed one of them, the derived ones are reset (where
+    neither the user nor the plan set them) and derived again by sglang's own code, then checked
+    by its own validation, so that e.g. enable_cfg_parallel=False never runs with degree 2."""
+    explicit = _explicit(server_args)
+    for name in _PARALLEL_DERIVED:
+        if name not in explicit and name not in planned:
+            setattr(server_args, name, None)
+    if "sp_split_auto" not in explicit:
+        server_args.sp_split_auto = False
+    server_args._adjust_parallelism()
+    server_args._validate_parallelism()
 
 
 def _rederive_residency(server_args, lc) -> None:
@@ -427,6 +533,19 @@ def manager_setting(manager) -> dict[str, Any]:
         "policy": str(manager.residency_policy),
         "num_layers": int(manager.num_layers),
     }
+
+
+def managers_live_blocker(managers: dict[str, list]) -> str | None:
+    """Why these live managers' placement cannot change between forward passes (None: it can)."""
+    from sglang.multimodal_gen.runtime.managers.memory_managers import layerwise_offload as lo
+
+    lifetimes = {str(getattr(m, "residency_lifetime", lo.RESIDENCY_LIFETIME_FORWARD))
+                 for group in managers.values() for m in group}
+    others = sorted(lifetimes - {lo.RESIDENCY_LIFETIME_FORWARD})
+    if others:
+        return (f"--dit-layerwise-residency-lifetime {', '.join(others)} keeps resident layers on the GPU "
+                f"without a host copy, so they cannot move live")
+    return None
 
 
 def set_manager_placement(manager, *, prefetch_layers: int, resident_layers: int, policy: str) -> None:
@@ -559,11 +678,13 @@ def worker_rank(worker) -> int:
 
 
 def worker_identity(args, rank: int = 0) -> dict[str, Any]:
-    """What of ServerArgs keys a tuning result (layout, LoRA, versions), in main or worker."""
+    """What of ServerArgs keys a tuning result (layout, LoRA, versions, pinned placement flags),
+    in main or worker: the same ServerArgs give the same identity but for `rank`."""
     import torch
     from importlib import metadata
 
     lora = getattr(args, "lora_path", None)
+    explicit = _explicit(args)
     return {
         "rank": rank,
         "num_gpus": int(args.num_gpus or 1),
@@ -575,7 +696,8 @@ def worker_identity(args, rank: int = 0) -> dict[str, Any]:
         "sglang_version": metadata.version("sglang"),
         "torch_version": torch.__version__,
         "performance_mode": str(args.performance_mode),
-        "pinned": sorted(_explicit(args)),
+        "pinned": sorted(explicit),
+        "pinned_placement": _pinned_placement_text(args, explicit),
     }
 
 

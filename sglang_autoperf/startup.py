@@ -28,6 +28,9 @@ class RunContext:
     guidance_scale: float | None = None
     identity: dict[str, Any] = field(default_factory=dict)  # versions, layout, LoRA: part of the cache key
     expected_requests: int | None = None  # 1 for one-shot `sglang generate`; None: serving, unknown
+    fixed_knobs: tuple[str, ...] = ()  # placement knobs the user pinned (measure.trace.PLACEMENT_KNOBS)
+    live_blocker: str | None = None  # why the placement cannot change live in this run, if it cannot
+    policies: tuple[str, ...] = ("leading", "strided")  # residency policies the runtime knows
 
 
 @dataclass
@@ -46,6 +49,8 @@ class StartupPlan:
     workload: dict[str, Any] | None = None
     gpu_key: dict[str, Any] | None = None  # what of the GPU keys a tuning result (not free memory, not UUID)
     budget_bytes: int | None = None  # the user's VRAM budget per GPU (SGLANG_AUTOPERF_VRAM_BUDGET), if any
+    bucket: str | None = None  # the request shape the plan assumed (cache.shape_bucket)
+    shape_known: bool = False  # that shape came from the user (CLI, warmup settings), not a default
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True, default=str)
@@ -136,15 +141,8 @@ def _plan_cuda(ctx: RunContext, settings: Settings, base: dict[str, Any]) -> Sta
         "memory_total_bytes": first.memory_total_bytes,
         "link": f"pcie{first.pcie_generation}x{first.pcie_width}",
     }
-    if settings.calibrate and ctx.identity:
-        from sglang_autoperf.cache import shape_bucket
+    from sglang_autoperf.cache import shape_bucket
 
-        shape_known = bool(ctx.width and ctx.height)
-        bucket = shape_bucket(width, height, frames, 1, workload.cfg_passes > 1)
-        if plan_dict["dit"]["offload"]:
-            _calibration_changes(ctx, settings, plan_dict, model.fingerprint, gpu_key, bucket, budget, shape_known)
-        elif shape_known:
-            _compile_from_cache(ctx, settings, plan_dict, model.fingerprint, gpu_key, bucket, budget)
     return StartupPlan(
         active=True,
         reason="planned from probes" + (f" within a {budget / 2**30:.1f} GiB budget" if budget else ""),
@@ -155,8 +153,25 @@ def _plan_cuda(ctx: RunContext, settings: Settings, base: dict[str, Any]) -> Sta
         workload=asdict(workload),
         gpu_key=gpu_key,
         budget_bytes=budget,
+        bucket=shape_bucket(width, height, frames, 1, workload.cfg_passes > 1),
+        shape_known=bool(ctx.width and ctx.height),
         **base,
     )
+
+
+def apply_cached_tuning(startup: StartupPlan, ctx: RunContext, settings: Settings, identity: dict[str, Any]) -> None:
+    """What the tuning cache adds to a plan: a measured placement or a calibration warmup, or no
+    compile where eager measured faster. `identity` is the adapter's worker_identity of the
+    ServerArgs with the plan applied, so this key is the one every worker builds."""
+    if not (settings.calibrate and startup.plan and startup.bucket):
+        return
+    plan_dict = startup.plan
+    if plan_dict["dit"]["offload"]:
+        _calibration_changes(ctx, settings, plan_dict, startup, identity)
+    elif startup.shape_known:
+        _compile_from_cache(ctx, settings, plan_dict, startup, identity)
+    startup.changes = [dict(c) for c in plan_dict.get("changes", [])]
+    startup.notes = list(plan_dict.get("notes", []))
 
 
 def _set_change(plan_dict: dict[str, Any], ctx: RunContext, setting: str, after: Any, reason: str) -> None:
@@ -172,36 +187,69 @@ def _set_change(plan_dict: dict[str, Any], ctx: RunContext, setting: str, after:
         changes.append({"setting": setting, "before": before, "after": after, "reason": reason})
 
 
-def _calibration_changes(ctx: RunContext, settings: Settings, plan_dict: dict[str, Any], fingerprint: str,
-                         gpu_key: dict[str, Any], bucket: str, budget: int | None, shape_known: bool = True) -> None:
+def _startup_key(startup: StartupPlan, ctx: RunContext, settings: Settings, identity: dict[str, Any],
+                 objective: str):
+    from sglang_autoperf.cache import tuning_key
+
+    return tuning_key(fingerprint=startup.model_fingerprint or "", gpu_key=startup.gpu_key or {}, identity=identity,
+                      bucket=startup.bucket or "", batch_size=1, budget=settings.vram_budget, objective=objective)
+
+
+def _cached_placement(plan_dict: dict[str, Any], ctx: RunContext, cached, bucket: str) -> bool:
+    """Apply a cached placement's free knobs (pinned ones stay as the user set them); False, with a
+    note, when the entry does not fit this model (then it is a miss)."""
+    from sglang_autoperf.cache import format_when
+    from sglang_autoperf.measure.trace import placement_problem
+
+    p = cached.placement
+    problem = placement_problem(p, [int((plan_dict.get("dit") or {}).get("total_layers") or 0)], ctx.policies)
+    if problem:
+        plan_dict["notes"].append(f"ignoring the tuning cache entry for {bucket}: {problem}")
+        return False
+    why = f"measured by an earlier calibration of {bucket} ({format_when(cached.created_at)}): {cached.reason}"
+    for knob, setting in (("resident_layers", "dit_layerwise_resident_layers"),
+                          ("prefetch_layers", "dit_offload_prefetch_size"),
+                          ("policy", "dit_layerwise_residency_policy")):
+        if knob not in ctx.fixed_knobs:
+            _set_change(plan_dict, ctx, setting, getattr(p, knob), why)
+    plan_dict["notes"].append(f"tuning cache hit for {bucket}: {p.label()}; no calibration needed")
+    return True
+
+
+def _calibration_changes(ctx: RunContext, settings: Settings, plan_dict: dict[str, Any], startup: StartupPlan,
+                         identity: dict[str, Any]) -> None:
     """A tuned placement from the cache, or a warmup request to calibrate on, for this DiT stream.
 
     With the request shape unknown here (Python API, `sglang serve` without warmup shapes), the
     bucket above is a guess: a miss on it proves nothing, so a warmup is scheduled only on a first
     start (no entry for this model, GPU and layout at all); otherwise each worker looks its
     buckets up per request and calibrates a new shape across its first requests."""
-    from sglang_autoperf.cache import TuningCache, format_when, tuning_key, tuning_objective
-    from sglang_autoperf.measure.live import BASELINE_STEPS, STEPS_PER_TRIAL, calibration_steps
+    from sglang_autoperf.cache import TuningCache, tuning_objective
+    from sglang_autoperf.measure.trace import PLACEMENT_KNOBS
 
-    key = tuning_key(
-        fingerprint=fingerprint, gpu_key=gpu_key, identity=ctx.identity, bucket=bucket, batch_size=1,
-        budget_bytes=budget, objective=tuning_objective(ctx.performance_mode, ctx.pinned),
-    )
+    bucket = startup.bucket or ""
+    if ctx.live_blocker or set(PLACEMENT_KNOBS) <= set(ctx.fixed_knobs):
+        plan_dict["notes"].append(
+            f"no calibration: {ctx.live_blocker or 'resident layers, prefetch and policy are all pinned'}; "
+            f"the placement stands as set")
+        return
+    key = _startup_key(startup, ctx, settings, identity, tuning_objective(ctx.performance_mode, ctx.pinned))
     cache = TuningCache(settings.cache_dir)
-    cached = cache.get(key) if shape_known else None
-    if cached is None and not shape_known and any(_same_setup(k, key) for k, _ in cache.entries()):
+    cached = cache.get(key) if startup.shape_known else None
+    if cached is None and not startup.shape_known and any(_same_setup(k, key) for k, _ in cache.entries()):
         plan_dict["notes"].append(
             "request shape unknown before the first request; tuned shapes are in the cache and applied "
             "per request, new shapes are calibrated across the first requests")
         return
-    if cached is not None:
-        p = cached.placement
-        why = f"measured by an earlier calibration of {bucket} ({format_when(cached.created_at)}): {cached.reason}"
-        _set_change(plan_dict, ctx, "dit_layerwise_resident_layers", p.resident_layers, why)
-        _set_change(plan_dict, ctx, "dit_offload_prefetch_size", p.prefetch_layers, why)
-        _set_change(plan_dict, ctx, "dit_layerwise_residency_policy", p.policy, why)
-        plan_dict["notes"].append(f"tuning cache hit for {bucket}: {p.label()}; no calibration needed")
+    if cached is not None and _cached_placement(plan_dict, ctx, cached, bucket):
         return
+    _schedule_warmup(ctx, plan_dict, bucket)
+
+
+def _schedule_warmup(ctx: RunContext, plan_dict: dict[str, Any], bucket: str) -> None:
+    """A warmup request to calibrate on (its output is discarded), bounded in time."""
+    from sglang_autoperf.measure.live import BASELINE_STEPS, STEPS_PER_TRIAL, calibration_steps
+
     if ctx.current.get("warmup_mode") not in (None, "off"):
         plan_dict["notes"].append(f"calibrating during the warmup the user configured ({ctx.current.get('warmup_mode')})")
         return
@@ -247,24 +295,22 @@ def warmup_candidates(step_ms: float) -> int:
     return affordable_candidates(int(MAX_WARMUP_S * 1e3 / step_ms))
 
 
-def _compile_from_cache(ctx: RunContext, settings: Settings, plan_dict: dict[str, Any], fingerprint: str,
-                        gpu_key: dict[str, Any], bucket: str, budget: int | None) -> None:
+def _compile_from_cache(ctx: RunContext, settings: Settings, plan_dict: dict[str, Any], startup: StartupPlan,
+                        identity: dict[str, Any]) -> None:
     """Where this plan turns torch.compile on and an earlier run measured eager faster at this
     shape (measure/compile_check.py), do not compile at all: the compile time is saved too."""
-    from sglang_autoperf.cache import COMPILE_OBJECTIVE, TuningCache, format_when, tuning_key
+    from sglang_autoperf.cache import COMPILE_OBJECTIVE, TuningCache, format_when
 
     change = next((c for c in plan_dict["changes"] if c["setting"] == "enable_torch_compile" and c["after"] is True), None)
     if change is None:
         return
-    key = tuning_key(fingerprint=fingerprint, gpu_key=gpu_key, identity=ctx.identity, bucket=bucket, batch_size=1,
-                     budget_bytes=budget, objective=COMPILE_OBJECTIVE)
-    cached = TuningCache(settings.cache_dir).get(key)
+    cached = TuningCache(settings.cache_dir).get(_startup_key(startup, ctx, settings, identity, COMPILE_OBJECTIVE))
     if cached is None or cached.compiled is not False:
         return
     plan_dict["changes"].remove(change)
     plan_dict["notes"].append(
-        f"torch.compile left off: an earlier check of {bucket} ({format_when(cached.created_at)}) measured eager "
-        f"faster: {cached.reason}")
+        f"torch.compile left off: an earlier check of {startup.bucket} ({format_when(cached.created_at)}) measured "
+        f"eager faster: {cached.reason}")
 
 
 def _same_setup(a, b) -> bool:

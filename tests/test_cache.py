@@ -22,7 +22,7 @@ def make_key(**over) -> TuningKey:
         model_fingerprint="f" * 64, gpu_name="NVIDIA H100 80GB HBM3", gpu_total_memory_bytes=80 * GiB,
         link="pcie5x16", gpu_count=1, layout="ulysses1-ring1-cfg1-tp1", sglang_version="0.5.23",
         torch_version="2.9.1", lora_adapters=(), batch_size=1, shape_bucket="1024x1024",
-        budget_bytes=None, objective="speed",
+        budget="", objective="speed", pinned_placement="", plugin_version="0.1.0", cost_model_version=1,
     )
     base.update(over)
     return TuningKey(**base)
@@ -55,7 +55,8 @@ CHANGED = {
     "model_fingerprint": "e" * 64, "gpu_name": "NVIDIA H200", "gpu_total_memory_bytes": 141 * GiB,
     "link": "pcie4x16", "gpu_count": 2, "layout": "ulysses2-ring1-cfg1-tp1", "sglang_version": "0.5.24",
     "torch_version": "2.10.0", "lora_adapters": ("style-a",), "batch_size": 2, "shape_bucket": "1328x1328",
-    "budget_bytes": 24 * GiB, "objective": "memory",
+    "budget": "0.5 of free", "objective": "memory", "pinned_placement": "dit_offload_prefetch_size=2.0",
+    "plugin_version": "0.2.0", "cost_model_version": 2,
 }
 
 
@@ -230,3 +231,100 @@ def test_from_calibration_summarizes_steps():
     assert r.before.step_ms == 11.0 and r.after.step_ms == 5.5 and r.before.exposed_ms == 1.0
     assert len(r.traces) == 4
     assert TuningResult.from_dict(json.loads(json.dumps(r.to_dict()))) == r
+
+
+# --- values are checked, not trusted (issue 14, finding 3) -----------------------------------------
+
+@pytest.mark.parametrize("path, value", [
+    (("placement", "policy"), 7),  # not a name
+    (("placement", "prefetch_layers"), "xyz"),
+    (("placement", "resident_layers"), 0.5),  # sglang reads a fraction as a ratio of the layers
+    (("placement", "resident_layers"), -5),
+    (("placement", "resident_layers"), True),
+    (("placement", "extra"), 1),
+    (("baseline", "prefetch_layers"), None),
+    (("compiled",), "false"),  # bool("false") is True
+    (("compiled",), 0),
+    (("objective",), "fastest"),
+    (("steps_used",), 2.5),
+    (("vram_bytes",), -1),
+    (("calibration_s",), float("nan")),
+    (("stats",), []),
+    (("before", "step_ms"), "fast"),
+])
+def test_a_wrong_value_in_an_entry_is_a_logged_miss(tmp_path, caplog, path, value):
+    cache, key = TuningCache(tmp_path), make_key()
+    cache.put(key, make_result())
+    doc = json.loads(cache.path_for(key).read_text())
+    target = doc["result"]
+    for name in path[:-1]:
+        target = target[name]
+    target[path[-1]] = value
+    cache.path_for(key).write_text(json.dumps(doc))
+    with caplog.at_level(logging.WARNING, logger="sglang.autoperf"):
+        assert cache.get(key) is None
+    assert any("damaged tuning cache entry" in r.getMessage() for r in caplog.records)
+
+
+def test_compiled_false_stays_false(tmp_path):
+    cache, key = TuningCache(tmp_path), make_key(objective="compile")
+    cache.put(key, dataclasses.replace(make_result(), objective="compile", compiled=False))
+    assert cache.get(key).compiled is False
+
+
+@pytest.mark.parametrize("placement, counts, problem", [
+    (Placement(31, 2, "strided"), [30], "exceeds the largest layer list (30 layers)"),
+    (Placement(5, 0, "leading"), [30], "prefetch 0 is outside 1..30"),
+    (Placement(5, 31, "leading"), [30], "prefetch 31 is outside 1..30"),
+    (Placement(5, 2, "evil"), [30], "policy 'evil' is not one of leading, strided"),
+    (Placement(38, 2, "leading"), [19, 38], None),  # FLUX: the count applies per list, sglang clamps
+    (Placement(30, 8, "strided"), [30], None),
+])
+def test_a_placement_is_checked_against_the_model_it_is_applied_to(placement, counts, problem):
+    from sglang_autoperf.measure.trace import placement_problem
+
+    found = placement_problem(placement, counts, ("leading", "strided"))
+    assert found == problem if problem is None else problem in found
+
+
+# --- the budget in the key is what the user wrote (issue 14, finding 4) -----------------------------
+
+def test_budget_key_keeps_a_fraction_and_unifies_amounts():
+    from sglang_autoperf.cache import budget_key
+
+    assert budget_key("0.5") == "0.5 of free" == budget_key(" .50 ")
+    assert budget_key("24GiB") == budget_key("24576MiB") == f"{24 * GiB} bytes"
+    assert budget_key("24GB") != budget_key("24GiB")
+    assert budget_key(None) == budget_key("") == ""
+
+
+def test_a_fractional_budget_hits_whatever_memory_is_free(tmp_path):
+    """The key used to hold the budget's bytes at the moment's free memory: a second start with
+    other free memory missed. Now both starts build one key."""
+    from sglang_autoperf.cache import tuning_key
+
+    identity = {"num_gpus": 1, "layout": "tp1", "sglang_version": "0.5.23", "torch_version": "2.11.0"}
+    keys = [tuning_key(fingerprint="fp", gpu_key={"name": "H200"}, identity=identity, bucket="b", batch_size=1,
+                       budget="0.5", objective="speed") for _ in range(2)]
+    cache = TuningCache(tmp_path)
+    cache.put(keys[0], make_result())
+    assert cache.get(keys[1]) == make_result()
+
+
+def test_the_key_carries_the_plugin_and_cost_model_versions(monkeypatch):
+    import sglang_autoperf
+    from sglang_autoperf.cache import tuning_key
+    from sglang_autoperf.plan import cost
+
+    identity = {"num_gpus": 1, "layout": "tp1", "sglang_version": "0.5.23", "torch_version": "2.11.0"}
+
+    def key():
+        return tuning_key(fingerprint="fp", gpu_key={}, identity=identity, bucket="b", batch_size=1, budget=None,
+                          objective="speed").digest()
+
+    first = key()
+    monkeypatch.setattr(sglang_autoperf, "__version__", "9.9.9")
+    assert key() != first
+    monkeypatch.undo()
+    monkeypatch.setattr(cost, "COST_MODEL_VERSION", cost.COST_MODEL_VERSION + 1)
+    assert key() != first

@@ -99,7 +99,7 @@ def _checker(tmp_path, dit, ms, rank=0):
 
     def key_for(bucket, batch_size):
         return tuning_key(fingerprint="fp", gpu_key=GPU_KEY, identity=IDENTITY, bucket=bucket,
-                          batch_size=batch_size, budget_bytes=None, objective=COMPILE_OBJECTIVE)
+                          batch_size=batch_size, budget=None, objective=COMPILE_OBJECTIVE)
 
     checker = CompileChecker(lambda: switch, key_for, TuningCache(tmp_path / "cache"), rank=rank,
                              timer_factory=lambda: ScriptedTimer(switch, ms))
@@ -159,27 +159,29 @@ def test_no_compiled_module_is_an_error_the_hook_turns_into_stepping_aside(tmp_p
 def test_startup_skips_compile_where_eager_was_measured_faster(tmp_path):
     from sglang_autoperf.cache import RESIDENT_DIT
     from sglang_autoperf.settings import Settings
-    from sglang_autoperf.startup import RunContext
+    from sglang_autoperf.startup import RunContext, StartupPlan
 
     ctx = RunContext(model_path="/m", platform="cuda", num_gpus=1, base_gpu_id=0, performance_mode="auto",
                      pinned={}, current={"enable_torch_compile": False}, identity=IDENTITY,
                      width=1024, height=1024, num_frames=1)
     settings = Settings(enabled=True, cache_dir=str(tmp_path / "cache"))
+    startup = StartupPlan(active=True, reason="", model_path="/m", platform="cuda", pinned=[],
+                          model_fingerprint="fp", gpu_key=GPU_KEY, bucket=BUCKET, shape_known=True)
 
     def plan():
         return {"changes": [{"setting": "enable_torch_compile", "before": False, "after": True, "reason": "r"}],
                 "notes": []}
 
     d = plan()
-    _compile_from_cache(ctx, settings, d, "fp", GPU_KEY, BUCKET, None)
+    _compile_from_cache(ctx, settings, d, startup, IDENTITY)
     assert len(d["changes"]) == 1  # nothing measured yet: compile as planned
     key = tuning_key(fingerprint="fp", gpu_key=GPU_KEY, identity=IDENTITY, bucket=BUCKET, batch_size=1,
-                     budget_bytes=None, objective=COMPILE_OBJECTIVE)
+                     budget=None, objective=COMPILE_OBJECTIVE)
     for compiled, kept in ((True, 1), (False, 0)):
         TuningCache(tmp_path / "cache").put(key, TuningResult(
             placement=RESIDENT_DIT, objective=COMPILE_OBJECTIVE, baseline=RESIDENT_DIT, stats={},
             reason="measured", calibration_s=1.0, steps_used=12, compiled=compiled))
         d = plan()
-        _compile_from_cache(ctx, settings, d, "fp", GPU_KEY, BUCKET, None)
+        _compile_from_cache(ctx, settings, d, startup, IDENTITY)
         assert len(d["changes"]) == kept
     assert any("torch.compile left off" in n for n in d["notes"])

@@ -375,24 +375,29 @@ class ScriptedMonitor:
                        peak_allocated_bytes=peak)
 
 
-def _tuner(tmp_path, times):
-    manager = _manager(Blocks(2), 30)
-    manager.prefetch_size, manager.resident_layers, manager.residency_policy = 2, 1, "strided"
-    tuner = object.__new__(WorkerTuner)
-    tuner.monitor, tuner.primary, tuner.managers = ScriptedMonitor(times), [manager], {"transformer": [manager]}
-    tuner.settings = Settings(enabled=True, cache_dir=str(tmp_path))
-    tuner.cache = TuningCache(str(tmp_path))
-    tuner.plan = SimpleNamespace(model_fingerprint="fp", gpu_key={"name": "NVIDIA H200"}, budget_bytes=None)
-    tuner.identity = {"rank": 0, "performance_mode": "auto", "pinned": ["dit_layerwise_offload"], "num_gpus": 1,
-                      "layout": "tp1", "lora": (), "sglang_version": "0.5.23", "torch_version": "2.11.0"}
-    tuner.calibration, tuner.request, tuner.results = None, None, {}
-    tuner.recorded, tuner.unread, tuner.requests_seen, tuner.single_list = [], [], 0, True
+IDENTITY = {"rank": 0, "performance_mode": "auto", "pinned": ["dit_layerwise_offload"], "num_gpus": 1,
+            "layout": "tp1", "lora": (), "sglang_version": "0.5.23", "torch_version": "2.11.0"}
 
-    def apply(p):
-        manager.resident_layers, manager.prefetch_size, manager.residency_policy = (
-            p.resident_layers, p.prefetch_layers, p.policy)
-    tuner.apply = apply
-    tuner._propose = lambda cal: [R3P3, R0P8]
+
+def _tuner(tmp_path, times, *, identity=IDENTITY, fixed=frozenset(), start=START, propose=None):
+    manager = _manager(Blocks(2), 30)
+    manager.resident_layers, manager.prefetch_size, manager.residency_policy = (
+        start.resident_layers, start.prefetch_layers, start.policy)
+    plan = SimpleNamespace(model_fingerprint="fp", gpu_key={"name": "NVIDIA H200"}, budget_bytes=None)
+    tuner = WorkerTuner(plan, Settings(enabled=True, cache_dir=str(tmp_path)), {"transformer": [manager]}, identity,
+                        monitor=ScriptedMonitor(times), cache=TuningCache(str(tmp_path)), fixed=fixed,
+                        policies=("leading", "strided"))
+    tuner.applied = []
+
+    def set_placement(m, *, prefetch_layers, resident_layers, policy):
+        # what sglang_adapter.set_manager_placement changes on sglang's manager (no GPU here)
+        m.resident_layers, m.prefetch_size, m.residency_policy = resident_layers, prefetch_layers, policy
+        tuner.applied.append(Placement(resident_layers, prefetch_layers, policy))
+    tuner.set_placement = set_placement
+    if propose is None:
+        tuner._propose = lambda cal: [R3P3, R0P8]
+    else:
+        tuner._propose = propose
     return tuner
 
 

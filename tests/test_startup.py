@@ -8,10 +8,10 @@ from sglang_autoperf.cache import TuningCache, TuningResult, tuning_key
 from sglang_autoperf.measure.live import calibration_steps
 from sglang_autoperf.measure.trace import Placement, StepStats
 from sglang_autoperf.settings import Settings
-from sglang_autoperf.startup import RunContext, _calibration_changes, plan_startup
+from sglang_autoperf.startup import RunContext, StartupPlan, _calibration_changes, plan_startup
 
 IDENTITY = {"num_gpus": 1, "layout": "tp1-ulysses1-ring1-cfg1-dp1", "lora": (), "sglang_version": "0.5.23",
-            "torch_version": "2.14.1", "performance_mode": "auto", "pinned": []}
+            "torch_version": "2.14.1", "performance_mode": "auto", "pinned": [], "pinned_placement": ""}
 GPU_KEY = {"name": "NVIDIA H200", "memory_total_bytes": 150754820096, "link": "pcie5x16"}
 BUCKET = "832x480x17f_b1_cfg1"
 
@@ -29,12 +29,17 @@ def settings(tmp_path) -> Settings:
 
 
 def plan_dict(step_ms=0.0):
-    return {"changes": [], "notes": [], "dit": {"offload": True}, "predicted": {"step_ms": step_ms}}
+    return {"changes": [], "notes": [], "dit": {"offload": True, "total_layers": 30}, "predicted": {"step_ms": step_ms}}
+
+
+def startup(shape_known=True) -> StartupPlan:
+    return StartupPlan(active=True, reason="", model_path="/m", platform="cuda", pinned=[], model_fingerprint="fp",
+                       gpu_key=GPU_KEY, bucket=BUCKET, shape_known=shape_known)
 
 
 def store(tmp_path, placement: Placement, bucket=BUCKET, objective="speed"):
     key = tuning_key(fingerprint="fp", gpu_key=GPU_KEY, identity=IDENTITY, bucket=bucket, batch_size=1,
-                     budget_bytes=None, objective=objective)
+                     budget=None, objective=objective)
     result = TuningResult(placement=placement, objective=objective, baseline=Placement(0, 1), reason="measured",
                           stats={placement.label(): StepStats(196.0, 195.6, 196.2, 2)}, calibration_s=6.3,
                           steps_used=12)
@@ -43,7 +48,7 @@ def store(tmp_path, placement: Placement, bucket=BUCKET, objective="speed"):
 
 def run(tmp_path, context, shape_known=True, step_ms=0.0):
     d = plan_dict(step_ms)
-    _calibration_changes(context, settings(tmp_path), d, "fp", GPU_KEY, BUCKET, None, shape_known)
+    _calibration_changes(context, settings(tmp_path), d, startup(shape_known), IDENTITY)
     return {c["setting"]: c for c in d["changes"]}, d["notes"]
 
 
@@ -71,7 +76,7 @@ def test_warmup_is_bounded_by_the_predicted_step_time(tmp_path, step_ms, steps):
 def test_no_warmup_for_a_dit_with_several_layer_lists(tmp_path):
     d = plan_dict(170.0)
     d["dit"]["resident_per_group"] = [17, 17]  # FLUX.1: double and single blocks
-    _calibration_changes(ctx(), settings(tmp_path), d, "fp", GPU_KEY, BUCKET, None, True)
+    _calibration_changes(ctx(), settings(tmp_path), d, startup(), IDENTITY)
     assert not d["changes"] and any("one offloaded layer list" in n for n in d["notes"])
 
 

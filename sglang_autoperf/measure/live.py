@@ -42,12 +42,13 @@ def request_bucket(shape: dict[str, Any]) -> str:
     return shape_bucket(shape["width"], shape["height"], shape["num_frames"], shape["batch_size"], shape["cfg"])
 
 
-def worker_tuning_key(plan, identity: dict[str, Any], bucket: str, batch_size: int, objective: str):
+def worker_tuning_key(plan, identity: dict[str, Any], bucket: str, batch_size: int, objective: str,
+                      budget: str | None):
     """The cache key of a result measured in this worker (what the startup plan looked up)."""
     from sglang_autoperf.cache import tuning_key
 
     return tuning_key(fingerprint=plan.model_fingerprint or "", gpu_key=plan.gpu_key or {}, identity=identity,
-                      bucket=bucket, batch_size=batch_size, budget_bytes=plan.budget_bytes, objective=objective)
+                      bucket=bucket, batch_size=batch_size, budget=budget, objective=objective)
 
 
 def calibration_steps(max_candidates: int = MAX_CANDIDATES) -> int:
@@ -89,18 +90,28 @@ class Calibration:
 
 
 class WorkerTuner:
-    def __init__(self, worker, plan, settings, managers: dict[str, list]):
+    """Calibrates and applies placements of one worker's offloaded DiT layer lists.
+
+    Only the knobs the user left free move: `fixed` (from the pinned flags) keeps the others at
+    what sglang started with, in calibration and on a cache hit alike."""
+
+    def __init__(self, plan, settings, managers: dict[str, list], identity: dict[str, Any], *,
+                 monitor=None, cache=None, fixed: frozenset[str] = frozenset(), policies: tuple[str, ...] = (),
+                 set_placement=None):
         from sglang_autoperf.cache import TuningCache
         from sglang_autoperf.measure.monitor import OverlapMonitor
 
-        self.worker = worker
         self.plan = plan
         self.settings = settings
         self.managers = managers
         self.primary = managers.get("transformer") or next(iter(managers.values()))
-        self.identity = sa.worker_identity(worker.server_args, rank=sa.worker_rank(worker))
-        self.monitor = OverlapMonitor(managers)
-        self.cache = TuningCache(settings.cache_dir)
+        self.identity = identity
+        self.fixed = frozenset(fixed)
+        self.policies = tuple(policies)
+        # how a manager's placement is changed (sglang_adapter.set_manager_placement on a worker)
+        self.set_placement = set_placement or sa.set_manager_placement
+        self.monitor = monitor if monitor is not None else OverlapMonitor(managers)
+        self.cache = cache if cache is not None else TuningCache(settings.cache_dir)
         self.results: dict[str, Any] = {}  # bucket -> TuningResult
         self.calibration: Calibration | None = None
         self.request: dict[str, Any] | None = None
@@ -113,6 +124,12 @@ class WorkerTuner:
         self.unread: list = []
         self.requests_seen = 0
 
+    @classmethod
+    def for_worker(cls, worker, plan, settings, managers: dict[str, list]) -> "WorkerTuner":
+        identity = sa.worker_identity(worker.server_args, rank=sa.worker_rank(worker))
+        return cls(plan, settings, managers, identity, fixed=sa.pinned_placement_knobs(identity["pinned"]),
+                   policies=sa.residency_policies())
+
     # -- placement ---------------------------------------------------------------------------
 
     def placement(self) -> Placement:
@@ -120,14 +137,18 @@ class WorkerTuner:
         return Placement(s["resident_layers"], s["prefetch_layers"], s["policy"])
 
     def apply(self, placement: Placement) -> None:
+        placement = placement.keeping(self.placement(), self.fixed)  # the last guard: pinned never moves
         for group in self.managers.values():
             for manager in group:
-                sa.set_manager_placement(
+                self.set_placement(
                     manager,
                     prefetch_layers=placement.prefetch_layers,
                     resident_layers=placement.resident_layers,
                     policy=placement.policy,
                 )
+
+    def layer_counts(self) -> list[int]:
+        return [sa.manager_setting(m)["num_layers"] for group in self.managers.values() for m in group]
 
     def layer_bytes(self, steps: list[StepTrace] | None = None) -> list[int]:
         """Bytes of every offloaded layer, list after list: in the order the traces met the lists
@@ -164,7 +185,24 @@ class WorkerTuner:
         return request_bucket(shape)
 
     def key(self, bucket: str, batch_size: int):
-        return worker_tuning_key(self.plan, self.identity, bucket, batch_size, self.objective())
+        return worker_tuning_key(self.plan, self.identity, bucket, batch_size, self.objective(),
+                                 self.settings.vram_budget)
+
+    def cached_result(self, bucket: str, batch_size: int):
+        """This bucket's cached result if it fits this DiT (layer counts, policy names); a result
+        that does not is a logged miss."""
+        from sglang_autoperf.measure.trace import placement_problem
+
+        result = self.cache.get(self.key(bucket, batch_size))
+        if result is None:
+            return None
+        problem = placement_problem(result.placement, self.layer_counts(), self.policies or (result.placement.policy,))
+        if problem:
+            logger().warning("[autoperf] ignoring the tuning cache entry for %s: %s; calibrating instead", bucket, problem)
+            return None
+        logger().info("[autoperf] tuning cache hit for %s: %s (calibrated %s); no calibration needed",
+                      bucket, result.placement.label(), format_when(result.created_at))
+        return result
 
     # -- request boundaries ------------------------------------------------------------------
 
@@ -179,21 +217,31 @@ class WorkerTuner:
             return  # not tunable live (already said so once)
         result = self.results.get(bucket)
         if result is None:
-            result = self.cache.get(self.key(bucket, shape["batch_size"]))
+            result = self.cached_result(bucket, shape["batch_size"])
             if result is not None:
                 self.results[bucket] = result
-                logger().info(
-                    "[autoperf] tuning cache hit for %s: %s (calibrated %s); no calibration needed",
-                    bucket, result.placement.label(), format_when(result.created_at),
-                )
         if result is not None:
-            if result.placement != self.placement():
-                self.apply(result.placement)
+            target = result.placement.keeping(self.placement(), self.fixed)
+            if target != self.placement():
+                self.apply(target)
             return
-        if not self.single_list:
-            logger().info("[autoperf] live retuning covers DiTs with one offloaded layer list; the startup plan stands")
+        why_not = self._why_not_tunable()
+        if why_not:
+            logger().info("[autoperf] %s; the startup placement stands", why_not)
             self.results[bucket] = None
             return
+        self._start_calibration(bucket, shape)
+
+    def _why_not_tunable(self) -> str | None:
+        from sglang_autoperf.measure.trace import PLACEMENT_KNOBS
+
+        if set(PLACEMENT_KNOBS) <= self.fixed:
+            return "resident layers, prefetch and policy are all pinned: live retuning reports only"
+        if not self.single_list:
+            return "live retuning covers DiTs with one offloaded layer list"
+        return None
+
+    def _start_calibration(self, bucket: str, shape: dict[str, Any]) -> None:
         step_mode = shape["is_warmup"]
         usable = affordable_candidates(shape["steps"]) if step_mode else MAX_CANDIDATES
         if step_mode and usable < 1:
@@ -203,15 +251,16 @@ class WorkerTuner:
             )
         self.monitor.attach()
         self.calibration = Calibration(
-            bucket=bucket, batch_size=shape["batch_size"], step_mode=step_mode, baseline=self.placement(), objective=self.objective(),
-            max_candidates=min(MAX_CANDIDATES, usable),
+            bucket=bucket, batch_size=shape["batch_size"], step_mode=step_mode, baseline=self.placement(),
+            objective=self.objective(), max_candidates=min(MAX_CANDIDATES, usable),
         )
+        pinned = f"; pinned by the user: {', '.join(sorted(self.fixed))}" if self.fixed else ""
         logger().info(
-            "[autoperf] calibrating %s %s, starting from %s",
+            "[autoperf] calibrating %s %s, starting from %s%s",
             bucket,
             "during this warmup request (between its steps)" if step_mode
             else "across the first requests (placement changes only between requests)",
-            self.calibration.baseline.label(),
+            self.calibration.baseline.label(), pinned,
         )
 
     def end_request(self) -> None:
@@ -239,59 +288,79 @@ class WorkerTuner:
     def run_step(self, original, args, kwargs):
         """One denoising step; our own failures disable tuning, the step itself always runs."""
         try:
-            cal = self.calibration
-            request = self.request
-            trace_it = False
-            if cal is not None and request is not None and not cal.done:
-                # Across requests, a trial starts with the next request: steps left in this one
-                # still run the previous placement and must not be counted for the next.
-                trace_it = not cal.skip_next and (cal.step_mode or self.placement() == cal.placement)
-                cal.skip_next = False
-                if trace_it:
-                    self.monitor.begin_step(request["step"], cal.placement)
-            else:
-                cal = None
-                if request is not None and self.settings.traces_step(request["step"], self.requests_seen):
-                    trace_it = True
-                    self.monitor.attach()  # a sampled step carries the hooks; the steps between do not
-                    self.monitor.begin_step(request["step"], self.placement())
+            cal, trace_it = self._before_step()
         except Exception as exc:
             _disable("step start", exc)
             return original(*args, **kwargs)
         if cal is None:
             result = original(*args, **kwargs)
-            if request is not None:
-                request["step"] += 1
-            if trace_it:
-                try:
-                    self.unread.append(self.monitor.end_step())
-                    self.monitor.detach()
-                except Exception as exc:
-                    _disable("step trace", exc)
+            try:
+                self._after_served_step(trace_it)
+            except Exception as exc:
+                _disable("step trace", exc)
             return result
         try:
             result = original(*args, **kwargs)
         except Exception as exc:
-            self.monitor.end_step()
-            if not _is_oom(exc) or cal.placement == cal.baseline:
+            if cal.placement == cal.baseline:  # sglang's own placement failed: its error, not ours
+                _quietly(self.monitor.end_step)
                 raise
-            self._oom_rollback(cal, exc)
-            request["step"] += 1
+            self._trial_failed(cal, exc)
             return original(*args, **kwargs)  # the failed step had not advanced the latents
         try:
-            request["step"] += 1
-            cal.steps_used += 1
-            if trace_it:
-                trace = self.monitor.resolve(self.monitor.end_step())
-                self.recorded.append(trace)
-                cal.measured.setdefault(cal.placement, []).append(trace.wall_ms)
-                cal.traces.setdefault(cal.placement, []).append(trace)
-                cal.measured_in_trial += 1
-                if cal.measured_in_trial >= 2:
-                    self._advance(cal)
+            self._after_calibration_step(cal, trace_it)
         except Exception as exc:
             _disable("step measurement", exc)
         return result
+
+    def _before_step(self) -> tuple["Calibration | None", bool]:
+        """(the calibration this step belongs to, or None; whether the step is traced)."""
+        cal, request = self.calibration, self.request
+        if cal is not None and request is not None and not cal.done:
+            # Across requests, a trial starts with the next request: steps left in this one
+            # still run the previous placement and must not be counted for the next.
+            trace_it = not cal.skip_next and (cal.step_mode or self.placement() == cal.placement)
+            cal.skip_next = False
+            if trace_it:
+                self.monitor.begin_step(request["step"], cal.placement)
+            return cal, trace_it
+        if request is not None and self.settings.traces_step(request["step"], self.requests_seen):
+            self.monitor.attach()  # a sampled step carries the hooks; the steps between do not
+            self.monitor.begin_step(request["step"], self.placement())
+            return None, True
+        return None, False
+
+    def _after_served_step(self, traced: bool) -> None:
+        if self.request is not None:
+            self.request["step"] += 1
+        if traced:
+            self.unread.append(self.monitor.end_step())
+            self.monitor.detach()
+
+    def _after_calibration_step(self, cal: "Calibration", traced: bool) -> None:
+        self.request["step"] += 1
+        cal.steps_used += 1
+        if not traced:
+            return
+        trace = self.monitor.resolve(self.monitor.end_step())
+        self.recorded.append(trace)
+        cal.measured.setdefault(cal.placement, []).append(trace.wall_ms)
+        cal.traces.setdefault(cal.placement, []).append(trace)
+        cal.measured_in_trial += 1
+        if cal.measured_in_trial >= 2:
+            self._advance(cal)
+
+    def _trial_failed(self, cal: "Calibration", exc: BaseException) -> None:
+        """A candidate's step raised (out of memory, or anything sglang could not run with it): back
+        to the start placement for the rest of the calibration, so the step runs again as sglang
+        would have run it. If even that fails, tuning steps aside (_disable restores what it can)."""
+        try:
+            _quietly(self.monitor.end_step)
+            self._rollback(cal, exc)
+        except Exception as ours:
+            _disable("rolling back a failed trial", ours)
+        if self.request is not None:
+            self.request["step"] += 1
 
     def _write_traces(self, request: dict[str, Any]) -> None:
         import json
@@ -358,7 +427,7 @@ class WorkerTuner:
             return []
         candidates = propose(
             cal.traces[cal.baseline], self.layer_bytes(cal.traces[cal.baseline]), cal.baseline, self.headroom_bytes(),
-            objective=cal.objective, max_candidates=cal.max_candidates,
+            objective=cal.objective, max_candidates=cal.max_candidates, fixed=self.fixed,
         )
         placements = _agree_on_placements([c.placement for c in candidates])
         for c in candidates:
@@ -370,18 +439,19 @@ class WorkerTuner:
             logger().info("[autoperf] no candidate predicted faster within the free VRAM; keeping %s", cal.baseline.label())
         return placements
 
-    def _oom_rollback(self, cal: Calibration, exc: BaseException) -> None:
+    def _rollback(self, cal: Calibration, exc: BaseException) -> None:
         import torch
 
         bad = cal.placement
         cal.failed[bad] = f"{type(exc).__name__}"
         cal.measured[bad] = []
-        logger().warning("[autoperf] %s ran out of memory; rolled back to %s", bad.label(), cal.baseline.label())
-        self.apply(cal.baseline)
-        torch.cuda.empty_cache()
+        what = "ran out of memory" if _is_oom(exc) else f"failed ({type(exc).__name__}: {str(exc)[:200]})"
+        logger().warning("[autoperf] %s %s; rolled back to %s", bad.label(), what, cal.baseline.label())
         cal.trials = [p for p in cal.trials if p != bad] if bad != cal.baseline else cal.trials
         cal.trial = 0
         cal.done = True
+        self.apply(cal.baseline)
+        torch.cuda.empty_cache()
 
     def _finish(self, cal: Calibration) -> None:
         from sglang_autoperf.cache import TuningResult
@@ -428,6 +498,14 @@ class WorkerTuner:
                                  self.plan.budget_bytes is not None)
         if note:
             logger().info("[autoperf] %s", note)
+
+
+def _quietly(fn) -> None:
+    """For cleanup on a path where sglang's own error (or ours, already logged) is what matters."""
+    try:
+        fn()
+    except Exception:
+        pass
 
 
 def _is_oom(exc: BaseException) -> bool:
@@ -486,12 +564,15 @@ def attach_worker(worker, plan, settings) -> None:
             return
         logger().info("[autoperf] no layerwise-offloaded DiT in this worker: nothing to measure")
         return
-    _state = WorkerTuner(worker, plan, settings, managers)
-    placement = _state.placement()
+    blocker = sa.managers_live_blocker(managers)
+    if blocker:  # detected here, not by a placement change raising mid-request
+        logger().info("[autoperf] live retuning steps aside: %s; sglang's placement stands", blocker)
+        return
+    _state = WorkerTuner.for_worker(worker, plan, settings, managers)
     logger().info(
         "[autoperf] overlap monitor ready for %s (%s); its layer hooks run only while calibrating or tracing",
         ", ".join(f"{name} ({len(group)} layer list(s))" for name, group in managers.items()),
-        placement.label(),
+        _state.placement().label(),
     )
 
 
@@ -507,7 +588,8 @@ def _attach_compile_check(worker, plan, settings) -> bool:
     identity = sa.worker_identity(worker.server_args, rank=sa.worker_rank(worker))
     _compile = CompileChecker(
         lambda: sa.CompileSwitch(sa.compiled_dit_modules(sa.worker_pipeline(worker))),
-        lambda bucket, batch_size: worker_tuning_key(plan, identity, bucket, batch_size, COMPILE_OBJECTIVE),
+        lambda bucket, batch_size: worker_tuning_key(plan, identity, bucket, batch_size, COMPILE_OBJECTIVE,
+                                                     settings.vram_budget),
         TuningCache(settings.cache_dir), rank=identity["rank"], agree=_agree_on_times,
     )
     logger().info("[autoperf] torch.compile check attached: per shape, one request compiled and one eager; "
@@ -536,9 +618,13 @@ def _compile_loop(checker, original, stage, ctx, batch, *args, **kwargs):
 
 
 def _restore_compiled(checker) -> None:
-    """On our own failure, leave the DiT as sglang compiled it."""
-    if checker.switch:
-        checker.switch.set(True)
+    """On our own failure, leave the DiT as sglang compiled it (a failure here too is only logged:
+    the request goes on)."""
+    try:
+        if checker.switch:
+            checker.switch.set(True)
+    except Exception as exc:
+        logger().debug("[autoperf] restoring the compiled DiT failed too: %s: %s", type(exc).__name__, exc)
 
 
 def around_denoising_loop(original, stage, ctx, batch, *args, **kwargs):
@@ -571,13 +657,17 @@ def around_denoising_step(original, *args, **kwargs):
 
 
 def _disable(what: str, exc: BaseException) -> None:
-    """An error of ours: restore the placement sglang started with and stop measuring."""
+    """An error of ours: restore the placement sglang started with, stop measuring, say so in one
+    line. Nothing here raises: the request goes on with sglang's settings."""
     global _state
     tuner, _state = _state, None
-    try:
-        if tuner is not None and tuner.calibration is not None:
-            tuner.apply(tuner.calibration.baseline)
-        if tuner is not None:
+    note = ""
+    if tuner is not None:
+        try:
             tuner.monitor.detach()
-    finally:
-        sa.step_aside(f"live tuning ({what})", exc)
+            if tuner.calibration is not None and tuner.placement() != tuner.calibration.baseline:
+                tuner.apply(tuner.calibration.baseline)
+        except Exception as restore_exc:
+            note = (f"; restoring the start placement failed too ({type(restore_exc).__name__}: "
+                    f"{str(restore_exc)[:200]})")
+    sa.step_aside(f"live tuning ({what})", exc, note)

@@ -6,8 +6,8 @@ after the step has finished (never on the hot path).
 from __future__ import annotations
 
 import statistics
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, Iterable
 
 
 @dataclass(frozen=True)
@@ -20,6 +20,43 @@ class Placement:
 
     def label(self) -> str:
         return f"resident={self.resident_layers} prefetch={self.prefetch_layers} {self.policy}"
+
+    def keeping(self, other: "Placement", knobs: Iterable[str]) -> "Placement":
+        """This placement with `knobs` (names from PLACEMENT_KNOBS) taken from `other`: what a
+        tuned placement becomes where the user pinned some knobs to `other`'s values."""
+        return replace(self, **{k: getattr(other, k) for k in knobs})
+
+    @classmethod
+    def from_dict(cls, d: Any) -> "Placement":
+        """Strict: exact fields, whole numbers (no bools, no ratios), a policy name. Raises
+        ValueError otherwise (a cache entry or a trace file is data from disk, not code)."""
+        if not isinstance(d, dict) or set(d) != set(PLACEMENT_KNOBS):
+            raise ValueError(f"placement {d!r} does not have exactly the fields {', '.join(PLACEMENT_KNOBS)}")
+        for name in ("resident_layers", "prefetch_layers"):
+            if type(d[name]) is not int or d[name] < 0:
+                raise ValueError(f"placement {name} {d[name]!r} is not a whole number >= 0")
+        if not isinstance(d["policy"], str):
+            raise ValueError(f"placement policy {d['policy']!r} is not a name")
+        return cls(d["resident_layers"], d["prefetch_layers"], d["policy"])
+
+
+# The knobs of a Placement (field names), each of which the user may pin.
+PLACEMENT_KNOBS = ("resident_layers", "prefetch_layers", "policy")
+
+
+def placement_problem(p: Placement, layer_counts: Iterable[int], policies: Iterable[str]) -> str | None:
+    """Why `p` cannot be applied to a DiT whose offloaded layer lists have `layer_counts` layers
+    under a runtime that knows `policies`; None when it can. A resident count above a list's size
+    is what sglang clamps, but a count above every list means the entry was tuned for another model."""
+    counts = [int(n) for n in layer_counts]
+    policies = tuple(policies)
+    if p.policy not in policies:
+        return f"policy {p.policy!r} is not one of {', '.join(policies)}"
+    if counts and p.resident_layers > max(counts):
+        return f"resident {p.resident_layers} exceeds the largest layer list ({max(counts)} layers)"
+    if counts and not 1 <= p.prefetch_layers <= max(counts):
+        return f"prefetch {p.prefetch_layers} is outside 1..{max(counts)}"
+    return None
 
 
 @dataclass(frozen=True)
@@ -121,7 +158,7 @@ class StepTrace:
         return cls(
             step=d["step"],
             wall_ms=d["wall_ms"],
-            placement=Placement(**d["placement"]),
+            placement=Placement.from_dict(d["placement"]),
             passes=passes,
             dit_allocated_bytes=d.get("dit_allocated_bytes", 0),
             peak_allocated_bytes=d.get("peak_allocated_bytes", 0),

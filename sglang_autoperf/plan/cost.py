@@ -10,6 +10,10 @@ import bisect
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
+# Part of every tuning cache key: bump when a prediction changes for the same inputs, so that
+# placements chosen under the old model are measured again instead of reused.
+COST_MODEL_VERSION = 1
+
 GiB = 1024**3
 GB = 1000**3
 

@@ -238,9 +238,11 @@ def propose(
     max_candidates: int = 3,
     prefetch_choices: Iterable[int] = (1, 2, 3, 4, 6, 8),
     fallback_h2d_bytes_per_s: float | None = None,
+    fixed: Iterable[str] = (),
 ) -> list[Candidate]:
     """Placements worth a calibration trial, best first; never one whose extra VRAM over
-    `current` exceeds `headroom_bytes` (measured free memory minus the caller's safety margin).
+    `current` exceeds `headroom_bytes` (measured free memory minus the caller's safety margin),
+    never one that moves a knob in `fixed` (Placement field names the user pinned) off `current`.
 
     speed: predicted faster than current by more than 1%, Pareto-filtered on (step, VRAM).
     memory: least VRAM first among placements predicted within 2% of the best predicted.
@@ -266,10 +268,13 @@ def propose(
     prefetches = sorted({int(p) for p in prefetch_choices if int(p) >= 1} | {current.prefetch_layers})
     pool: dict[tuple, tuple[Placement, float, int, StepSim]] = {}
     pool[_effective(counts, current)] = (current, cur_ms, cur_vram, cur_sim)
+    fixed = frozenset(fixed)
     for r in range(0, max(counts) + 1):
         for policy in POLICIES:
             for pf in prefetches:
                 p = Placement(r, pf, policy)
+                if p.keeping(current, fixed) != p:
+                    continue  # moves a pinned knob
                 eff = _effective(counts, p)
                 if eff in pool:  # the first (smallest prefetch, current first) stands for the rest
                     continue
