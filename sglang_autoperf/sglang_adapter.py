@@ -262,6 +262,14 @@ def _workload_hints(server_args) -> dict[str, Any]:
     return {k: v for k, v in hints.items() if v is not None}
 
 
+def _describe_request(ctx) -> str:
+    known = [f"{ctx.width}x{ctx.height}" if ctx.width and ctx.height else None,
+             f"{ctx.num_frames} frames" if ctx.num_frames else None,
+             f"{ctx.steps} steps" if ctx.steps else None]
+    known = [k for k in known if k]
+    return ", ".join(known) if known else "shape unknown until the first request"
+
+
 def _one_shot_requests() -> int | None:
     """`sglang generate` serves its prompt(s) and exits: one request (per prompt) to repay any
     start-up cost such as compile. Serving and the Python API: unknown (None)."""
@@ -362,10 +370,11 @@ def _plan_and_apply(server_args):
     ctx = run_context(server_args)
     log = logger()
     log.info(
-        "[autoperf] main process sees model %s on platform %s (%s); flags pinned by the user: %s",
+        "[autoperf] main process sees model %s on platform %s (%s); request %s; flags pinned by the user: %s",
         ctx.model_path,
         ctx.platform,
         f"{ctx.num_gpus} GPU(s)" if ctx.platform != "cpu" else "no GPU",
+        _describe_request(ctx),
         ", ".join(f"--{k.replace('_', '-')}" for k in ctx.pinned) or "none",
     )
     startup = plan_startup(ctx, _settings)

@@ -130,3 +130,17 @@ def baseline_run(tmp_path_factory, demo_model) -> GenerateRun:
     )
     assert run.rc == 0 and run.outputs and run.perf_dump.exists(), run.log[-3000:]
     return run
+
+
+@pytest.fixture(autouse=True)
+def _autoperf_lines_reach_caplog(caplog, monkeypatch):
+    """Building a real ServerArgs runs sglang's logging set-up, which replaces the root logger's
+    handlers (pytest's caplog listens there): the plugin's lines would then miss caplog. Its
+    handler listens on the plugin's logger directly instead."""
+    import logging
+
+    log = logging.getLogger("sglang.autoperf")
+    monkeypatch.setattr(log, "propagate", False)
+    log.addHandler(caplog.handler)
+    yield
+    log.removeHandler(caplog.handler)

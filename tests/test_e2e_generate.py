@@ -54,6 +54,8 @@ def test_on_plan_reaches_worker(tmp_path, demo_model, baseline_run):
     main_lines = run.lines("[autoperf] main process sees model")
     assert len(main_lines) == 1 and str(demo_model) in main_lines[0] and "platform cpu" in main_lines[0]
     assert "--model-path" in main_lines[0]  # the flags the user pinned are listed
+    # the request as sglang's own generate parser read it (generate() passes these flags)
+    assert "request 64x64, 5 frames, 2 steps" in main_lines[0]
     assert run.lines("[autoperf] plan: no changes (CPU platform")
     worker_lines = run.lines("[autoperf] worker rank 0 received plan")
     assert len(worker_lines) == 1 and "CPU platform" in worker_lines[0]
@@ -129,7 +131,10 @@ def test_python_api(tmp_path, demo_model, enabled):
     out_dir = tmp_path / "out"
     env = sglang_env(tmp_path, SGLANG_AUTOPERF="1" if enabled else None)
     proc = subprocess.run(
-        [sys.executable, str(script), str(demo_model), str(out_dir), str(free_port())],
+        # the host program's own flags: under the Python API they are not sglang's (argparse
+        # abbreviations once read `--wid` as --width)
+        [sys.executable, str(script), str(demo_model), str(out_dir), str(free_port()), "--wid", "2048",
+         "--num-frames", "99"],
         env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path,
     )
     log = proc.stdout + proc.stderr
@@ -138,6 +143,7 @@ def test_python_api(tmp_path, demo_model, enabled):
     plan = json.loads((tmp_path / "dump" / "server_args_rank0.json").read_text())["__autoperf_plan__"]
     if enabled:
         assert "[autoperf] main process sees model" in log
+        assert "request shape unknown until the first request" in log and "99 frames" not in log
         assert "[autoperf] worker rank 0 received plan" in log
         assert json.loads(plan)["active"] is True
     else:

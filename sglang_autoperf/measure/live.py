@@ -392,7 +392,7 @@ class WorkerTuner:
     def _advance(self, cal: Calibration) -> None:
         if not cal.proposed:
             cal.proposed = True
-            candidates = self._propose(cal)
+            candidates = self._free_knobs_only(self._propose(cal), cal.baseline)
             cal.trials.extend(candidates)
             if candidates:
                 cal.trials.append(cal.baseline)  # the closing baseline (see the module doc)
@@ -413,6 +413,15 @@ class WorkerTuner:
         if cal.step_mode:
             self.apply(cal.placement)
             cal.skip_next = True
+
+    def _free_knobs_only(self, candidates: list[Placement], baseline: Placement) -> list[Placement]:
+        """The candidates as they will run (pinned knobs at the start's values), each once, the
+        start itself left out: a label in the log and the cache is what was measured."""
+        out: list[Placement] = []
+        for p in (c.keeping(baseline, self.fixed) for c in candidates):
+            if p != baseline and p not in out:
+                out.append(p)
+        return out
 
     def _apply_pending_trial(self) -> None:
         cal = self.calibration
