@@ -1,0 +1,177 @@
+"""Contract tests: what sglang_adapter.py assumes of sglang 0.5.23, checked against the installed
+sglang (hook targets, ServerArgs fields and derivations, LayerwiseOffloadManager's attributes),
+and that the main process and the workers key the tuning cache alike."""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import importlib
+import pickle
+import sys
+
+import pytest
+
+from sglang_autoperf import sglang_adapter as sa
+
+TARGETS = [name for name in dir(sa) if name.startswith("TARGET_")]
+
+
+def _resolve(dotted: str):
+    """As sglang's HookRegistry does: the longest importable module prefix, then attributes."""
+    parts = dotted.split(".")
+    for i in range(len(parts) - 1, 0, -1):
+        try:
+            obj = importlib.import_module(".".join(parts[:i]))
+        except ImportError:
+            continue
+        for attr in parts[i:]:
+            obj = getattr(obj, attr)
+        return obj
+    raise ImportError(dotted)
+
+
+@pytest.mark.parametrize("name", TARGETS)
+def test_every_hook_target_resolves_in_the_installed_sglang(name):
+    assert callable(_resolve(getattr(sa, name)))
+
+
+def test_the_fallback_targets_resolve():
+    for target, _kind in sa._CPU_FALLBACKS:
+        assert callable(_resolve(target))
+
+
+def test_every_field_the_adapter_names_is_a_serverargs_field():
+    from sglang.multimodal_gen.runtime.server_args import ServerArgs
+
+    fields = {f.name for f in dataclasses.fields(ServerArgs)}
+    named = set(sa.PLANNED_FIELDS) | set(sa._PARALLEL_DERIVED) | {"sp_split_auto", "layerwise_offload_components"}
+    named |= {flag for flags in sa.PLACEMENT_KNOB_FLAGS.values() for flag in flags}
+    named |= {alias for aliases in sa._PARALLEL_ALIASES.values() for alias in aliases}
+    assert named <= fields, sorted(named - fields)
+    for method in ("_adjust_parallelism", "_validate_parallelism", "_parse_component_value_map",
+                   "is_arg_explicitly_set", "_adjust_layerwise_offload_components", "load_config_file"):
+        assert callable(getattr(ServerArgs, method)), method
+
+
+def test_the_manager_has_what_the_live_path_reads_and_writes():
+    """sglang's real LayerwiseOffloadManager, built on the CPU (it stays disabled without CUDA; the
+    GPU-marked tests/gpu/test_live_contract.py changes placements on an enabled one)."""
+    import torch
+    from sglang.multimodal_gen.runtime.managers.memory_managers import layerwise_offload as lo
+
+    model = torch.nn.Module()
+    model.blocks = torch.nn.ModuleList(torch.nn.Linear(4, 4) for _ in range(6))
+    manager = lo.LayerwiseOffloadManager(model, layers_attr_str="blocks", num_layers=6, enabled=True,
+                                         prefetch_size=2, resident_layers=1, residency_policy="strided")
+    assert sa.manager_setting(manager) == {"prefetch_layers": 2, "resident_layers": 1, "policy": "strided",
+                                           "num_layers": 6}
+    assert sa.manager_layer_list_name(manager) == "blocks"
+    assert len(sa.manager_layer_modules(manager)) == 6
+    for attr in ("_streamed_order", "_resident_set", "residency_lifetime", "model"):
+        assert hasattr(manager, attr), attr
+    for method in ("release_all", "prepare_for_next_req", "prefetch_layer"):
+        assert callable(getattr(lo.LayerwiseOffloadManager, method)), method
+    # the streamed order sglang computes is what set_manager_placement writes back
+    assert list(manager._streamed_order) == list(lo.compute_streamed_layers(
+        num_layers=6, resident_layers=1, policy="strided"))
+    assert sa.residency_policies() == ("leading", "strided")
+
+
+# --- a real ServerArgs ----------------------------------------------------------------------------
+
+@pytest.fixture
+def server_args(demo_model):
+    def build(*flags: str):
+        from sglang.multimodal_gen.runtime.server_args import ServerArgs
+        from sglang.multimodal_gen.runtime.utils.argparse import FlexibleArgumentParser
+
+        parser = ServerArgs.add_cli_args(FlexibleArgumentParser())
+        argv = ["--model-path", str(demo_model), *flags]
+        args, unknown = parser.parse_known_args(argv)
+        return ServerArgs.from_cli_args(args, unknown, argv=argv)
+
+    return build
+
+
+def _consistent(a) -> None:
+    assert a.cfg_parallel_degree == (2 if a.enable_cfg_parallel else 1)
+    assert a.tp_size * a.dp_size * a.cfg_parallel_degree * a.sp_degree == a.num_gpus
+    assert a.sp_degree == (a.ulysses_degree or 1) * (a.ring_degree or 1)
+
+
+@pytest.mark.parametrize("num_gpus", [2, 4])
+@pytest.mark.parametrize("cfg_parallel", [True, False])
+def test_a_planned_cfg_parallel_is_derived_again_by_sglang(server_args, num_gpus, cfg_parallel):
+    """sglang auto-enables CFG parallel for the demo Wan on 2+ GPUs and derives the degrees from
+    it; a plan that turns it off (or on) must leave no degree behind (issue 14, finding 6:
+    enable_cfg_parallel=False with cfg_parallel_degree=2 before)."""
+    args = server_args("--num-gpus", str(num_gpus))
+    sa.apply_changes(args, [{"setting": "enable_cfg_parallel", "before": args.enable_cfg_parallel,
+                             "after": cfg_parallel, "reason": "r"}], pinned=set())
+    assert args.enable_cfg_parallel is cfg_parallel
+    _consistent(args)
+
+
+def test_a_user_cfg_parallel_size_pins_the_planned_flag(server_args):
+    args = server_args("--num-gpus", "2", "--cfg-parallel-size", "2")
+    applied = sa.apply_changes(args, [{"setting": "enable_cfg_parallel", "before": True, "after": False,
+                                       "reason": "r"}], pinned=set())
+    assert applied == [] and args.enable_cfg_parallel is True and args.cfg_parallel_degree == 2
+
+
+def test_startup_and_worker_build_the_same_key(server_args, tmp_path, monkeypatch):
+    """The main process looks the cache up with the identity of the ServerArgs as the plan leaves
+    them; a worker (which receives them pickled) must build the same identity, on 2 GPUs where the
+    plan changes the layout."""
+    from sglang_autoperf import startup as startup_mod
+    from sglang_autoperf.settings import Settings
+    from sglang_autoperf.startup import StartupPlan
+
+    args = server_args("--num-gpus", "2", "--dit-offload-prefetch-size", "2")
+    seen = {}
+    plan = StartupPlan(active=True, reason="planned", model_path=args.model_path, platform="cuda", pinned=[],
+                       changes=[{"setting": "enable_cfg_parallel", "before": True, "after": False, "reason": "r"},
+                                {"setting": "dit_layerwise_offload", "before": False, "after": True, "reason": "r"}])
+    monkeypatch.setattr(startup_mod, "plan_startup", lambda ctx, settings: plan)
+    monkeypatch.setattr(startup_mod, "apply_cached_tuning",
+                        lambda startup, ctx, settings, identity: seen.setdefault("identity", identity))
+    monkeypatch.setattr(sa, "_settings", Settings(enabled=True, cache_dir=str(tmp_path)))
+    before = sa.worker_identity(args)
+    sa._plan_and_apply(args)
+    worker_args = pickle.loads(pickle.dumps(args))  # as sglang ships ServerArgs to a worker
+    assert sa.worker_identity(worker_args, rank=1) == dict(seen["identity"], rank=1)
+    assert seen["identity"]["layout"] != before["layout"]  # the plan did change the layout
+    assert "dit_offload_prefetch_size=2.0" in seen["identity"]["pinned_placement"]
+
+
+# --- the request shape, as sglang's own parser read it -------------------------------------------
+
+def test_generate_hints_come_from_sglangs_parser(demo_model, monkeypatch, tmp_path):
+    from sglang.multimodal_gen.runtime.entrypoints.cli.generate import add_multimodal_gen_generate_args
+    from sglang.multimodal_gen.runtime.utils.argparse import FlexibleArgumentParser
+
+    config = tmp_path / "run.json"
+    config.write_text('{"num_frames": 9}')
+    parser = add_multimodal_gen_generate_args(FlexibleArgumentParser())
+    args = parser.parse_args(["--model-path", str(demo_model), "--prompt", "p", "--width", "640",
+                              "--height", "480", "--num-inference-steps", "7"])
+    args.config = str(config)  # what generate_cmd reads its --config file from
+    monkeypatch.setattr(sa, "_cli_request", None)
+    sa._before_generate_cmd(args, [])
+    assert sa._workload_hints(object()) == {"width": 640, "height": 480, "steps": 7, "num_frames": 9}
+    assert sa._one_shot_requests() == 1
+
+
+def test_the_host_programs_argv_is_never_read(monkeypatch):
+    """Under the Python API sys.argv is the host program's: `--wid 2048` once became a width."""
+    monkeypatch.setattr(sa, "_cli_request", None)
+    monkeypatch.setattr(sys, "argv", ["host.py", "generate", "--wid", "2048", "--num-frames", "99"])
+    assert sa._workload_hints(object()) == {}
+    assert sa._one_shot_requests() is None
+
+
+def test_pinned_placement_knobs_from_flag_names():
+    assert sa.pinned_placement_knobs(["dit_offload_prefetch_size", "model_path"]) == {"prefetch_layers"}
+    assert sa.pinned_placement_knobs(["layerwise_residency_policy"]) == {"policy"}
+    assert sa.pinned_placement_knobs([]) == frozenset()
+    assert copy.copy(sa.PLACEMENT_KNOB_FLAGS).keys() == {"resident_layers", "prefetch_layers", "policy"}
