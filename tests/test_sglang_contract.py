@@ -175,3 +175,166 @@ def test_pinned_placement_knobs_from_flag_names():
     assert sa.pinned_placement_knobs(["layerwise_residency_policy"]) == {"policy"}
     assert sa.pinned_placement_knobs([]) == frozenset()
     assert copy.copy(sa.PLACEMENT_KNOB_FLAGS).keys() == {"resident_layers", "prefetch_layers", "policy"}
+
+
+# --- the live path on sglang's real LayerwiseOffloadManager ----------------------------------------
+
+class _Stream:
+    def wait_stream(self, stream) -> None:
+        return None
+
+    def wait_event(self, event) -> None:
+        return None
+
+
+class _Event:
+    def record(self, stream=None) -> None:
+        return None
+
+    def synchronize(self) -> None:
+        return None
+
+    def query(self) -> bool:
+        return True
+
+
+class _HostDevice:
+    """The device module sglang's manager asks for, answering for the host: the double sglang's own
+    unit tests use (test/unit/test_layerwise_offload.py) so that an enabled manager exists without
+    CUDA. Copies become host-to-host copies; everything else runs sglang's code."""
+
+    Stream, Event = _Stream, _Event
+
+    @staticmethod
+    def is_available() -> bool:
+        return True
+
+    @staticmethod
+    def current_device() -> int:
+        return 0
+
+    @staticmethod
+    def current_stream() -> _Stream:
+        return _Stream()
+
+    @staticmethod
+    def stream(stream):
+        import contextlib
+
+        return contextlib.nullcontext()
+
+
+@pytest.fixture
+def real_manager(monkeypatch):
+    import torch
+    from sglang.multimodal_gen.runtime.managers.memory_managers import layerwise_offload as lo
+
+    monkeypatch.setattr(lo.torch, "get_device_module", lambda: _HostDevice)
+    monkeypatch.setattr(lo.current_platform, "device_type", "cpu")
+
+    class Dit(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.blocks = torch.nn.ModuleList(torch.nn.Linear(8, 8) for _ in range(6))
+
+        def forward(self, x):
+            for block in self.blocks:
+                x = torch.tanh(block(x))
+            return x
+
+    def build(lifetime="forward"):
+        torch.manual_seed(0)
+        dit, x = Dit(), torch.randn(2, 8)
+        with torch.no_grad():
+            reference = dit(x).clone()
+        manager = lo.LayerwiseOffloadManager(dit, layers_attr_str="blocks", num_layers=6, enabled=True,
+                                             pin_cpu_memory=False, prefetch_size=2, resident_layers=1,
+                                             residency_policy="strided", residency_lifetime=lifetime)
+        assert manager.enabled
+
+        def forward_matches() -> bool:
+            with torch.no_grad():
+                return torch.equal(dit(x), reference)
+        return manager, forward_matches
+
+    return build
+
+
+def test_a_live_placement_change_on_the_real_manager_is_lossless(real_manager):
+    manager, forward_matches = real_manager()
+    assert forward_matches()
+    sa.set_manager_placement(manager, prefetch_layers=3, resident_layers=4, policy="leading")
+    assert sa.manager_setting(manager) == {"prefetch_layers": 3, "resident_layers": 4, "policy": "leading",
+                                           "num_layers": 6}
+    assert sorted(manager._resident_set) == [0, 1, 2, 3] and list(manager._streamed_order) == [4, 5]
+    assert forward_matches() and forward_matches()
+    assert sa.manager_layer_bytes(manager, 0) == (8 * 8 + 8) * 4  # fp32 Linear(8, 8): weight + bias
+
+
+def test_the_tuner_on_the_real_manager_keeps_pinned_knobs_and_restores_on_failure(real_manager, monkeypatch, tmp_path):
+    from types import SimpleNamespace
+
+    from sglang_autoperf.measure import live
+    from sglang_autoperf.measure.trace import Placement
+    from sglang_autoperf.settings import Settings
+
+    manager, forward_matches = real_manager()
+    identity = {"rank": 0, "performance_mode": "auto", "pinned": ["dit_offload_prefetch_size"]}
+    tuner = live.WorkerTuner(SimpleNamespace(), Settings(enabled=True, cache_dir=str(tmp_path)),
+                             {"transformer": [manager]}, identity, monitor=SimpleNamespace(detach=lambda: None),
+                             cache=object(), fixed=sa.pinned_placement_knobs(identity["pinned"]),
+                             policies=sa.residency_policies())
+    start = tuner.placement()
+    tuner.apply(Placement(5, 6, "leading"))
+    assert tuner.placement() == Placement(5, 2, "leading") and forward_matches()
+    # an error of ours mid-calibration: _disable puts sglang's start placement back
+    tuner.calibration = SimpleNamespace(baseline=start)
+    monkeypatch.setattr(live, "_state", tuner)
+    live._disable("test", RuntimeError("ours"))
+    assert live._state is None and tuner.placement() == start and forward_matches()
+
+
+def test_a_permanent_manager_refuses_live_changes_and_is_detected_first(real_manager):
+    manager, forward_matches = real_manager("permanent")
+    assert "permanent" in sa.managers_live_blocker({"transformer": [manager]})
+    with pytest.raises(RuntimeError, match="residency-lifetime forward"):  # what the H200 run raised mid-request
+        sa.set_manager_placement(manager, prefetch_layers=2, resident_layers=3, policy="leading")
+    assert forward_matches()
+
+
+def _agreement_rank(rank: int, port: int, out) -> None:
+    import torch.distributed as dist
+
+    from sglang_autoperf.measure import live
+    from sglang_autoperf.measure.trace import Placement
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        mine = [Placement(rank, 2, "leading")] if rank else [Placement(3, 3, "leading"), Placement(0, 8, "leading")]
+        out.put((rank, live._agree_on_placements(mine), live._agree_on_times([100.0 + rank, 90.0 - rank]),
+                 live._agree_any(rank == 1)))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_ranks_agree_on_candidates_times_and_stopping():
+    """Two processes in a gloo group (sglang's workers use NCCL; the collectives are the same):
+    rank 0's candidates win, a placement is as slow as its slowest rank, one rank out of time
+    stops both."""
+    import multiprocessing
+
+    from conftest import free_port
+    from sglang_autoperf.measure.trace import Placement
+
+    ctx = multiprocessing.get_context("spawn")
+    out, port = ctx.Queue(), free_port()
+    procs = [ctx.Process(target=_agreement_rank, args=(r, port, out)) for r in (0, 1)]
+    for p in procs:
+        p.start()
+    results = dict((r, rest) for r, *rest in (out.get(timeout=120) for _ in procs))
+    for p in procs:
+        p.join(timeout=60)
+    for rank in (0, 1):
+        placements, times, any_flag = results[rank]
+        assert placements == [Placement(3, 3, "leading"), Placement(0, 8, "leading")]
+        assert times == [101.0, 90.0] and any_flag is True

@@ -553,7 +553,9 @@ def _agree_on_times(times: list[float]) -> list[float]:
         return times
     import torch
 
-    t = torch.tensor(times, dtype=torch.float64, device="cuda")
+    # NCCL (sglang's GPU workers) reduces device tensors only; gloo (CPU groups) host tensors
+    device = "cuda" if dist.get_backend() == "nccl" else "cpu"
+    t = torch.tensor(times, dtype=torch.float64, device=device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return [float(x) for x in t.tolist()]
 
