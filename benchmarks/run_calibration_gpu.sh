@@ -11,6 +11,9 @@
 #   A2 off-resident   A again, last: brackets the others against drifts of the card's speed
 #   F/G 81 frames     off-forced vs plugin (4 steps), cold cache for that shape
 #   M0/M1/M2          2 GPUs (sglang's default multi-GPU layout): off-forced, on-cold, on-warm
+#   P1/P2             issue 14: prefetch 2 and 1 resident layer pinned by the user; cold cache, then
+#                     a second start on that cache; every step traced (the placement it ran)
+#   L                 issue 14: --dit-layerwise-residency-lifetime permanent (cannot change live)
 #   K0/K              no flag pinned (DiT resident): sglang alone / plugin, which turns torch.compile on
 #                     for a served Wan and checks it: request 0 compiled, request 1 eager, then the faster
 # Each arm: REQS requests (default 3) in one process (gen_api.py), same prompt and seed -> SHA-256.
@@ -52,6 +55,10 @@ $PY -m sglang_autoperf.cli probe --model-path "$M" > "$R/probe_model.txt" 2>&1
 SA_OFF='{"attention_backend": "torch_sdpa", "dit_layerwise_offload": false}'
 SA_ON='{"attention_backend": "torch_sdpa", "dit_layerwise_offload": true}'
 SA_FREE='{"attention_backend": "torch_sdpa"}'
+# issue 14: the user pins prefetch 2 and 1 resident layer (policy left free); and a placement sglang
+# cannot change live (permanent residency)
+SA_PIN='{"attention_backend": "torch_sdpa", "dit_layerwise_offload": true, "dit_offload_prefetch_size": 2, "dit_layerwise_resident_layers": 1}'
+SA_PERM='{"attention_backend": "torch_sdpa", "dit_layerwise_offload": true, "dit_layerwise_resident_layers": 10, "dit_layerwise_residency_lifetime": "permanent"}'
 SA_2GPU='{"attention_backend": "torch_sdpa", "dit_layerwise_offload": true, "num_gpus": 2}'
 arm() {  # name, autoperf(0/1), server-args, frames, steps, requests, [extra env]
   local name=$1 ap=$2 sargs=$3 frames=$4 steps=$5 reqs=$6; shift 6
@@ -87,6 +94,11 @@ for a in $ARMS; do
     M0) arm M0-2gpu-off-forced 0 "$SA_2GPU" 17 8 2 ;;
     M1) arm M1-2gpu-on-cold 1 "$SA_2GPU" 17 8 2 SGLANG_AUTOPERF_CACHE_DIR=$R/cache-2gpu ;;
     M2) arm M2-2gpu-on-warm 1 "$SA_2GPU" 17 8 1 SGLANG_AUTOPERF_CACHE_DIR=$R/cache-2gpu ;;
+    P1) arm P1-pinned-cold 1 "$SA_PIN" 17 8 "$REQS" SGLANG_AUTOPERF_CACHE_DIR=$R/cache-pin SGLANG_AUTOPERF_TRACE_DIR=$R/traces-P1
+        $PY benchmarks/placements_in_traces.py "$R/traces-P1" | tee "$OUT/placements_P1.json" ;;
+    P2) arm P2-pinned-warm 1 "$SA_PIN" 17 8 "$REQS" SGLANG_AUTOPERF_CACHE_DIR=$R/cache-pin SGLANG_AUTOPERF_TRACE_DIR=$R/traces-P2
+        $PY benchmarks/placements_in_traces.py "$R/traces-P2" | tee "$OUT/placements_P2.json" ;;
+    L) arm L-permanent 1 "$SA_PERM" 17 8 "$REQS" ;;
     K0) arm K0-off-unpinned 0 "$SA_FREE" 17 8 "$REQS" ;;
     K) arm K-on-compile-check 1 "$SA_FREE" 17 8 "$REQS" SGLANG_AUTOPERF_CACHE_DIR=$R/cache-compile SGLANG_AUTOPERF_COMPILE=1 ;;
     *) say "unknown arm $a" ;;

@@ -34,6 +34,8 @@
 #   overhead+check      one GPU: arm O (REQS=6), then case wan13b-17f-check
 #   overhead-only       one GPU: arm O (REQS=6), nothing else (~4 minutes)
 #   cost+overhead-only  one GPU: monitor_cost.py (seconds), then arm O (REQS=6)
+#   trust               one GPU: probes (GPU-marked tests included), then arms P1 P2 L (issue 14: pinned
+#                       placement flags through calibration and a cache-hit start; permanent lifetime)
 #   tax                 one GPU: case wan13b-17f-tax (sglang's own per-layer hook cost vs offload off)
 #   compile-default+check  one GPU: arms K0 K with SGLANG_TORCH_COMPILE_MODE=default (Inductor without
 #                       max-autotune: the first compiled request fits a call), then case wan13b-17f-check
@@ -132,6 +134,7 @@ case $PLAN in
   overhead-only) REQS=6 calib 0 calib-1gpu "O" ;;
   cost+overhead-only) cost; REQS=6 calib 0 calib-1gpu "O" ;;
   tax) case_run 0 wan13b-17f-tax ;;
+  trust) probes; REQS=2 calib 0 calib-trust "P1 P2 L" ;;
   overhead+check) REQS=6 calib 0 calib-1gpu "O"; case_run 0 wan13b-17f-check ;;
   cost+overhead+check) cost; REQS=4 calib 0 calib-1gpu "O"; case_run 0 wan13b-17f-check ;;
   compile-default+check) SGLANG_TORCH_COMPILE_MODE=default calib 0 calib-compile "K0 K"; case_run 0 wan13b-17f-check ;;
