@@ -251,3 +251,24 @@ def test_permanent_lifetime_is_detected_when_the_worker_attaches(monkeypatch, ca
     assert live._state is None
     [line] = [r.getMessage() for r in caplog.records if r.name == "sglang.autoperf"]
     assert line.startswith("[autoperf] live retuning steps aside: --dit-layerwise-residency-lifetime permanent")
+
+
+def test_a_compile_timer_that_raises_never_fails_the_request(monkeypatch, caplog):
+    """The torch.compile check times steps with CUDA events; if that fails, the step still runs and
+    the check steps aside with the DiT left as sglang compiled it."""
+    from sglang_autoperf.measure.compile_check import CompileChecker
+
+    def broken(*a, **k):
+        raise RuntimeError("event record failed")
+    restored = []
+    checker = object.__new__(CompileChecker)
+    checker.request = {"step": 0}
+    checker.timer = SimpleNamespace(start=broken, stop=broken)
+    checker.switch = SimpleNamespace(set=restored.append)
+    monkeypatch.setattr(live, "_state", None)
+    monkeypatch.setattr(live, "_compile", checker)
+    with caplog.at_level(logging.INFO, logger="sglang.autoperf"):
+        assert [live.around_denoising_step(lambda i: i, i) for i in range(3)] == [0, 1, 2]
+    assert live._compile is None and restored == [True]
+    [warning] = _warnings(caplog)
+    assert "torch.compile check (step start) failed (RuntimeError: event record failed)" in warning.getMessage()

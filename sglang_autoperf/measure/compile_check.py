@@ -95,14 +95,20 @@ class CompileChecker:
         self.request = {"bucket": bucket, "phase": trial["phase"], "step": 0}
         self.timer = self.timer_factory()
 
-    def run_step(self, original, args, kwargs):
-        request = self.request
-        if request is None:
-            return original(*args, **kwargs)
-        token = self.timer.start(request["step"])
-        result = original(*args, **kwargs)
+    def begin_step(self):
+        """Start timing a step of the current request (None outside one)."""
+        return None if self.request is None else self.timer.start(self.request["step"])
+
+    def end_step(self, token) -> None:
+        if self.request is None or token is None:
+            return
         self.timer.stop(token)
-        request["step"] += 1
+        self.request["step"] += 1
+
+    def run_step(self, original, args, kwargs):
+        token = self.begin_step()
+        result = original(*args, **kwargs)
+        self.end_step(token)
         return result
 
     def end_request(self) -> None:

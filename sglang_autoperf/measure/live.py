@@ -628,6 +628,27 @@ def _compile_loop(checker, original, stage, ctx, batch, *args, **kwargs):
     return result
 
 
+def _compile_step(checker, original, args, kwargs):
+    """One step of a request the torch.compile check times; its own failure steps aside, the step
+    itself always runs."""
+    global _compile
+    try:
+        token = checker.begin_step()
+    except Exception as exc:
+        _compile = None
+        _restore_compiled(checker)
+        sa.step_aside("torch.compile check (step start)", exc)
+        return original(*args, **kwargs)
+    result = original(*args, **kwargs)
+    try:
+        checker.end_step(token)
+    except Exception as exc:
+        _compile = None
+        _restore_compiled(checker)
+        sa.step_aside("torch.compile check (step timing)", exc)
+    return result
+
+
 def _restore_compiled(checker) -> None:
     """On our own failure, leave the DiT as sglang compiled it (a failure here too is only logged:
     the request goes on)."""
@@ -661,7 +682,7 @@ def around_denoising_loop(original, stage, ctx, batch, *args, **kwargs):
 def around_denoising_step(original, *args, **kwargs):
     tuner = _state
     if tuner is None and _compile is not None and _compile.request is not None:
-        return _compile.run_step(original, args, kwargs)
+        return _compile_step(_compile, original, args, kwargs)
     if tuner is None or (tuner.calibration is None and not tuner.settings.trace_dir):
         return original(*args, **kwargs)
     return tuner.run_step(original, args, kwargs)
