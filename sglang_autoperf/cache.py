@@ -26,6 +26,10 @@ logger = logging.getLogger("sglang.autoperf")
 SCHEMA_VERSION = 2
 
 
+class StaleEntry(ValueError):
+    """A well-formed entry of an older cache schema: not damaged, just not comparable."""
+
+
 @dataclass(frozen=True)
 class TuningKey:
     model_fingerprint: str  # configs and tensor shapes, not weights
@@ -262,9 +266,12 @@ class TuningCache:
     def _load(self, path: Path) -> CacheEntry:
         """Raises on anything short of a well-formed entry of this schema."""
         doc = json.loads(path.read_bytes().decode("utf-8"))
-        if not isinstance(doc, dict) or doc.get("schema") != SCHEMA_VERSION:
-            raise ValueError(f"schema {doc.get('schema') if isinstance(doc, dict) else None!r}, "
-                             f"expected {SCHEMA_VERSION}")
+        schema = doc.get("schema") if isinstance(doc, dict) else None
+        if isinstance(schema, int) and 0 < schema < SCHEMA_VERSION:
+            raise StaleEntry(f"written by an older sglang-autoperf (cache schema {schema}, now {SCHEMA_VERSION}); "
+                             f"that shape is measured again")
+        if schema != SCHEMA_VERSION:
+            raise ValueError(f"schema {schema!r}, expected {SCHEMA_VERSION}")
         key = TuningKey.from_dict(doc["key"])
         if path.name != f"{key.digest()}.json":
             raise ValueError("file name does not match its key")
@@ -278,6 +285,9 @@ class TuningCache:
             return None
         except OSError as exc:
             self._warn_once(str(path), f"could not read tuning cache entry {path} ({type(exc).__name__}: {exc})")
+            return None
+        except StaleEntry as exc:
+            self._warn_once(str(path), f"tuning cache entry {path} not used: {exc}")
             return None
         except Exception as exc:  # corrupt, truncated, foreign schema: a miss
             self._warn_once(str(path), f"ignoring damaged tuning cache entry {path} "
@@ -325,6 +335,8 @@ class TuningCache:
         for path in paths:
             try:
                 yield self._load(path)
+            except StaleEntry as exc:
+                self._warn_once(str(path), f"tuning cache entry {path} not shown: {exc}")
             except Exception as exc:
                 self._warn_once(str(path), f"ignoring damaged tuning cache entry {path} "
                                            f"({type(exc).__name__}: {exc})")

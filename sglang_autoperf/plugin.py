@@ -38,18 +38,39 @@ def _version_tuple(text: str) -> tuple[int, ...]:
     return tuple(parts)
 
 
+def _installed_sglang() -> str | None:
+    try:
+        return metadata.version("sglang")
+    except metadata.PackageNotFoundError:
+        return None
+
+
 def unsupported_sglang_reason(installed: str | None = None) -> str | None:
-    """Why the installed sglang is one we must not touch, or None if it is supported."""
+    """Why the installed sglang is one we must not touch (not there, or older than any release the
+    adapter knows), or None. A release newer than the tested range is decided by `newer_sglang_note`."""
+    installed = installed if installed is not None else _installed_sglang()
     if installed is None:
-        try:
-            installed = metadata.version("sglang")
-        except metadata.PackageNotFoundError:
-            return "sglang is not installed"
-    low, high = SUPPORTED_SGLANG
-    if not (low <= _version_tuple(installed) < high):
-        supported = f">={'.'.join(map(str, low))},<{'.'.join(map(str, high))}"
-        return f"sglang {installed} is outside the supported range {supported}"
+        return "sglang is not installed"
+    low, _high = SUPPORTED_SGLANG
+    if _version_tuple(installed) < low:
+        return f"sglang {installed} is older than {'.'.join(map(str, low))}, the oldest release this plugin knows"
     return None
+
+
+def newer_sglang_note(installed: str, problems_of) -> tuple[bool, str | None]:
+    """(run?, the one line to say) for a release at or above the tested range's end: it runs only
+    if the adapter's contract self-check (`problems_of()`) finds nothing broken."""
+    low, high = SUPPORTED_SGLANG
+    if _version_tuple(installed) < high:
+        return True, None
+    tested = f">={'.'.join(map(str, low))},<{'.'.join(map(str, high))}"
+    problems = problems_of()
+    if problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        return False, (f"sglang {installed} is newer than the tested range {tested} and its contract self-check "
+                       f"failed: {problems[0]}{more}; the plugin stays off and sglang's own settings are in effect")
+    return True, (f"sglang {installed} is newer than the tested range {tested}; its contract self-check passed "
+                  f"(hook targets, ServerArgs fields, the offload manager's attributes): running untested")
 
 
 def register() -> None:
@@ -66,7 +87,11 @@ def register() -> None:
         return
     from sglang_autoperf import sglang_adapter
 
-    sglang_adapter.register_hooks(settings)
+    run, note = newer_sglang_note(_installed_sglang(), sglang_adapter.contract_problems)
+    if note:
+        _say_once(note)
+    if run:
+        sglang_adapter.register_hooks(settings)
 
 
-__all__ = ["register", "unsupported_sglang_reason", "ENV_ENABLE"]
+__all__ = ["register", "unsupported_sglang_reason", "newer_sglang_note", "ENV_ENABLE"]

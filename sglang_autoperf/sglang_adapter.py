@@ -26,9 +26,11 @@ TARGET_DENOISE_LOOP = (
 TARGET_DENOISE_STEP = (
     "sglang.multimodal_gen.runtime.pipelines_core.stages.denoising.DenoisingStage._run_denoising_step"
 )
-# `sglang generate`'s command body: it receives the namespace sglang's own parser made (ServerArgs
-# and SamplingParams flags), before launch_server runs in the same process.
-TARGET_GENERATE_CMD = "sglang.multimodal_gen.runtime.entrypoints.cli.generate.generate_cmd"
+# `sglang generate`'s command body. Not hooked: `sglang generate` imports it by name before plugin
+# hooks are applied. It builds `sampling_params_kwargs` (flags and --config file, as sglang reads
+# them) and calls launch_server below it on the same stack, where the plan reads them.
+GENERATE_CMD = "sglang.multimodal_gen.runtime.entrypoints.cli.generate.generate_cmd"
+GENERATE_CMD_REQUEST_LOCAL = "sampling_params_kwargs"
 
 # sglang 0.5.23's CPU path calls sgl-kernel ops that only a CPU build of sgl-kernel has (not on
 # PyPI). These are routed to sglang's own native implementations, only after the original failed.
@@ -87,9 +89,6 @@ PLAN_ATTR = "autoperf_plan"
 
 _settings: Settings | None = None
 _cpu_fallbacks_registered = False
-# What `sglang generate` parsed (TARGET_GENERATE_CMD), for the plan in the same process; None under
-# `sglang serve` and the Python API, whose request shapes arrive with the requests.
-_cli_request: dict[str, Any] | None = None
 
 
 def step_aside(what: str, exc: BaseException, note: str = "") -> None:
@@ -121,6 +120,87 @@ def _guarded(what: str, fallback: Any = None) -> Callable:
     return deco
 
 
+# ---------------------------------------------------------------------------- contract self-check
+
+# What the live path reads and calls on sglang's LayerwiseOffloadManager (set before its
+# `enabled` check, so a disabled manager built on the CPU has them too).
+_MANAGER_ATTRIBUTES = ("prefetch_size", "resident_layers", "residency_policy", "residency_lifetime",
+                       "num_layers", "layers_attr_str", "model", "_streamed_order", "_resident_set")
+_MANAGER_METHODS = ("release_all", "prepare_for_next_req", "prefetch_layer")
+_SERVER_ARGS_METHODS = ("_adjust_parallelism", "_validate_parallelism", "_parse_component_value_map",
+                        "is_arg_explicitly_set", "_adjust_layerwise_offload_components", "load_config_file")
+
+
+def resolve_target(dotted: str):
+    """A hook target as sglang's HookRegistry finds it: the longest importable module prefix, then
+    attributes. Raises ImportError/AttributeError when it is not there."""
+    import importlib
+
+    parts = dotted.split(".")
+    for i in range(len(parts) - 1, 0, -1):
+        try:
+            obj = importlib.import_module(".".join(parts[:i]))
+        except ImportError:
+            continue
+        for attr in parts[i:]:
+            obj = getattr(obj, attr)
+        return obj
+    raise ImportError(f"no module of {dotted} can be imported")
+
+
+def _named_fields() -> set[str]:
+    named = set(PLANNED_FIELDS) | set(_PARALLEL_DERIVED) | {"sp_split_auto", "layerwise_offload_components"}
+    named |= {flag for flags in PLACEMENT_KNOB_FLAGS.values() for flag in flags}
+    return named | {alias for aliases in _PARALLEL_ALIASES.values() for alias in aliases}
+
+
+def contract_problems() -> list[str]:
+    """What of this module's assumptions the installed sglang breaks (empty: none). Run before
+    trusting an sglang release newer than the ones this module was checked against."""
+    import dataclasses
+
+    problems = []
+    targets = [v for k, v in globals().items() if k.startswith("TARGET_")] + [t for t, _ in _CPU_FALLBACKS]
+    for target in targets:
+        try:
+            if not callable(resolve_target(target)):
+                problems.append(f"hook target {target} is not callable")
+        except Exception as exc:
+            problems.append(f"hook target {target} is missing ({type(exc).__name__})")
+    try:
+        if GENERATE_CMD_REQUEST_LOCAL not in resolve_target(GENERATE_CMD).__code__.co_varnames:
+            problems.append(f"{GENERATE_CMD} has no local {GENERATE_CMD_REQUEST_LOCAL} (the request's shape)")
+    except Exception as exc:
+        problems.append(f"{GENERATE_CMD} is missing ({type(exc).__name__})")
+    try:
+        from sglang.multimodal_gen.runtime.managers.memory_managers import layerwise_offload as lo
+        from sglang.multimodal_gen.runtime.server_args import ServerArgs
+    except Exception as exc:
+        return problems + [f"sglang's ServerArgs or layerwise offload cannot be imported ({type(exc).__name__})"]
+    fields = {f.name for f in dataclasses.fields(ServerArgs)}
+    problems += [f"ServerArgs has no field {name}" for name in sorted(_named_fields() - fields)]
+    problems += [f"ServerArgs has no method {m}" for m in _SERVER_ARGS_METHODS if not callable(getattr(ServerArgs, m, None))]
+    problems += [f"layerwise offload has no {name}" for name in ("compute_streamed_layers", "RESIDENCY_POLICIES",
+                 "RESIDENCY_LIFETIME_FORWARD", "LayerwiseOffloadManager") if not hasattr(lo, name)]
+    if not problems:
+        problems += _manager_problems(lo)
+    return problems
+
+
+def _manager_problems(lo) -> list[str]:
+    import torch
+
+    model = torch.nn.Module()
+    model.blocks = torch.nn.ModuleList([torch.nn.Identity()])
+    try:
+        manager = lo.LayerwiseOffloadManager(model, layers_attr_str="blocks", num_layers=1, enabled=False)
+    except Exception as exc:
+        return [f"LayerwiseOffloadManager cannot be built as this module expects ({type(exc).__name__}: {exc})"]
+    problems = [f"LayerwiseOffloadManager has no attribute {a}" for a in _MANAGER_ATTRIBUTES if not hasattr(manager, a)]
+    return problems + [f"LayerwiseOffloadManager has no method {m}" for m in _MANAGER_METHODS
+                       if not callable(getattr(lo.LayerwiseOffloadManager, m, None))]
+
+
 # ---------------------------------------------------------------------------- registration
 
 
@@ -130,7 +210,6 @@ def register_hooks(settings: Settings) -> None:
     _settings = settings
     from sglang.multimodal_gen.runtime.platforms.plugins import HookRegistry, HookType
 
-    HookRegistry.register(TARGET_GENERATE_CMD, _before_generate_cmd, HookType.BEFORE)
     HookRegistry.register(TARGET_LAUNCH, _before_launch_server, HookType.BEFORE)
     HookRegistry.register(TARGET_WORKER_INIT, _after_worker_init, HookType.AFTER)
     register_cpu_fallbacks()
@@ -231,26 +310,27 @@ _HINT_FIELDS = {"width": "width", "height": "height", "num_frames": "num_frames"
                 "num_inference_steps": "steps", "guidance_scale": "guidance_scale"}
 
 
-@_guarded("reading the request of `sglang generate`")
-def _before_generate_cmd(args, *rest, **kwargs):
-    """BEFORE hook on `sglang generate`'s command: keep the request fields sglang's own parser read
-    (a --config file's values where the flag was not given)."""
-    global _cli_request
-    values = {name: getattr(args, name, None) for name in _HINT_FIELDS}
-    config_file = getattr(args, "config", None)
-    if config_file:
-        from sglang.multimodal_gen.runtime.server_args import ServerArgs
+def _generate_cmd_request() -> dict[str, Any] | None:
+    """The request `sglang generate` is about to serve, as sglang itself parsed it: the
+    `sampling_params_kwargs` of the generate_cmd frame below us on the stack. None elsewhere
+    (`sglang serve`, the Python API: their shapes arrive with the requests)."""
+    import sys
 
-        config = ServerArgs.load_config_file(config_file) or {}
-        values = {k: v if v is not None else config.get(k) for k, v in values.items()}
-    _cli_request = {key: values[name] for name, key in _HINT_FIELDS.items() if values[name] is not None}
+    module, name = GENERATE_CMD.rsplit(".", 1)
+    frame = sys._getframe(1)
+    while frame is not None:
+        code = frame.f_code
+        if code.co_name == name and frame.f_globals.get("__name__") == module:
+            kwargs = frame.f_locals.get(GENERATE_CMD_REQUEST_LOCAL)
+            return dict(kwargs) if isinstance(kwargs, dict) else None
+        frame = frame.f_back
     return None
 
 
-def _workload_hints(server_args) -> dict[str, Any]:
+def _workload_hints(server_args, request: dict[str, Any] | None) -> dict[str, Any]:
     """The request shape where it is known before any request: what `sglang generate` parsed, then
     the warmup settings. Never the host program's argv (under the Python API it is not ours)."""
-    hints = dict(_cli_request or {})
+    hints = {key: (request or {}).get(name) for name, key in _HINT_FIELDS.items()}
     resolutions = getattr(server_args, "warmup_resolutions", None)
     if resolutions and not hints.get("width"):
         first = str(resolutions[0] if isinstance(resolutions, (list, tuple)) else resolutions)
@@ -270,10 +350,10 @@ def _describe_request(ctx) -> str:
     return ", ".join(known) if known else "shape unknown until the first request"
 
 
-def _one_shot_requests() -> int | None:
+def _one_shot_requests(request: dict[str, Any] | None) -> int | None:
     """`sglang generate` serves its prompt(s) and exits: one request (per prompt) to repay any
     start-up cost such as compile. Serving and the Python API: unknown (None)."""
-    return 1 if _cli_request is not None else None
+    return 1 if request is not None else None
 
 
 def pinned_placement_knobs(pinned: Any) -> frozenset[str]:
@@ -320,7 +400,8 @@ def _pinned(server_args) -> dict[str, Any]:
     return pinned
 
 
-def run_context(server_args):
+def run_context(server_args, request: dict[str, Any] | None = None):
+    """`request`: the sampling parameters `sglang generate` parsed (None: serve, Python API)."""
     from sglang_autoperf.startup import RunContext
 
     pinned = _pinned(server_args)
@@ -333,11 +414,11 @@ def run_context(server_args):
         pinned=pinned,
         current=current_settings(server_args),
         identity=worker_identity(server_args),
-        expected_requests=_one_shot_requests(),
+        expected_requests=_one_shot_requests(request),
         fixed_knobs=tuple(sorted(pinned_placement_knobs(pinned))),
         live_blocker=live_placement_blocker(server_args),
         policies=residency_policies(),
-        **_workload_hints(server_args),
+        **_workload_hints(server_args, request),
     )
 
 
@@ -367,7 +448,7 @@ def _plan_and_apply(server_args):
 
     assert _settings is not None
     _settings.maybe_fail("apply")
-    ctx = run_context(server_args)
+    ctx = run_context(server_args, _generate_cmd_request())
     log = logger()
     log.info(
         "[autoperf] main process sees model %s on platform %s (%s); request %s; flags pinned by the user: %s",

@@ -59,8 +59,15 @@ class GenerateRun:
         return [line for line in self.log.splitlines() if needle in line]
 
 
+# The test-only sglang plugin (tests/support): its dist-info lies beside the package, so the sglang
+# processes the tests start find it through PYTHONPATH. Nothing is installed: a user's later
+# sglang runs load no plugin of ours but `autoperf`.
+SUPPORT = ROOT / "tests" / "support"
+
+
 def sglang_env(tmp: Path, **overrides: str | None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SGLANG_AUTOPERF") and k != "SGLANG_PLUGINS"}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(SUPPORT), env.get("PYTHONPATH")) if p)
     env.pop("_SGLANG_AUTOPERF_ANNOUNCED", None)
     home = tmp / "home"
     home.mkdir(parents=True, exist_ok=True)

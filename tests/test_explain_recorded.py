@@ -11,8 +11,29 @@ ENTRY = Path(__file__).parents[1] / "benchmarks" / "results" / "2026-11-27-h200"
 
 
 def _install(cache: Path) -> None:
-    key = TuningKey.from_dict(json.loads(ENTRY.read_text())["key"])
-    shutil.copy(ENTRY, cache / f"{key.digest()}.json")  # the cache names entries by key digest
+    """The entry predates cache schema 2 (budget as the user wrote it, pinned placement flags,
+    plugin and cost-model versions in the key): its key gets today's fields, its measured result
+    is used as recorded."""
+    from sglang_autoperf.cache import SCHEMA_VERSION
+
+    doc = json.loads(ENTRY.read_text())
+    assert doc["schema"] == 1 and doc["key"].pop("budget_bytes") is None
+    doc["key"].update(budget="", pinned_placement="", plugin_version="0.1.0", cost_model_version=1)
+    doc["schema"] = SCHEMA_VERSION
+    key = TuningKey.from_dict(doc["key"])
+    (cache / f"{key.digest()}.json").write_text(json.dumps(doc))  # the cache names entries by key digest
+
+
+def test_an_entry_of_an_older_schema_is_not_used_and_says_why(tmp_path, caplog):
+    import logging
+
+    from sglang_autoperf.cache import TuningCache
+
+    shutil.copy(ENTRY, tmp_path / "old.json")
+    with caplog.at_level(logging.WARNING, logger="sglang.autoperf"):
+        assert TuningCache(tmp_path).entries() == []
+    [line] = [r.getMessage() for r in caplog.records]
+    assert "written by an older sglang-autoperf (cache schema 1, now 2)" in line and "damaged" not in line
 
 
 def test_explain_reads_the_recorded_calibration(tmp_path, capsys):

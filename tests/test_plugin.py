@@ -96,21 +96,57 @@ def test_calibrate_off_registers_no_live_hooks(registry, monkeypatch):
     assert sglang_adapter.TARGET_DENOISE_STEP not in ours(registry)
 
 
-@pytest.mark.parametrize("version", ["0.5.22", "0.5.24", "0.6.0"])
-def test_unsupported_sglang_version_turns_plugin_off(registry, monkeypatch, caplog, version):
+def _sglang_reports(monkeypatch, version: str) -> None:
+    """The installed sglang claims `version`; every other package reports its own."""
+    real = plugin.metadata.version
+    monkeypatch.setattr(plugin.metadata, "version", lambda name: version if name == "sglang" else real(name))
+
+
+def test_an_older_sglang_turns_plugin_off(registry, monkeypatch, caplog):
     monkeypatch.setenv("SGLANG_AUTOPERF", "1")
-    monkeypatch.setattr(plugin.metadata, "version", lambda name: version)
+    _sglang_reports(monkeypatch, "0.5.22")
     with caplog.at_level(logging.WARNING, logger="sglang.autoperf"):
         plugin.register()
     assert ours(registry) == []
-    lines = [r.getMessage() for r in caplog.records if "outside the supported range" in r.getMessage()]
-    assert len(lines) == 1 and f"sglang {version}" in lines[0] and ">=0.5.23,<0.5.24" in lines[0]
+    lines = [r.getMessage() for r in caplog.records if "older than 0.5.23" in r.getMessage()]
+    assert len(lines) == 1 and "sglang 0.5.22" in lines[0] and "plugin stays off" in lines[0]
+
+
+@pytest.mark.parametrize("version", ["0.5.24", "0.6.0"])
+def test_a_newer_sglang_runs_after_its_contract_self_check_passes(registry, monkeypatch, caplog, version):
+    """The installed sglang (0.5.23) answers the self-check as a newer release with the same
+    internals would: the plugin runs, and says once that the release is untested."""
+    monkeypatch.setenv("SGLANG_AUTOPERF", "1")
+    _sglang_reports(monkeypatch, version)
+    with caplog.at_level(logging.WARNING, logger="sglang.autoperf"):
+        plugin.register()
+    assert sglang_adapter.TARGET_LAUNCH in ours(registry)
+    [line] = [r.getMessage() for r in caplog.records if "newer than the tested range" in r.getMessage()]
+    assert f"sglang {version}" in line and ">=0.5.23,<0.5.24" in line and "running untested" in line
+
+
+def test_a_newer_sglang_whose_internals_moved_is_left_alone(registry, monkeypatch, caplog):
+    monkeypatch.setenv("SGLANG_AUTOPERF", "1")
+    _sglang_reports(monkeypatch, "0.6.0")
+    monkeypatch.setattr(sglang_adapter, "TARGET_DENOISE_STEP",
+                        "sglang.multimodal_gen.runtime.pipelines_core.stages.denoising.DenoisingStage._renamed")
+    monkeypatch.setattr(sglang_adapter, "_MANAGER_METHODS", ("release_all", "no_such_method"))
+    with caplog.at_level(logging.WARNING, logger="sglang.autoperf"):
+        plugin.register()
+    assert ours(registry) == []
+    [line] = [r.getMessage() for r in caplog.records if "contract self-check failed" in r.getMessage()]
+    assert "DenoisingStage._renamed is missing" in line and "plugin stays off" in line
+
+
+def test_the_installed_sglang_passes_the_contract_self_check():
+    assert sglang_adapter.contract_problems() == []
 
 
 def test_supported_versions():
     assert plugin.unsupported_sglang_reason("0.5.23") is None
     assert plugin.unsupported_sglang_reason("0.5.23.post1") is None
-    assert "outside" in plugin.unsupported_sglang_reason("0.5.30")
+    assert plugin.unsupported_sglang_reason("0.5.30") is None  # newer: the self-check decides
+    assert "older" in plugin.unsupported_sglang_reason("0.4.9")
 
 
 def test_cpu_fallbacks_register_once(registry):

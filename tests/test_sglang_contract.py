@@ -3,9 +3,9 @@ sglang (hook targets, ServerArgs fields and derivations, LayerwiseOffloadManager
 and that the main process and the workers key the tuning cache alike."""
 from __future__ import annotations
 
+import argparse
 import copy
 import dataclasses
-import importlib
 import pickle
 import sys
 
@@ -16,28 +16,14 @@ from sglang_autoperf import sglang_adapter as sa
 TARGETS = [name for name in dir(sa) if name.startswith("TARGET_")]
 
 
-def _resolve(dotted: str):
-    """As sglang's HookRegistry does: the longest importable module prefix, then attributes."""
-    parts = dotted.split(".")
-    for i in range(len(parts) - 1, 0, -1):
-        try:
-            obj = importlib.import_module(".".join(parts[:i]))
-        except ImportError:
-            continue
-        for attr in parts[i:]:
-            obj = getattr(obj, attr)
-        return obj
-    raise ImportError(dotted)
-
-
 @pytest.mark.parametrize("name", TARGETS)
 def test_every_hook_target_resolves_in_the_installed_sglang(name):
-    assert callable(_resolve(getattr(sa, name)))
+    assert callable(sa.resolve_target(getattr(sa, name)))
 
 
 def test_the_fallback_targets_resolve():
     for target, _kind in sa._CPU_FALLBACKS:
-        assert callable(_resolve(target))
+        assert callable(sa.resolve_target(target))
 
 
 def test_every_field_the_adapter_names_is_a_serverargs_field():
@@ -146,28 +132,39 @@ def test_startup_and_worker_build_the_same_key(server_args, tmp_path, monkeypatc
 
 # --- the request shape, as sglang's own parser read it -------------------------------------------
 
-def test_generate_hints_come_from_sglangs_parser(demo_model, monkeypatch, tmp_path):
-    from sglang.multimodal_gen.runtime.entrypoints.cli.generate import add_multimodal_gen_generate_args
-    from sglang.multimodal_gen.runtime.utils.argparse import FlexibleArgumentParser
-
+def test_generate_hints_come_from_sglangs_own_generate_cmd(demo_model, monkeypatch, tmp_path):
+    """sglang's real generate_cmd parses the flags and the --config file; the plan, called below it
+    (launch_server runs inside DiffGenerator.from_pretrained), reads what it parsed."""
+    from sglang.multimodal_gen.runtime.entrypoints.cli import generate as gen
     config = tmp_path / "run.json"
     config.write_text('{"num_frames": 9}')
-    parser = add_multimodal_gen_generate_args(FlexibleArgumentParser())
-    args = parser.parse_args(["--model-path", str(demo_model), "--prompt", "p", "--width", "640",
-                              "--height", "480", "--num-inference-steps", "7"])
-    args.config = str(config)  # what generate_cmd reads its --config file from
-    monkeypatch.setattr(sa, "_cli_request", None)
-    sa._before_generate_cmd(args, [])
-    assert sa._workload_hints(object()) == {"width": 640, "height": 480, "steps": 7, "num_frames": 9}
-    assert sa._one_shot_requests() == 1
+    argv = ["--model-path", str(demo_model), "--prompt", "p", "--width", "640", "--height", "480",
+            "--num-inference-steps", "7"]
+    monkeypatch.setattr(sys, "argv", ["sglang", "generate", *argv])  # sglang reads explicit flags there
+    parser = gen.add_multimodal_gen_generate_args(argparse.ArgumentParser())  # as sglang.cli.generate does
+    args, unknown = parser.parse_known_args(argv)
+    args.config = str(config)  # as `--config` leaves it for generate_cmd
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def from_pretrained(**kwargs):  # where launch_server and our plan run
+        request = sa._generate_cmd_request()
+        seen.update(sa._workload_hints(kwargs["server_args"], request), one_shot=sa._one_shot_requests(request))
+        raise Stop
+    monkeypatch.setattr(gen, "DiffGenerator", type("DiffGenerator", (), {"from_pretrained": staticmethod(from_pretrained)}))
+    with pytest.raises(Stop):
+        gen.generate_cmd(args, unknown)
+    assert seen == {"width": 640, "height": 480, "steps": 7, "num_frames": 9, "one_shot": 1}
 
 
 def test_the_host_programs_argv_is_never_read(monkeypatch):
     """Under the Python API sys.argv is the host program's: `--wid 2048` once became a width."""
-    monkeypatch.setattr(sa, "_cli_request", None)
     monkeypatch.setattr(sys, "argv", ["host.py", "generate", "--wid", "2048", "--num-frames", "99"])
-    assert sa._workload_hints(object()) == {}
-    assert sa._one_shot_requests() is None
+    request = sa._generate_cmd_request()
+    assert request is None and sa._workload_hints(object(), request) == {}
+    assert sa._one_shot_requests(request) is None
 
 
 def test_pinned_placement_knobs_from_flag_names():

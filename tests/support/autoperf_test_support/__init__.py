@@ -1,4 +1,5 @@
-"""Test-only sglang plugin (see ../pyproject.toml).
+"""Test-only sglang plugin, never installed: the sglang processes the tests start find it through
+PYTHONPATH (tests/conftest.py, sglang_env) by the dist-info beside this folder.
 
 1. CPU compatibility: the same routing the autoperf plugin applies when it is on
    (sglang_autoperf.sglang_adapter.register_cpu_fallbacks), so runs with the plugin OFF work on
