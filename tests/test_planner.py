@@ -224,3 +224,50 @@ def test_one_shot_generate_does_not_pay_for_compile():
     assert once.settings["enable_torch_compile"] is False
     reason = next(c.reason for c in once.changes if c.setting == "enable_torch_compile")
     assert "1 request(s)" in reason and "compile" in reason
+
+
+# ---- planning cost is linear in the number of blocks ------------------------------------------------
+
+def _wan_with_blocks(blocks: int):
+    """Wan2.1-14B with its 40 blocks re-cut into `blocks` equal ones: same DiT size, longer list."""
+    m = model("Wan2.1-T2V-14B-Diffusers")
+    d, g = m.dit, m.dit.block_groups[0]
+    each_bytes, each_params = sum(g.block_bytes) // blocks, sum(g.block_params) // blocks
+    group = dataclasses.replace(g, count=blocks, block_bytes=(each_bytes,) * blocks,
+                                block_params=(each_params,) * blocks)
+    dit = dataclasses.replace(d, block_groups=(group,), layer_bytes=group.block_bytes,
+                              layer_params=group.block_params,
+                              total_bytes=d.non_block_bytes + each_bytes * blocks)
+    return dataclasses.replace(m, dit=dit, dits={"transformer": dit})
+
+
+def block_evaluations(monkeypatch, blocks: int) -> tuple[int, Plan]:
+    """Blocks visited by the cost model's per-candidate functions while planning one request."""
+    visited = [0]
+    simulate, placed = cost.simulate_step, cost.dit_placed_bytes
+
+    def counting_simulate(layers, *args, **kw):
+        visited[0] += len(layers)
+        return simulate(layers, *args, **kw)
+
+    def counting_placed(dits, *args, **kw):
+        dits = list(dits)
+        visited[0] += sum(g.count for d in dits for g in d.block_groups)
+        return placed(dits, *args, **kw)
+
+    monkeypatch.setattr(cost, "simulate_step", counting_simulate)
+    monkeypatch.setattr(cost, "dit_placed_bytes", counting_placed)
+    m = _wan_with_blocks(blocks)
+    wl = workload_for(m, 832, 480, num_frames=81)
+    plan = make_plan(h100(), m, wl, {}, {}, 40 * GiB)
+    monkeypatch.undo()
+    return visited[0], plan
+
+
+def test_planning_cost_is_linear_in_blocks(monkeypatch):
+    small, p100 = block_evaluations(monkeypatch, 100)
+    large, p1000 = block_evaluations(monkeypatch, 1000)
+    assert 9.0 <= large / small <= 11.0, (small, large)
+    for p, n in ((p100, 100), (p1000, 1000)):  # still a real plan: 28 GB of DiT streamed within 40 GiB
+        assert p.dit.offload and p.dit.total_layers == n
+        assert 0 < p.dit.resident_layers < n and p.predicted.vram_bytes <= 40 * GiB

@@ -331,7 +331,8 @@ def dit_placed_bytes(dits: Iterable, resident_setting: float | None, prefetch_se
         buf = 0
         for g, r, p in zip(dit.block_groups, res, pf):
             s = streamed_layers(g.count, r, policy)
-            weights += sum(g.block_bytes[j] for j in range(g.count) if j not in set(s))
+            streamed = set(s)  # once per list: rebuilt per block it made this quadratic
+            weights += sum(g.block_bytes[j] for j in range(g.count) if j not in streamed)
             if s:
                 k = min(len(s), prefetch_buffer_layers(p, policy))
                 buf = max(buf, sum(sorted((g.block_bytes[j] for j in s), reverse=True)[:k]))

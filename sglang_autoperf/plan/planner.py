@@ -33,6 +33,11 @@ COMPILE_SAVING_FRACTION = 0.2
 # Sequence parallel below this many tokens per GPU spends more on all-to-all than it saves.
 MIN_TOKENS_PER_GPU_FOR_SP = 2048
 PREFETCH_CHOICES = (1, 2, 3, 4, 6, 8)
+# Resident counts searched per (prefetch, policy): every count while a layer list is at most this
+# long (the longest published one, Qwen-Image's, has 60 blocks), an even grid of this many beyond.
+# Each candidate simulates every block, so searching every count made planning quadratic in the
+# number of blocks (1000 blocks: 166 s); a bounded candidate set keeps it linear.
+MAX_RESIDENT_CANDIDATES = 64
 # Copies count as hidden when the compute stream waits less than this share of the step.
 HIDDEN_FRACTION = 0.02
 # Candidates within this share of the fastest are ties; ties go to more resident layers
@@ -453,8 +458,7 @@ def _dit_candidates(table: _SimTable, pin_lw, pin_res, pin_pf, pin_pol) -> list[
                          robust=table.res_robust))
     if pin_lw is not None and not _as_bool(pin_lw):
         return out
-    max_g = max(table.group_counts)
-    residents = [float(pin_res)] if pin_res is not None else range(0, max_g)
+    residents = [float(pin_res)] if pin_res is not None else _resident_counts(max(table.group_counts))
     prefetches = [float(pin_pf)] if pin_pf is not None else PREFETCH_CHOICES
     policies = [pin_pol] if pin_pol is not None else ("leading", "strided")
     for r in residents:
@@ -464,6 +468,14 @@ def _dit_candidates(table: _SimTable, pin_lw, pin_res, pin_pf, pin_pol) -> list[
                     continue  # identical run: nothing resident to place
                 out.append(table.get(r, p, pol))
     return out
+
+
+def _resident_counts(longest: int) -> list[int]:
+    """Resident-layer settings to search: all of 0..longest-1, or an even grid with both ends."""
+    if longest <= MAX_RESIDENT_CANDIDATES:
+        return list(range(0, longest))
+    step = longest / MAX_RESIDENT_CANDIDATES
+    return sorted({int(i * step) for i in range(MAX_RESIDENT_CANDIDATES)} | {longest - 1})
 
 
 def _choose(cands: list[_Cand], budget: int, objective: str) -> _Cand | None:
