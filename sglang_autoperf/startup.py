@@ -79,7 +79,9 @@ def plan_startup(ctx: RunContext, settings: Settings) -> StartupPlan:
         return StartupPlan(active=True, reason="--performance-mode manual: reporting only", **base)
     if ctx.platform == "cpu":
         # Layerwise offload never activates on CPU and forcing it kills the worker (facts §4).
-        return StartupPlan(active=True, reason="CPU platform: nothing to tune, nothing changed", **base)
+        return StartupPlan(active=True, reason=(
+            "CPU platform: no setting changed; sgl-kernel ops this CPU lacks run as sglang's own native code, "
+            "see the [autoperf-cpu-compat] lines"), **base)
     if ctx.platform not in TUNED_PLATFORMS:
         return StartupPlan(
             active=False,
