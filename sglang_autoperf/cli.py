@@ -49,15 +49,18 @@ def _cmd_plan(args) -> int:
     model = probe_model(args.model_path)
     if not gpu.has_gpu:
         raise _InputError(f"no GPU to plan for ({gpu.no_gpu_reason}); pass --gpu-snapshot FILE")
+    num_gpus = args.num_gpus or 1
+    if num_gpus > len(gpu.devices):
+        raise _InputError(f"--num-gpus {num_gpus}: the GPU profile ({gpu.source}) has {len(gpu.devices)} GPU(s)")
     free = min(d.memory_free_bytes for d in gpu.devices)
     budget = parse_vram_budget(args.vram_budget, free) if args.vram_budget else None
+    # Omitted sizes take the family's usual request (0 and negatives are refused by the parser).
     if model.is_video:
         width, height, frames = args.width or 832, args.height or 480, args.num_frames or 81
     else:
         width, height, frames = args.width or 1024, args.height or 1024, 1
     workload = workload_for(model, width, height, num_frames=frames, steps=args.steps)
     pinned = {}
-    num_gpus = args.num_gpus or len(gpu.devices[: args.num_gpus or 1])
     plan = make_plan(
         gpu=gpu,
         model=model,
@@ -88,8 +91,25 @@ class _InputError(ValueError):
     pass
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with its errors as the one line every other input error gets (no usage block)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sglang-autoperf", description=__doc__)
+    parser = _Parser(prog="sglang-autoperf", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("demo-model", help="write a tiny random-weight Wan2.1-T2V model (diffusers layout)")
@@ -106,11 +126,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model-path", required=True)
     p.add_argument("--gpu-snapshot")
     p.add_argument("--vram-budget", help="24GiB, 24000MiB or a fraction of free memory (0.5)")
-    p.add_argument("--width", type=int)
-    p.add_argument("--height", type=int)
-    p.add_argument("--num-frames", type=int)
-    p.add_argument("--steps", type=int)
-    p.add_argument("--num-gpus", type=int)
+    p.add_argument("--width", type=_positive_int)
+    p.add_argument("--height", type=_positive_int)
+    p.add_argument("--num-frames", type=_positive_int)
+    p.add_argument("--steps", type=_positive_int)
+    p.add_argument("--num-gpus", type=_positive_int)
     p.add_argument("--performance-mode", default="auto", choices=("auto", "speed", "memory", "manual"))
     p.add_argument("--lossy", action="store_true", help="allow lossy options (as SGLANG_AUTOPERF_LOSSY=1)")
     p.add_argument("--compile", action="store_true",
@@ -127,7 +147,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # --help (0) or a usage error (2, already printed in one line)
+        return exc.code if isinstance(exc.code, int) else 2
     from sglang_autoperf.probe.model import ModelProbeError
 
     input_errors: tuple[type[BaseException], ...] = (ModelProbeError, _InputError, FileNotFoundError)
@@ -146,7 +169,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except input_errors as exc:
-        print(f"sglang-autoperf {args.command}: error: {exc}", file=sys.stderr)
+        one_line = " ".join(str(exc).splitlines())  # a wrapped library message stays one line
+        print(f"sglang-autoperf {args.command}: error: {one_line}", file=sys.stderr)
         return 2
 
 

@@ -30,3 +30,18 @@ def test_bad_values_name_the_value_and_forms(text):
 
 def test_budget_error_is_value_error():
     assert issubclass(BudgetError, ValueError)
+
+
+@pytest.mark.parametrize("text, fragment", [
+    ("9" * 310 + "GiB", "over 1 PiB"),  # a float overflow (inf) before
+    ("2000TiB", "over 1 PiB"),
+    ("0.0000000000001", "rounds to 0 bytes"),  # was 0 bytes, which means "no budget"
+    ("1e-12", "not understood"),
+])
+def test_absurd_budgets_are_errors(text, fragment):
+    with pytest.raises(BudgetError, match=fragment):
+        parse_vram_budget(text, FREE)
+
+
+def test_a_fraction_of_a_few_free_bytes_is_still_positive():
+    assert parse_vram_budget("0.5", 3) == 1

@@ -76,7 +76,7 @@ def test_sandbox_format_unavailable_strings_read_as_none():
 
 @pytest.mark.parametrize("content, match", [
     (None, "cannot read"),
-    ("{not json", "not JSON"),
+    ("{not json", "not valid JSON"),
     ("[1, 2]", "JSON object"),
     ('{"driver": "x"}', "'gpus' list"),
     ('{"gpus": [{"name": "X"}]}', "mem_total"),
@@ -276,8 +276,9 @@ def _gpu(i, bus, uuid, peer_bus=None, **over):
             raise FakeNVMLError(3)
         return 1 if link < 3 else 0  # 3 of 4 links up
 
+    # free below total, as NVML reports it (a snapshot with free > total is refused)
     g = dict(name=b"NVIDIA H100 80GB HBM3", uuid=uuid, pci=ns(busId=bus), cc=(9, 0),
-             mem=ns(total=85520809984, free=80 * 2**30), gen=5, width=16, cur_gen=1, cur_width=16,
+             mem=ns(total=85520809984, free=79 * 2**30), gen=5, width=16, cur_gen=1, cur_width=16,
              clock=lambda t: 1980, power=700000, mig=(0, 0),
              procs=[ns(pid=100 + i, usedGpuMemory=2**30), ns(pid=7, usedGpuMemory=None)],
              nvl_state=state, nvl_peer=lambda link: ns(busId=peer_bus), nvl_type=lambda link: 0)

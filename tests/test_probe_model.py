@@ -135,6 +135,9 @@ def test_header_reader_reads_no_tensor_data(tmp_path, monkeypatch):
             read_sizes.append(n)
             return self.fh.read(n)
 
+        def fileno(self):  # the reader checks the opened file is a regular one
+            return self.fh.fileno()
+
         def __enter__(self):
             return self
 

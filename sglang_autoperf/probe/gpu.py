@@ -11,7 +11,6 @@ exercises exactly the code a live probe runs.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import re
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from . import hardware
+from .files import read_json_file
 
 # Snapshots written from vendor datasheets for cards not recorded (profile_from_snapshot reads them).
 DATASHEET_DIR = Path(__file__).resolve().parents[1] / "data" / "gpus"
@@ -432,6 +432,10 @@ def _check_snapshot(raw: Any, where: str) -> None:
         for key in ("mem_total", "mem_free"):
             if _int(g.get(key)) is None:
                 raise SnapshotError(f"{where}: gpus[{i}] ({g['name']}) has no integer '{key}' (bytes).")
+        total, free = g["mem_total"], g["mem_free"]
+        if total <= 0 or not 0 <= free <= total:
+            raise SnapshotError(f"{where}: gpus[{i}] ({g['name']}) has mem_total {total}, mem_free {free}; "
+                                "expected 0 <= mem_free <= mem_total and mem_total > 0 (bytes).")
     host = raw.get("host")
     if host is not None and not isinstance(host, Mapping):
         raise SnapshotError(f"{where}: 'host' must be an object.")
@@ -440,11 +444,17 @@ def _check_snapshot(raw: Any, where: str) -> None:
 def _host_from_dict(d: Mapping[str, Any] | None, where: str) -> HostMemory | None:
     if d is None:
         return None
-    names = {f.name for f in dataclasses.fields(HostMemory)}
-    try:
-        return HostMemory(**{k: v for k, v in d.items() if k in names})
-    except TypeError as e:
-        raise SnapshotError(f"{where}: 'host' is incomplete: {e}.") from None
+    fields = dataclasses.fields(HostMemory)
+    missing = [f.name for f in fields if f.default is dataclasses.MISSING and f.name not in d]
+    if missing:
+        raise SnapshotError(f"{where}: 'host' is incomplete: no {', '.join(missing)}.")
+    for f in fields:
+        v = d.get(f.name)
+        nullable = "None" in str(f.type)  # e.g. no cgroup limit
+        if not ((nullable and v is None) or (_int(v) is not None and v >= 0)):
+            raise SnapshotError(f"{where}: host.{f.name} is {v!r}; expected a non-negative integer (bytes)"
+                                + (" or null." if nullable else "."))
+    return HostMemory(**{f.name: d.get(f.name) for f in fields})
 
 
 def profile_from_snapshot(snapshot: str | os.PathLike | Mapping[str, Any], visible: str | None = None,
@@ -459,12 +469,7 @@ def profile_from_snapshot(snapshot: str | os.PathLike | Mapping[str, Any], visib
     else:
         where = str(snapshot)
         source = f"snapshot:{Path(snapshot).name}"
-        try:
-            raw = json.loads(Path(snapshot).read_text())
-        except OSError as e:
-            raise SnapshotError(f"{where}: cannot read the snapshot ({e.strerror or e}).") from None
-        except json.JSONDecodeError as e:
-            raise SnapshotError(f"{where}: not JSON ({e}).") from None
+        raw = read_json_file(snapshot, SnapshotError, "a JSON NVML snapshot")
     _check_snapshot(raw, where)
     return _profile_from_raw(raw, visible=visible, base_gpu_id=base_gpu_id, num_gpus=num_gpus, source=source,
                              host=_host_from_dict(raw.get("host"), where), label=_str(raw.get("source")),

@@ -11,7 +11,9 @@ import os
 import re
 import struct
 from dataclasses import asdict, dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
+
+from .files import open_regular, parse_json, read_json_file
 
 
 class ModelProbeError(ValueError):
@@ -190,15 +192,21 @@ _EXECUTION_ORDER: dict[str, tuple[str, ...]] = {
 # refiner sits inside context_embedder: "context_embedder.token_refiner.refiner_blocks.N").
 _DIT_COMPONENTS = ("transformer", "transformer_2")
 
-_DTYPE_BYTES = {
-    "F64": 8, "F32": 4, "F16": 2, "BF16": 2, "F8_E4M3": 1, "F8_E5M2": 1, "F8_E8M0": 1,
-    "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "U16": 2, "U32": 4, "U64": 8, "BOOL": 1,
-    "F4": 1, "F6_E2M3": 1, "F6_E3M2": 1, "F8_E4M3FNUZ": 1, "F8_E5M2FNUZ": 1,
+# Bits per element of every safetensors dtype (sub-byte ones are packed).
+_DTYPE_BITS = {
+    "F64": 64, "F32": 32, "F16": 16, "BF16": 16, "C64": 64, "F8_E4M3": 8, "F8_E5M2": 8, "F8_E8M0": 8,
+    "F8_E4M3FNUZ": 8, "F8_E5M2FNUZ": 8, "F6_E2M3": 6, "F6_E3M2": 6, "F4": 4,
+    "I64": 64, "I32": 32, "I16": 16, "I8": 8, "U64": 64, "U32": 32, "U16": 16, "U8": 8, "BOOL": 8,
 }
 _FLOAT_DTYPES = {"F64", "F32", "F16", "BF16"}
 _PRECISION_NAMES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 _PRECISION_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4}
 _MAX_HEADER = 100 * 1024 * 1024  # safetensors' own limit
+_MAX_DIMS = 16  # no weight has more; bounds the size arithmetic of a hostile shape
+# Blocks in one DiT, or a layer count in a config built without weights. Published DiTs have at
+# most 60 blocks per list and text encoders ~100 layers; 1024 is a few seconds of planning (linear
+# in blocks) or of building on the meta device, so a hostile folder cannot stall sglang's startup.
+MAX_LAYERS = 1024
 
 
 # ---------------------------------------------------------------------------------------------
@@ -206,12 +214,9 @@ _MAX_HEADER = 100 * 1024 * 1024  # safetensors' own limit
 # ---------------------------------------------------------------------------------------------
 
 def _read_json(path: Path, expected: str) -> dict:
-    if not path.is_file():
+    if not os.path.lexists(path):
         raise ModelProbeError(f"{path}: missing; expected {expected}")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ModelProbeError(f"{path}: not valid JSON ({e}); expected {expected}") from None
+    data = read_json_file(path, ModelProbeError, expected)
     if not isinstance(data, dict):
         raise ModelProbeError(f"{path}: top level is {type(data).__name__}; expected {expected}")
     return data
@@ -230,12 +235,23 @@ class TensorInfo:
         return n
 
 
+def _disk_bytes(t: TensorInfo) -> int:
+    return -(-t.numel * _DTYPE_BITS[t.dtype] // 8)
+
+
+def _is_count(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
 def read_safetensors_header(path: str | os.PathLike) -> dict[str, TensorInfo]:
-    """Tensor names, dtypes and shapes from a .safetensors file's header; never reads tensor data."""
+    """Tensor names, dtypes and shapes from a .safetensors file's header; never reads tensor data.
+
+    Every entry is checked against the file: a known dtype, a shape whose bytes are exactly its
+    data_offsets span, spans inside the data section and not overlapping."""
     path = Path(path)
-    try:
-        size = path.stat().st_size
-        with open(path, "rb") as f:
+    with open_regular(path, ModelProbeError, "a safetensors file") as f:
+        try:
+            size = os.fstat(f.fileno()).st_size
             raw_len = f.read(8)
             if len(raw_len) < 8:
                 raise ModelProbeError(f"{path}: {size} bytes; expected an 8-byte safetensors header length")
@@ -245,32 +261,70 @@ def read_safetensors_header(path: str | os.PathLike) -> dict[str, TensorInfo]:
                     f"{path}: header length {n} does not fit the file ({size} bytes); "
                     "expected a safetensors file")
             raw = f.read(n)
-    except OSError as e:
-        raise ModelProbeError(f"{path}: cannot read ({e}); expected a safetensors file") from None
-    try:
-        header = json.loads(raw.decode("utf-8"))
-        if not isinstance(header, dict):
-            raise ValueError("header is not an object")
-    except (UnicodeDecodeError, ValueError) as e:
-        raise ModelProbeError(f"{path}: safetensors header is not valid JSON ({e})") from None
-    out: dict[str, TensorInfo] = {}
+        except OSError as e:
+            raise ModelProbeError(f"{path}: cannot read ({e}); expected a safetensors file") from None
+    header = parse_json(raw, path, ModelProbeError, "a safetensors header")
+    if not isinstance(header, dict):
+        raise ModelProbeError(f"{path}: safetensors header is not valid JSON (a {type(header).__name__}, "
+                              "not an object)")
     data_len = size - 8 - n
+    out: dict[str, TensorInfo] = {}
+    spans: list[tuple[int, int, str]] = []
     for name, meta in header.items():
         if name == "__metadata__":
             continue
-        try:
-            dtype = str(meta["dtype"])
-            shape = tuple(int(d) for d in meta["shape"])
-            begin, end = (int(x) for x in meta["data_offsets"])
-        except (KeyError, TypeError, ValueError):
-            raise ModelProbeError(
-                f"{path}: safetensors header entry {name!r} lacks dtype/shape/data_offsets") from None
-        if end > data_len or begin > end:
-            raise ModelProbeError(
-                f"{path}: tensor {name!r} ends at byte {end} of a {data_len}-byte data section; "
-                "the file is truncated")
-        out[name] = TensorInfo(dtype, shape)
+        out[name], begin, end = _header_entry(path, name, meta, data_len)
+        spans.append((begin, end, name))
+    spans.sort()
+    for (_, prev_end, prev), (begin, _, name) in zip(spans, spans[1:]):
+        if begin < prev_end:
+            raise ModelProbeError(f"{path}: tensor {name!r} overlaps {prev!r} in the data section; "
+                                  "expected each tensor's own bytes")
     return out
+
+
+def _header_entry(path: Path, name: str, meta, data_len: int) -> tuple[TensorInfo, int, int]:
+    """One header entry, checked: (its TensorInfo, begin, end)."""
+    where = f"{path}: tensor {name!r}"
+    if not isinstance(meta, dict):
+        raise ModelProbeError(f"{where} is a {type(meta).__name__}; expected an object with dtype/shape/data_offsets")
+    dtype, shape, offsets = meta.get("dtype"), meta.get("shape"), meta.get("data_offsets")
+    if not isinstance(dtype, str) or dtype not in _DTYPE_BITS:
+        raise ModelProbeError(f"{where} has dtype {dtype!r}; expected a safetensors dtype "
+                              f"({', '.join(sorted(_DTYPE_BITS))})")
+    if not (isinstance(shape, list) and len(shape) <= _MAX_DIMS and all(_is_count(d) for d in shape)):
+        raise ModelProbeError(f"{where} has shape {shape!r}; expected a list of at most {_MAX_DIMS} "
+                              "non-negative integers")
+    if not (isinstance(offsets, list) and len(offsets) == 2 and all(_is_count(x) for x in offsets)
+            and offsets[0] <= offsets[1]):
+        raise ModelProbeError(f"{where} has data_offsets {offsets!r}; expected [begin, end] with "
+                              "0 <= begin <= end")
+    begin, end = offsets
+    if end > data_len:
+        raise ModelProbeError(f"{where} ends at byte {end} of a {data_len}-byte data section; "
+                              "the file is truncated")
+    info = TensorInfo(dtype, tuple(shape))
+    if _disk_bytes(info) != end - begin:
+        raise ModelProbeError(f"{where} has shape {shape} of {dtype} ({_disk_bytes(info)} bytes) but "
+                              f"data_offsets [{begin}, {end}] hold {end - begin} bytes; expected them to agree")
+    return info, begin, end
+
+
+def confined(base: Path, name: str, source: Path, what: str, links_out: bool = False) -> Path:
+    """`base / name` where `name` (read from `source`) must stay inside `base`: relative, no '..',
+    and, resolved, still inside; `links_out` lets the last part be a link that leads elsewhere."""
+    pure = PurePosixPath(name)
+    path = base / name
+    outside = (not name or pure.is_absolute() or PureWindowsPath(name).is_absolute() or "\\" in name
+               or ".." in pure.parts)
+    if not outside:
+        real_base = base.resolve()
+        checked = (path.parent if links_out else path).resolve()
+        outside = checked != real_base and real_base not in checked.parents
+    if outside:
+        raise ModelProbeError(f"{source}: {what} {name!r} leads outside {base}; expected a name inside the "
+                              "model folder")
+    return path
 
 
 def _weight_files(comp_dir: Path) -> list[Path]:
@@ -283,10 +337,14 @@ def _weight_files(comp_dir: Path) -> list[Path]:
         wm = data.get("weight_map")
         if not isinstance(wm, dict) or not wm:
             raise ModelProbeError(f"{index}: no 'weight_map'; expected a sharded safetensors index")
+        shards = set(wm.values())
+        if not all(isinstance(v, str) for v in shards):
+            raise ModelProbeError(f"{index}: a 'weight_map' value is not a file name; expected shard names")
         files = []
-        for shard in sorted(set(wm.values())):
-            p = comp_dir / shard
-            if not p.is_file():
+        for shard in sorted(shards):
+            # The shard itself may be a link (the Hugging Face cache links files into blobs/).
+            p = confined(comp_dir, shard, index, "shard", links_out=True)
+            if not os.path.lexists(p):
                 raise ModelProbeError(f"{index}: names shard {shard}, which is missing")
             files.append(p)
         return files
@@ -321,8 +379,7 @@ def _tensors_from_config(comp_dir: Path, library: str, class_name: str, config: 
         elif library == "transformers":
             import transformers
             cls = getattr(transformers, class_name)
-            conf = cls.config_class.from_dict(config)
-            build = lambda: cls(conf)  # noqa: E731
+            build = lambda: cls(cls.config_class.from_dict(config))  # noqa: E731  (its errors: a failed build)
         else:
             raise ModelProbeError(f"{cfg_path}: library {library!r}; expected diffusers or transformers")
     except ModelProbeError:
@@ -364,7 +421,7 @@ def _runtime_bytes(t: TensorInfo, precision: str) -> int:
     # floating tensors are cast to the run-time dtype; integer buffers keep theirs
     if t.dtype in _FLOAT_DTYPES:
         return t.numel * _PRECISION_BYTES[precision]
-    return t.numel * _DTYPE_BYTES.get(t.dtype, 1)
+    return _disk_bytes(t)
 
 
 def _block_lists(tensors: dict[str, TensorInfo]) -> dict[str, dict[int, list[str]]]:
@@ -379,70 +436,104 @@ def _block_lists(tensors: dict[str, TensorInfo]) -> dict[str, dict[int, list[str
     return {k: v for k, v in lists.items() if len(v) >= 2 and sorted(v) == list(range(len(v)))}
 
 
-def _tuple_int(x) -> tuple[int, ...]:
-    if isinstance(x, (list, tuple)):
-        return tuple(int(v) for v in x)
-    return (int(x),)
+def _config_int(config: dict, key: str, where: Path, default: int | None = None) -> int:
+    """A positive integer field of a config (`default` where it is missing or null); zero, negative
+    or another type is an error."""
+    v = config.get(key)
+    if v is None and default is not None:
+        return default
+    if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+        found = "missing" if v is None else f"{v!r}"
+        raise ModelProbeError(f"{where}: {key} is {found}; expected a positive integer")
+    return v
 
 
-def _dit_profile(component: str, class_name: str, family: str, config: dict,
+def _first_key(config: dict, *keys: str) -> str:
+    return next((k for k in keys if config.get(k) is not None), keys[0])
+
+
+def _dit_geometry(config: dict, where: Path, latent_channels: int, is_video: bool) -> dict:
+    """hidden size, heads, head dim, patch and input channels of a DiT config, each checked."""
+    heads = _config_int(config, _first_key(config, "num_attention_heads", "num_heads"), where)
+    head_dim = _config_int(config, "attention_head_dim", where) if config.get("attention_head_dim") is not None else 0
+    hidden_key = _first_key(config, "hidden_size", "dim")
+    if config.get(hidden_key) is not None:
+        hidden = _config_int(config, hidden_key, where)
+    elif head_dim:
+        hidden = heads * head_dim
+    else:
+        raise ModelProbeError(f"{where}: no attention_head_dim, hidden_size or dim; expected the width of the DiT")
+    head_dim = head_dim or hidden // heads
+    in_channels = _config_int(config, "in_channels", where)
+    patch_raw = 1 if config.get("patch_size") is None else config["patch_size"]
+    patch_list = patch_raw if isinstance(patch_raw, list) else [patch_raw]
+    if not patch_list or len(patch_list) > 3:
+        raise ModelProbeError(f"{where}: patch_size is {patch_raw!r}; expected a positive integer or 2-3 of them")
+    patch = tuple(_config_int({"patch_size": v}, "patch_size", where) for v in patch_list)
+    # The token patch in latent pixels. FLUX packs 2x2 latents into 64 channels before a
+    # patch_size=1 embedder; Qwen-Image packs the same way and states patch_size=2.
+    if len(patch) == 1:
+        p = patch[0]
+        if p == 1 and in_channels == 4 * latent_channels:
+            p = 2
+        patch = (_config_int(config, "patch_size_t", where, default=1), p, p) if is_video else (p, p)
+    return {"hidden_size": hidden, "num_heads": heads, "head_dim": head_dim, "patch_size": patch,
+            "in_channels": in_channels}
+
+
+def _dit_profile(component: str, class_name: str, family: str, config: dict, where: Path,
                  tensors: dict[str, TensorInfo], latent_channels: int, is_video: bool) -> DitProfile:
     precision = _PRECISIONS[family].dit
     lists = _block_lists(tensors)
     order = _EXECUTION_ORDER.get(family, ())
     names = [n for n in order if n in lists] + sorted(n for n in lists if n not in order)
+    if not names:
+        raise ModelProbeError(f"{where.parent}: no repeated block list (name.0., name.1., ...) among its "
+                              f"{len(tensors)} tensors; expected the weights of a DiT")
+    count = sum(len(lists[n]) for n in names)
+    if count > MAX_LAYERS:
+        raise ModelProbeError(f"{where}: {count} blocks; expected at most {MAX_LAYERS}")
     groups = []
-    in_blocks: set[str] = set()
     for gname in names:
         blocks = lists[gname]
-        bb, bp = [], []
-        for i in range(len(blocks)):
-            bb.append(sum(_runtime_bytes(tensors[t], precision) for t in blocks[i]))
-            bp.append(sum(tensors[t].numel for t in blocks[i]))
-            in_blocks.update(blocks[i])
-        groups.append(BlockGroup(gname, len(blocks), tuple(bb), tuple(bp)))
+        bb = tuple(sum(_runtime_bytes(tensors[t], precision) for t in blocks[i]) for i in range(len(blocks)))
+        bp = tuple(sum(tensors[t].numel for t in blocks[i]) for i in range(len(blocks)))
+        groups.append(BlockGroup(gname, len(blocks), bb, bp))
     total = sum(_runtime_bytes(t, precision) for t in tensors.values())
     layer_bytes = tuple(b for g in groups for b in g.block_bytes)
     layer_params = tuple(p for g in groups for p in g.block_params)
-
-    heads = int(config.get("num_attention_heads") or config.get("num_heads") or 0)
-    head_dim = int(config.get("attention_head_dim") or 0)
-    hidden = int(config.get("hidden_size") or config.get("dim") or heads * head_dim)
-    if not head_dim and heads:
-        head_dim = hidden // heads
-    in_channels = int(config.get("in_channels") or 0)
-    patch = _tuple_int(config.get("patch_size", 1))
-    # The token patch in latent pixels. FLUX packs 2x2 latents into 64 channels before a
-    # patch_size=1 embedder; Qwen-Image packs the same way and states patch_size=2.
-    if len(patch) == 1:
-        p = patch[0]
-        if p == 1 and latent_channels and in_channels == 4 * latent_channels:
-            p = 2
-        patch = (int(config.get("patch_size_t", 1)), p, p) if is_video else (p, p)
     return DitProfile(
         component=component, class_name=class_name, dtype=_PRECISION_NAMES[precision],
         block_groups=tuple(groups), layer_bytes=layer_bytes, layer_params=layer_params,
-        non_block_bytes=total - sum(layer_bytes), total_bytes=total, hidden_size=hidden,
-        num_heads=heads, head_dim=head_dim, patch_size=patch, in_channels=in_channels,
+        non_block_bytes=total - sum(layer_bytes), total_bytes=total,
+        **_dit_geometry(config, where, latent_channels, is_video),
     )
 
 
-def _vae_geometry(config: dict, is_video: bool) -> tuple[int, int, int]:
+def _int_list(config: dict, key: str, where: Path) -> list:
+    v = config[key]
+    if not isinstance(v, list) or not v or len(v) > 16:
+        raise ModelProbeError(f"{where}: {key} is {v!r}; expected a list of 1 to 16 entries")
+    return v
+
+
+def _vae_geometry(config: dict, where: Path, is_video: bool) -> tuple[int, int, int]:
     """(spatial, temporal, latent channels) compression of a VAE config."""
-    cls = config.get("_class_name", "")
-    latent = int(config.get("z_dim") or config.get("latent_channels") or 0)
+    latent = _config_int(config, _first_key(config, "z_dim", "latent_channels"), where)
     if "scale_factor_spatial" in config or "spatial_compression_ratio" in config:
-        spatial = int(config.get("scale_factor_spatial") or config.get("spatial_compression_ratio"))
+        spatial = _config_int(config, _first_key(config, "scale_factor_spatial", "spatial_compression_ratio"), where)
     elif "dim_mult" in config:  # Wan / Qwen-Image causal VAE
-        spatial = 2 ** (len(config["dim_mult"]) - 1)
+        spatial = 2 ** (len(_int_list(config, "dim_mult", where)) - 1)
     elif "block_out_channels" in config:
-        spatial = 2 ** (len(config["block_out_channels"]) - 1)
+        spatial = 2 ** (len(_int_list(config, "block_out_channels", where)) - 1)
     else:
-        raise ModelProbeError(f"vae config ({cls}): cannot tell its spatial compression")
+        raise ModelProbeError(f"{where}: no scale_factor_spatial, dim_mult or block_out_channels; "
+                              "expected a VAE config that tells its spatial compression")
     if "scale_factor_temporal" in config or "temporal_compression_ratio" in config:
-        temporal = int(config.get("scale_factor_temporal") or config.get("temporal_compression_ratio"))
+        temporal = _config_int(config, _first_key(config, "scale_factor_temporal", "temporal_compression_ratio"),
+                               where)
     elif "temperal_downsample" in config:
-        temporal = 2 ** sum(bool(x) for x in config["temperal_downsample"])
+        temporal = 2 ** sum(bool(x) for x in _int_list(config, "temperal_downsample", where))
     else:
         temporal = 1
     return spatial, (temporal if is_video else 1), latent
@@ -471,6 +562,68 @@ def _sampling_class(root: Path, pipeline_class: str) -> str:
     return _PIPELINE_SAMPLING[pipeline_class]
 
 
+def _components(root: Path, index_path: Path, index: dict) -> dict[str, tuple[str, str]]:
+    """Component folder name -> (library, class) from model_index.json; every folder inside `root`."""
+    comps: dict[str, tuple[str, str]] = {}
+    for k, v in index.items():
+        if k.startswith("_") or not isinstance(v, (list, tuple)) or len(v) != 2 or v[0] is None:
+            continue
+        confined(root, k, index_path, "component folder")
+        comps[k] = (str(v[0]), str(v[1]))
+    if not any(k in _DIT_COMPONENTS for k in comps):
+        raise ModelProbeError(f"{index_path}: names no {' or '.join(_DIT_COMPONENTS)}; expected the "
+                              "diffusion transformer among the components")
+    return comps
+
+
+def _configs(root: Path, comps: dict[str, tuple[str, str]], fp_parts: dict) -> dict[str, dict]:
+    """Each component's config.json (the scheduler's goes into the fingerprint only)."""
+    configs: dict[str, dict] = {}
+    for name, (lib, cls) in sorted(comps.items()):
+        d = root / name
+        if name == "scheduler":
+            sched = d / "scheduler_config.json"
+            if sched.is_file():
+                fp_parts["components"][name] = {"config": _norm(_read_json(sched, "a scheduler config"))}
+            continue
+        cfg = d / "config.json"
+        if cfg.is_file() or name in _DIT_COMPONENTS:  # the DiT's config is required
+            configs[name] = _read_json(cfg, f"the config of {lib}.{cls}")
+    return configs
+
+
+_LAYER_KEY = re.compile(r"layer|depth|blocks", re.IGNORECASE)
+
+
+def _check_layer_counts(config, where: Path) -> None:
+    """Refuse a config whose layer counts (at any depth) exceed MAX_LAYERS: built on the meta
+    device, 100,000 layers take minutes."""
+    todo = [config]
+    while todo:
+        node = todo.pop()
+        items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+        for k, v in items:
+            if isinstance(v, (dict, list)):
+                todo.append(v)
+            elif (isinstance(k, str) and _LAYER_KEY.search(k) and isinstance(v, int) and not isinstance(v, bool)
+                  and v > MAX_LAYERS):
+                raise ModelProbeError(f"{where}: {k} is {v}; expected at most {MAX_LAYERS} layers")
+
+
+def _component_precision(name: str, prec: _Precisions) -> str:
+    if name in _DIT_COMPONENTS:
+        return prec.dit
+    if name == "vae":
+        return prec.vae
+    if name.startswith("text_encoder"):
+        suffix = name[len("text_encoder"):].lstrip("_")
+        text_idx = int(suffix) - 1 if suffix.isdigit() else 0
+        return prec.text_encoders[min(text_idx, len(prec.text_encoders) - 1)]
+    if name == "image_encoder":
+        return prec.image_encoder
+    return prec.dit
+
+
 def probe_model(path: str | os.PathLike) -> ModelProfile:
     """Profile a diffusers-layout model folder from its configs and safetensors headers alone."""
     root = Path(path)
@@ -490,58 +643,33 @@ def probe_model(path: str | os.PathLike) -> ModelProfile:
     is_video = "video" in task
     prec = _PRECISIONS[family]
 
-    comps: dict[str, tuple[str, str]] = {}
-    for k, v in index.items():
-        if k.startswith("_") or not isinstance(v, (list, tuple)) or len(v) != 2 or v[0] is None:
-            continue
-        comps[k] = (str(v[0]), str(v[1]))
-
+    comps = _components(root, index_path, index)
     fp_parts: dict = {"model_index": _norm(index), "components": {}}
-    configs: dict[str, dict] = {}
-    for name, (lib, cls) in sorted(comps.items()):
-        d = root / name
-        if name == "scheduler":
-            sched = d / "scheduler_config.json"
-            if sched.is_file():
-                fp_parts["components"][name] = {"config": _norm(_read_json(sched, "a scheduler config"))}
-            continue
-        cfg = d / "config.json"
-        if cfg.is_file():
-            configs[name] = _read_json(cfg, f"the config of {lib}.{cls}")
-
+    configs = _configs(root, comps, fp_parts)
     vae_cfg = configs.get("vae")
     if vae_cfg is None:
         raise ModelProbeError(f"{root / 'vae' / 'config.json'}: missing; expected the VAE config")
-    spatial, temporal, latent = _vae_geometry(vae_cfg, is_video)
+    spatial, temporal, latent = _vae_geometry(vae_cfg, root / "vae" / "config.json", is_video)
 
     components: dict[str, ComponentProfile] = {}
     dits: dict[str, DitProfile] = {}
-    text_idx = 0
     for name, (lib, cls) in sorted(comps.items()):
         if name not in configs:
             continue  # tokenizers, schedulers, processors: no weights
         d = root / name
         files = _weight_files(d)
+        if not files:  # built on the meta device: bound its size first
+            _check_layer_counts(configs[name], d / "config.json")
         tensors = _tensors_from_weights(files) if files else _tensors_from_config(d, lib, cls, configs[name])
-        if name in _DIT_COMPONENTS:
-            precision = prec.dit
-        elif name == "vae":
-            precision = prec.vae
-        elif name.startswith("text_encoder"):
-            suffix = name[len("text_encoder"):].lstrip("_")
-            text_idx = int(suffix) - 1 if suffix.isdigit() else 0
-            precision = prec.text_encoders[min(text_idx, len(prec.text_encoders) - 1)]
-        elif name == "image_encoder":
-            precision = prec.image_encoder
-        else:
-            precision = prec.dit
+        precision = _component_precision(name, prec)
         nbytes = sum(_runtime_bytes(t, precision) for t in tensors.values())
         components[name] = ComponentProfile(
             name=name, library=lib, class_name=cls, params=sum(t.numel for t in tensors.values()),
             dtype=_PRECISION_NAMES[precision], bytes=nbytes,
             source="weights" if files else "config")
         if name in _DIT_COMPONENTS:
-            dits[name] = _dit_profile(name, cls, family, configs[name], tensors, latent, is_video)
+            dits[name] = _dit_profile(name, cls, family, configs[name], d / "config.json", tensors, latent,
+                                      is_video)
         fp_parts["components"][name] = {
             "config": _norm(configs[name]),
             "tensors": sorted((k, t.dtype, list(t.shape)) for k, t in tensors.items()),
