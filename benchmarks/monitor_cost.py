@@ -19,7 +19,7 @@ from types import SimpleNamespace
 import torch
 
 from sglang_autoperf.measure.monitor import OverlapMonitor, _record_function
-from sglang_autoperf.measure.trace import Placement
+from sglang_autoperf.trace import Placement
 
 
 def per_call_us(fn, n: int = 20000) -> float:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import math
 import os
 import tempfile
@@ -18,9 +17,10 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from sglang_autoperf.measure.trace import Placement, StepStats, StepTrace
+from sglang_autoperf import log
+from sglang_autoperf.trace import Placement, StepStats, StepTrace
 
-logger = logging.getLogger("sglang.autoperf")
+logger = log.logger()
 
 # Bump when TuningKey/TuningResult change meaning: old entries then miss instead of misleading.
 SCHEMA_VERSION = 2

@@ -5,22 +5,16 @@ it only decides whether to be active and registers hooks: no CUDA, no NVML, no m
 """
 from __future__ import annotations
 
-import logging
 import os
 from importlib import metadata
 
 from sglang_autoperf import SUPPORTED_SGLANG
+from sglang_autoperf.log import logger
 from sglang_autoperf.settings import ENV_ENABLE, Settings, SettingsError
 
 # Set once a "plugin off" line was logged, so that child processes (which inherit the
 # environment and load the plugin again) do not repeat it.
 _ANNOUNCED_ENV = "_SGLANG_AUTOPERF_ANNOUNCED"
-
-
-def logger() -> logging.Logger:
-    # sglang's logging setup formats and routes everything under the "sglang" namespace; a
-    # child logger there shows our lines in the same stream, with sglang's own prefix.
-    return logging.getLogger("sglang.autoperf")
 
 
 def _say_once(message: str) -> None:
@@ -85,13 +79,13 @@ def register() -> None:
     if reason is not None:
         _say_once(f"{reason}; the plugin stays off and sglang's own settings are in effect")
         return
-    from sglang_autoperf import sglang_adapter
+    from sglang_autoperf import sglang_binding, sglang_contract
 
-    run, note = newer_sglang_note(_installed_sglang(), sglang_adapter.contract_problems)
+    run, note = newer_sglang_note(_installed_sglang(), sglang_contract.contract_problems)
     if note:
         _say_once(note)
     if run:
-        sglang_adapter.register_hooks(settings)
+        sglang_binding.register_hooks(settings)
 
 
 __all__ = ["register", "unsupported_sglang_reason", "newer_sglang_note", "ENV_ENABLE"]

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from sglang_autoperf.cache import StepSummary, TuningKey, TuningResult
-    from sglang_autoperf.measure.trace import StepTrace
+    from sglang_autoperf.trace import StepTrace
 
 GiB = 1024**3
 

@@ -28,7 +28,7 @@ class RunContext:
     guidance_scale: float | None = None
     identity: dict[str, Any] = field(default_factory=dict)  # versions, layout, LoRA: part of the cache key
     expected_requests: int | None = None  # 1 for one-shot `sglang generate`; None: serving, unknown
-    fixed_knobs: tuple[str, ...] = ()  # placement knobs the user pinned (measure.trace.PLACEMENT_KNOBS)
+    fixed_knobs: tuple[str, ...] = ()  # placement knobs the user pinned (trace.PLACEMENT_KNOBS)
     live_blocker: str | None = None  # why the placement cannot change live in this run, if it cannot
     policies: tuple[str, ...] = ("leading", "strided")  # residency policies the runtime knows
 
@@ -201,7 +201,7 @@ def _cached_placement(plan_dict: dict[str, Any], ctx: RunContext, cached, bucket
     """Apply a cached placement's free knobs (pinned ones stay as the user set them); False, with a
     note, when the entry does not fit this model (then it is a miss)."""
     from sglang_autoperf.cache import format_when
-    from sglang_autoperf.measure.trace import placement_problem
+    from sglang_autoperf.trace import placement_problem
 
     p = cached.placement
     problem = placement_problem(p, [int((plan_dict.get("dit") or {}).get("total_layers") or 0)], ctx.policies)
@@ -227,7 +227,7 @@ def _calibration_changes(ctx: RunContext, settings: Settings, plan_dict: dict[st
     start (no entry for this model, GPU and layout at all); otherwise each worker looks its
     buckets up per request and calibrates a new shape across its first requests."""
     from sglang_autoperf.cache import TuningCache, tuning_objective
-    from sglang_autoperf.measure.trace import PLACEMENT_KNOBS
+    from sglang_autoperf.trace import PLACEMENT_KNOBS
 
     bucket = startup.bucket or ""
     if ctx.live_blocker or set(PLACEMENT_KNOBS) <= set(ctx.fixed_knobs):
@@ -250,7 +250,8 @@ def _calibration_changes(ctx: RunContext, settings: Settings, plan_dict: dict[st
 
 def _schedule_warmup(ctx: RunContext, plan_dict: dict[str, Any], bucket: str) -> None:
     """A warmup request to calibrate on (its output is discarded), bounded in time."""
-    from sglang_autoperf.measure.live import BASELINE_STEPS, STEPS_PER_TRIAL, calibration_steps
+    from sglang_autoperf.retune.schedule import (
+        BASELINE_STEPS, MAX_WARMUP_S, STEPS_PER_TRIAL, calibration_steps, warmup_candidates)
 
     if ctx.current.get("warmup_mode") not in (None, "off"):
         plan_dict["notes"].append(f"calibrating during the warmup the user configured ({ctx.current.get('warmup_mode')})")
@@ -281,20 +282,6 @@ def _schedule_warmup(ctx: RunContext, plan_dict: dict[str, Any], bucket: str) ->
                 f"{steps} warmup steps: {BASELINE_STEPS} at the planned placement, then {STEPS_PER_TRIAL} for each of "
                 f"up to {candidates} candidates and {STEPS_PER_TRIAL} at the planned placement again (bounded to "
                 f"~{MAX_WARMUP_S:.0f} s at the predicted {step_ms:.0f} ms/step; the result is cached)")
-
-
-# A calibration warmup is extra denoising steps before the user's first request: bound its time,
-# so a model with multi-second steps (Wan-14B at 81 frames: ~8 s) does not pay a minute for it.
-MAX_WARMUP_S = 20.0
-
-
-def warmup_candidates(step_ms: float) -> int:
-    """How many candidate placements a calibration warmup can try within MAX_WARMUP_S."""
-    from sglang_autoperf.measure.live import MAX_CANDIDATES, affordable_candidates
-
-    if step_ms <= 0:
-        return MAX_CANDIDATES  # no prediction: the live time bound (measure.live) still applies
-    return affordable_candidates(int(MAX_WARMUP_S * 1e3 / step_ms))
 
 
 def _compile_from_cache(ctx: RunContext, settings: Settings, plan_dict: dict[str, Any], startup: StartupPlan,

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from sglang_autoperf.cache import StepSummary, TuningCache, TuningKey, TuningResult
-from sglang_autoperf.measure.trace import Placement, StepStats
+from sglang_autoperf.trace import Placement, StepStats
 from sglang_autoperf.settings import ENV_CACHE_DIR
 
 GiB = 1024**3
@@ -216,7 +216,7 @@ def test_permission_denied_on_write_warns_and_continues(tmp_path, caplog, monkey
 
 
 def test_from_calibration_summarizes_steps():
-    from sglang_autoperf.measure.trace import LayerTiming, PassTrace, StepTrace
+    from sglang_autoperf.trace import LayerTiming, PassTrace, StepTrace
 
     def step(i, wall, p):
         lt = LayerTiming(0, 1.0, 3.0, 1.0, 0.0, 1.0, 10)
@@ -281,7 +281,7 @@ def test_compiled_false_stays_false(tmp_path):
     (Placement(30, 8, "strided"), [30], None),
 ])
 def test_a_placement_is_checked_against_the_model_it_is_applied_to(placement, counts, problem):
-    from sglang_autoperf.measure.trace import placement_problem
+    from sglang_autoperf.trace import placement_problem
 
     found = placement_problem(placement, counts, ("leading", "strided"))
     assert found == problem if problem is None else problem in found

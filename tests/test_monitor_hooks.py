@@ -21,7 +21,7 @@ from sglang_autoperf.cache import StepSummary, TuningCache
 from sglang_autoperf.measure import monitor as monitor_mod
 from sglang_autoperf.measure.live import WorkerTuner
 from sglang_autoperf.measure.monitor import OverlapMonitor
-from sglang_autoperf.measure.trace import Placement, TraceRecording
+from sglang_autoperf.trace import Placement, TraceRecording
 from sglang_autoperf.settings import Settings
 
 
@@ -175,7 +175,7 @@ def test_wrap_finds_the_pre_hooks_of_sglangs_own_register_forward_hooks():
     breaks when sglang changes how it hooks its layers."""
     from sglang.multimodal_gen.runtime.managers.memory_managers.layerwise_offload import LayerwiseOffloadManager
 
-    from sglang_autoperf import sglang_adapter as sa
+    from sglang_autoperf import sglang_contract as sa
 
     model = Blocks(3)
     manager = SimpleNamespace(enabled=True, model=model, layers_attr_str="blocks", _forward_hooks=[])
@@ -390,7 +390,7 @@ def _tuner(tmp_path, times, *, identity=IDENTITY, fixed=frozenset(), start=START
     tuner.applied = []
 
     def set_placement(m, *, prefetch_layers, resident_layers, policy):
-        # what sglang_adapter.set_manager_placement changes on sglang's manager (no GPU here)
+        # what sglang_contract.set_manager_placement changes on sglang's manager (no GPU here)
         m.resident_layers, m.prefetch_size, m.residency_policy = resident_layers, prefetch_layers, policy
         tuner.applied.append(Placement(resident_layers, prefetch_layers, policy))
     tuner.set_placement = set_placement

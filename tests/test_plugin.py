@@ -5,7 +5,7 @@ import logging
 
 import pytest
 
-from sglang_autoperf import plugin, sglang_adapter
+from sglang_autoperf import plugin, sglang_binding, sglang_contract
 from sglang_autoperf.settings import Settings, SettingsError, parse_switch
 
 
@@ -16,7 +16,7 @@ def registry(monkeypatch):
 
     saved = {k: list(v) for k, v in HookRegistry._hooks.items()}
     HookRegistry._hooks.clear()
-    monkeypatch.setattr(sglang_adapter, "_cpu_fallbacks_registered", False)
+    monkeypatch.setattr(sglang_binding, "_cpu_fallbacks_registered", False)
     monkeypatch.delenv("_SGLANG_AUTOPERF_ANNOUNCED", raising=False)
     for name in ("SGLANG_AUTOPERF", "SGLANG_AUTOPERF_LOSSY", "SGLANG_AUTOPERF_VRAM_BUDGET", "SGLANG_AUTOPERF_FAIL_AT",
                  "SGLANG_AUTOPERF_COMPILE"):
@@ -83,8 +83,8 @@ def test_enabled_registers_launch_worker_and_live_hooks(registry, monkeypatch):
     monkeypatch.setenv("SGLANG_AUTOPERF", "1")
     plugin.register()
     targets = ours(registry)
-    for target in (sglang_adapter.TARGET_LAUNCH, sglang_adapter.TARGET_WORKER_INIT, sglang_adapter.TARGET_DENOISE_STEP,
-                   sglang_adapter.TARGET_DENOISE_LOOP):
+    for target in (sglang_contract.TARGET_LAUNCH, sglang_contract.TARGET_WORKER_INIT, sglang_contract.TARGET_DENOISE_STEP,
+                   sglang_contract.TARGET_DENOISE_LOOP):
         assert target in targets
 
 
@@ -92,8 +92,8 @@ def test_calibrate_off_registers_no_live_hooks(registry, monkeypatch):
     monkeypatch.setenv("SGLANG_AUTOPERF", "1")
     monkeypatch.setenv("SGLANG_AUTOPERF_CALIBRATE", "0")
     plugin.register()
-    assert sglang_adapter.TARGET_LAUNCH in ours(registry)
-    assert sglang_adapter.TARGET_DENOISE_STEP not in ours(registry)
+    assert sglang_contract.TARGET_LAUNCH in ours(registry)
+    assert sglang_contract.TARGET_DENOISE_STEP not in ours(registry)
 
 
 def _sglang_reports(monkeypatch, version: str) -> None:
@@ -120,7 +120,7 @@ def test_a_newer_sglang_runs_after_its_contract_self_check_passes(registry, monk
     _sglang_reports(monkeypatch, version)
     with caplog.at_level(logging.WARNING, logger="sglang.autoperf"):
         plugin.register()
-    assert sglang_adapter.TARGET_LAUNCH in ours(registry)
+    assert sglang_contract.TARGET_LAUNCH in ours(registry)
     [line] = [r.getMessage() for r in caplog.records if "newer than the tested range" in r.getMessage()]
     assert f"sglang {version}" in line and ">=0.5.23,<0.5.24" in line and "running untested" in line
 
@@ -128,9 +128,9 @@ def test_a_newer_sglang_runs_after_its_contract_self_check_passes(registry, monk
 def test_a_newer_sglang_whose_internals_moved_is_left_alone(registry, monkeypatch, caplog):
     monkeypatch.setenv("SGLANG_AUTOPERF", "1")
     _sglang_reports(monkeypatch, "0.6.0")
-    monkeypatch.setattr(sglang_adapter, "TARGET_DENOISE_STEP",
+    monkeypatch.setattr(sglang_contract, "TARGET_DENOISE_STEP",
                         "sglang.multimodal_gen.runtime.pipelines_core.stages.denoising.DenoisingStage._renamed")
-    monkeypatch.setattr(sglang_adapter, "_MANAGER_METHODS", ("release_all", "no_such_method"))
+    monkeypatch.setattr(sglang_contract, "_MANAGER_METHODS", ("release_all", "no_such_method"))
     with caplog.at_level(logging.WARNING, logger="sglang.autoperf"):
         plugin.register()
     assert ours(registry) == []
@@ -139,7 +139,7 @@ def test_a_newer_sglang_whose_internals_moved_is_left_alone(registry, monkeypatc
 
 
 def test_the_installed_sglang_passes_the_contract_self_check():
-    assert sglang_adapter.contract_problems() == []
+    assert sglang_contract.contract_problems() == []
 
 
 def test_supported_versions():
@@ -150,7 +150,7 @@ def test_supported_versions():
 
 
 def test_cpu_fallbacks_register_once(registry):
-    sglang_adapter.register_cpu_fallbacks()
-    sglang_adapter.register_cpu_fallbacks()  # the test-support plugin may ask again in one process
-    for target, _ in sglang_adapter._CPU_FALLBACKS:
+    sglang_binding.register_cpu_fallbacks()
+    sglang_binding.register_cpu_fallbacks()  # the test-support plugin may ask again in one process
+    for target, _ in sglang_contract.CPU_FALLBACKS:
         assert len(registry._hooks[target]) == 1

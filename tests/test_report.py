@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from sglang_autoperf.cache import StepSummary, TuningCache, TuningKey, TuningResult
-from sglang_autoperf.measure.trace import LayerTiming, PassTrace, Placement, StepStats, StepTrace
+from sglang_autoperf.trace import LayerTiming, PassTrace, Placement, StepStats, StepTrace
 from sglang_autoperf.report import explain, format_calibration_table
 
 GiB = 1024**3

@@ -1,4 +1,4 @@
-"""Contract tests: what sglang_adapter.py assumes of sglang 0.5.23, checked against the installed
+"""Contract tests: what sglang_contract.py (and the binding over it) assumes of sglang 0.5.23, checked against the installed
 sglang (hook targets, ServerArgs fields and derivations, LayerwiseOffloadManager's attributes),
 and that the main process and the workers key the tuning cache alike."""
 from __future__ import annotations
@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from sglang_autoperf import sglang_adapter as sa
+from sglang_autoperf import sglang_contract as sa
 
 TARGETS = [name for name in dir(sa) if name.startswith("TARGET_")]
 
@@ -22,7 +22,7 @@ def test_every_hook_target_resolves_in_the_installed_sglang(name):
 
 
 def test_the_fallback_targets_resolve():
-    for target, _kind in sa._CPU_FALLBACKS:
+    for target, _kind in sa.CPU_FALLBACKS:
         assert callable(sa.resolve_target(target))
 
 
@@ -30,9 +30,9 @@ def test_every_field_the_adapter_names_is_a_serverargs_field():
     from sglang.multimodal_gen.runtime.server_args import ServerArgs
 
     fields = {f.name for f in dataclasses.fields(ServerArgs)}
-    named = set(sa.PLANNED_FIELDS) | set(sa._PARALLEL_DERIVED) | {"sp_split_auto", "layerwise_offload_components"}
+    named = set(sa.PLANNED_FIELDS) | set(sa.PARALLEL_DERIVED) | {"sp_split_auto", "layerwise_offload_components"}
     named |= {flag for flags in sa.PLACEMENT_KNOB_FLAGS.values() for flag in flags}
-    named |= {alias for aliases in sa._PARALLEL_ALIASES.values() for alias in aliases}
+    named |= {alias for aliases in sa.PARALLEL_ALIASES.values() for alias in aliases}
     assert named <= fields, sorted(named - fields)
     for method in ("_adjust_parallelism", "_validate_parallelism", "_parse_component_value_map",
                    "is_arg_explicitly_set", "_adjust_layerwise_offload_components", "load_config_file"):
@@ -109,7 +109,7 @@ def test_startup_and_worker_build_the_same_key(server_args, tmp_path, monkeypatc
     """The main process looks the cache up with the identity of the ServerArgs as the plan leaves
     them; a worker (which receives them pickled) must build the same identity, on 2 GPUs where the
     plan changes the layout."""
-    from sglang_autoperf import startup as startup_mod
+    from sglang_autoperf import sglang_binding as binding
     from sglang_autoperf.settings import Settings
     from sglang_autoperf.startup import StartupPlan
 
@@ -118,12 +118,12 @@ def test_startup_and_worker_build_the_same_key(server_args, tmp_path, monkeypatc
     plan = StartupPlan(active=True, reason="planned", model_path=args.model_path, platform="cuda", pinned=[],
                        changes=[{"setting": "enable_cfg_parallel", "before": True, "after": False, "reason": "r"},
                                 {"setting": "dit_layerwise_offload", "before": False, "after": True, "reason": "r"}])
-    monkeypatch.setattr(startup_mod, "plan_startup", lambda ctx, settings: plan)
-    monkeypatch.setattr(startup_mod, "apply_cached_tuning",
+    monkeypatch.setattr(binding, "plan_startup", lambda ctx, settings: plan)
+    monkeypatch.setattr(binding, "apply_cached_tuning",
                         lambda startup, ctx, settings, identity: seen.setdefault("identity", identity))
-    monkeypatch.setattr(sa, "_settings", Settings(enabled=True, cache_dir=str(tmp_path)))
+    monkeypatch.setattr(binding, "_settings", Settings(enabled=True, cache_dir=str(tmp_path)))
     before = sa.worker_identity(args)
-    sa._plan_and_apply(args)
+    binding._plan_and_apply(args)
     worker_args = pickle.loads(pickle.dumps(args))  # as sglang ships ServerArgs to a worker
     assert sa.worker_identity(worker_args, rank=1) == dict(seen["identity"], rank=1)
     assert seen["identity"]["layout"] != before["layout"]  # the plan did change the layout
@@ -150,8 +150,8 @@ def test_generate_hints_come_from_sglangs_own_generate_cmd(demo_model, monkeypat
         pass
 
     def from_pretrained(**kwargs):  # where launch_server and our plan run
-        request = sa._generate_cmd_request()
-        seen.update(sa._workload_hints(kwargs["server_args"], request), one_shot=sa._one_shot_requests(request))
+        request = sa.generate_cmd_request()
+        seen.update(sa.workload_hints(kwargs["server_args"], request), one_shot=sa.one_shot_requests(request))
         raise Stop
     monkeypatch.setattr(gen, "DiffGenerator", type("DiffGenerator", (), {"from_pretrained": staticmethod(from_pretrained)}))
     with pytest.raises(Stop):
@@ -162,9 +162,9 @@ def test_generate_hints_come_from_sglangs_own_generate_cmd(demo_model, monkeypat
 def test_the_host_programs_argv_is_never_read(monkeypatch):
     """Under the Python API sys.argv is the host program's: `--wid 2048` once became a width."""
     monkeypatch.setattr(sys, "argv", ["host.py", "generate", "--wid", "2048", "--num-frames", "99"])
-    request = sa._generate_cmd_request()
-    assert request is None and sa._workload_hints(object(), request) == {}
-    assert sa._one_shot_requests(request) is None
+    request = sa.generate_cmd_request()
+    assert request is None and sa.workload_hints(object(), request) == {}
+    assert sa.one_shot_requests(request) is None
 
 
 def test_pinned_placement_knobs_from_flag_names():
@@ -272,7 +272,7 @@ def test_the_tuner_on_the_real_manager_keeps_pinned_knobs_and_restores_on_failur
     from types import SimpleNamespace
 
     from sglang_autoperf.measure import live
-    from sglang_autoperf.measure.trace import Placement
+    from sglang_autoperf.trace import Placement
     from sglang_autoperf.settings import Settings
 
     manager, forward_matches = real_manager()
@@ -303,7 +303,7 @@ def _agreement_rank(rank: int, port: int, out) -> None:
     import torch.distributed as dist
 
     from sglang_autoperf.measure import live
-    from sglang_autoperf.measure.trace import Placement
+    from sglang_autoperf.trace import Placement
 
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
     try:
@@ -321,7 +321,7 @@ def test_ranks_agree_on_candidates_times_and_stopping():
     import multiprocessing
 
     from conftest import free_port
-    from sglang_autoperf.measure.trace import Placement
+    from sglang_autoperf.trace import Placement
 
     ctx = multiprocessing.get_context("spawn")
     out, port = ctx.Queue(), free_port()

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from sglang_autoperf.cache import TuningCache, TuningResult, tuning_key
-from sglang_autoperf.measure.live import calibration_steps
-from sglang_autoperf.measure.trace import Placement, StepStats
+from sglang_autoperf.retune.schedule import calibration_steps
+from sglang_autoperf.trace import Placement, StepStats
 from sglang_autoperf.settings import Settings
 from sglang_autoperf.startup import RunContext, StartupPlan, _calibration_changes, plan_startup
 
@@ -160,7 +160,7 @@ def server_args(demo_model):
 
 
 def test_apply_changes_never_touches_pinned_flags(server_args):
-    from sglang_autoperf.sglang_adapter import apply_changes
+    from sglang_autoperf.sglang_contract import apply_changes
 
     sa = server_args("--text-encoder-cpu-offload", "true")
     assert sa.is_arg_explicitly_set("text_encoder_cpu_offload")
@@ -174,7 +174,7 @@ def test_apply_changes_never_touches_pinned_flags(server_args):
 
 
 def test_apply_changes_rederives_layerwise_components(server_args):
-    from sglang_autoperf.sglang_adapter import apply_changes
+    from sglang_autoperf.sglang_contract import apply_changes
 
     sa = server_args()
     apply_changes(sa, [{"setting": "dit_layerwise_offload", "before": False, "after": True, "reason": "r"},
@@ -189,7 +189,7 @@ def test_apply_changes_rederives_layerwise_components(server_args):
 
 
 def test_apply_changes_rejects_unknown_fields(server_args):
-    from sglang_autoperf.sglang_adapter import apply_changes
+    from sglang_autoperf.sglang_contract import apply_changes
 
     with pytest.raises(ValueError, match="unknown ServerArgs field"):
         apply_changes(server_args(), [{"setting": "no_such", "before": 1, "after": 2, "reason": "r"}], pinned=set())

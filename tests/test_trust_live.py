@@ -11,10 +11,10 @@ from types import SimpleNamespace
 
 import pytest
 
-from sglang_autoperf import sglang_adapter as sa
+from sglang_autoperf import sglang_contract as sa
 from sglang_autoperf.cache import TuningResult
 from sglang_autoperf.measure import live
-from sglang_autoperf.measure.trace import PLACEMENT_KNOBS, Placement, StepStats
+from sglang_autoperf.trace import PLACEMENT_KNOBS, Placement, StepStats
 from test_monitor_hooks import RECORDED, R0P8, R3P3, START, ScriptedMonitor, _tuner, _warmup
 
 WARMUP_STEPS = 15  # live.calibration_steps(): 3 baseline + 3 x 3 candidates + 3 closing baseline
@@ -116,7 +116,7 @@ def test_the_retuner_never_proposes_a_pinned_knob_off_its_value(knob, objective)
     candidates move every knob somewhere; pinned, none moves that knob."""
     import json
 
-    from sglang_autoperf.measure.trace import TraceRecording
+    from sglang_autoperf.trace import TraceRecording
     from sglang_autoperf.retune.retuner import propose
 
     rec = TraceRecording.from_dict(json.loads(PREFETCH6.read_text()))
@@ -158,7 +158,7 @@ def _install(monkeypatch, tuner):
 
 
 def test_a_placement_change_that_raises_never_fails_the_request(tmp_path, monkeypatch, caplog):
-    """As on the H200 with --dit-layerwise-residency-lifetime permanent: sglang_adapter's
+    """As on the H200 with --dit-layerwise-residency-lifetime permanent: sglang_contract's
     set_manager_placement raises for the first candidate. The request completes, one warning."""
     tuner = _tuner(tmp_path, {START: [180.0] * 4, R3P3: [170.0] * 2, R0P8: [190.0] * 2})
     manager = tuner.primary[0]

@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from typing import Any, Callable
 
-from sglang_autoperf.plugin import logger
+from sglang_autoperf.log import logger
 
 COMPILED_SKIP_STEPS = 2  # step 0 compiles for a new shape; step 1 can still recompile or autotune
 EAGER_SKIP_STEPS = 1  # eager step 0 holds kernel autotuning too
@@ -53,7 +53,7 @@ class CompileChecker:
     def __init__(self, find_switch: Callable[[], Any], key_for: Callable[[str, int], Any], cache, *, rank: int = 0,
                  timer_factory: Callable[[], Any] = CudaStepTimer,
                  agree: Callable[[list[float]], list[float]] = lambda times: times):
-        self.find_switch = find_switch  # -> sglang_adapter.CompileSwitch; sglang compiles at the first request
+        self.find_switch = find_switch  # -> sglang_contract.CompileSwitch; sglang compiles at the first request
         self.switch = None
         self.key_for = key_for  # (bucket, batch_size) -> TuningKey with objective "compile"
         self.cache = cache

@@ -5,15 +5,9 @@ managers on a CUDA worker. Placement changes happen only at safe points: between
 of a *warmup* request (its output is discarded), or at the start of a real request. A real
 request never sees its placement change mid-way.
 
-Calibration, per shape bucket, once:
-  baseline: 2 traced steps at the current placement (after one untraced step);
-  candidates: the retuner predicts from those traces which placements fit the free VRAM and
-  should be faster; each gets one untraced transition step and 2 traced steps;
-  closing baseline: the baseline once more (transition + 2 traced steps), so a GPU whose speed
-  drifts during calibration widens the baseline's spread instead of favouring whatever ran later
-  (the baseline always runs first: on 2026-11-27 an H200 drifted 10-20% within one warmup);
-  decision: keep a candidate only if measured faster than the baseline beyond the spread.
-The number of candidates is bounded by the steps the warmup request has and by a time bound.
+Calibration, per shape bucket, once, on the schedule of retune/schedule.py: the start placement,
+the candidates the retuner predicts faster within the free VRAM (only the knobs the user left
+free), the start placement again; a candidate is kept only if measured faster beyond the spread.
 """
 from __future__ import annotations
 
@@ -21,15 +15,18 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from sglang_autoperf import sglang_adapter as sa
+from sglang_autoperf import sglang_contract as sa
 from sglang_autoperf.cache import format_when
-from sglang_autoperf.measure.trace import Placement, StepTrace
-from sglang_autoperf.plugin import logger
+from sglang_autoperf.trace import Placement, StepTrace
+from sglang_autoperf.retune.schedule import (
+    MAX_CALIBRATION_S,
+    MAX_CANDIDATES,
+    STEPS_PER_TRIAL,
+    affordable_candidates,
+    calibration_steps,
+)
+from sglang_autoperf.log import logger, step_aside
 
-STEPS_PER_TRIAL = 3  # one transition step (re-pinning residents costs a copy) + 2 measured
-BASELINE_STEPS = 3  # step 0 of a request also holds kernel autotuning: not measured
-MAX_CANDIDATES = 3
-MAX_CALIBRATION_S = 90.0
 VRAM_SAFETY_BYTES = 1 << 30  # fragmentation and allocator slack beyond what the traces showed
 
 _state: "WorkerTuner | None" = None
@@ -49,16 +46,6 @@ def worker_tuning_key(plan, identity: dict[str, Any], bucket: str, batch_size: i
 
     return tuning_key(fingerprint=plan.model_fingerprint or "", gpu_key=plan.gpu_key or {}, identity=identity,
                       bucket=bucket, batch_size=batch_size, budget=budget, objective=objective)
-
-
-def calibration_steps(max_candidates: int = MAX_CANDIDATES) -> int:
-    """Denoising steps a warmup request needs to calibrate `max_candidates` placements."""
-    return BASELINE_STEPS + STEPS_PER_TRIAL * max_candidates + (STEPS_PER_TRIAL if max_candidates else 0)
-
-
-def affordable_candidates(steps: int) -> int:
-    """Candidates a calibration of `steps` denoising steps can measure (with the closing baseline)."""
-    return max(0, min(MAX_CANDIDATES, (steps - BASELINE_STEPS - STEPS_PER_TRIAL) // STEPS_PER_TRIAL))
 
 
 @dataclass
@@ -108,7 +95,7 @@ class WorkerTuner:
         self.identity = identity
         self.fixed = frozenset(fixed)
         self.policies = tuple(policies)
-        # how a manager's placement is changed (sglang_adapter.set_manager_placement on a worker)
+        # how a manager's placement is changed (sglang_contract.set_manager_placement on a worker)
         self.set_placement = set_placement or sa.set_manager_placement
         self.monitor = monitor if monitor is not None else OverlapMonitor(managers)
         self.cache = cache if cache is not None else TuningCache(settings.cache_dir)
@@ -191,7 +178,7 @@ class WorkerTuner:
     def cached_result(self, bucket: str, batch_size: int):
         """This bucket's cached result if it fits this DiT (layer counts, policy names); a result
         that does not is a logged miss."""
-        from sglang_autoperf.measure.trace import placement_problem
+        from sglang_autoperf.trace import placement_problem
 
         result = self.cache.get(self.key(bucket, batch_size))
         if result is None:
@@ -233,7 +220,7 @@ class WorkerTuner:
         self._start_calibration(bucket, shape)
 
     def _why_not_tunable(self) -> str | None:
-        from sglang_autoperf.measure.trace import PLACEMENT_KNOBS
+        from sglang_autoperf.trace import PLACEMENT_KNOBS
 
         if set(PLACEMENT_KNOBS) <= self.fixed:
             return "resident layers, prefetch and policy are all pinned: live retuning reports only"
@@ -369,7 +356,7 @@ class WorkerTuner:
         import torch
         from importlib import metadata
 
-        from sglang_autoperf.measure.trace import TraceRecording
+        from sglang_autoperf.trace import TraceRecording
 
         steps, self.recorded = self.recorded, []
         rec = TraceRecording(
@@ -616,7 +603,7 @@ def _compile_loop(checker, original, stage, ctx, batch, *args, **kwargs):
     except Exception as exc:
         _compile = None
         _restore_compiled(checker)
-        sa.step_aside("torch.compile check (request start)", exc)
+        step_aside("torch.compile check (request start)", exc)
         return original(stage, ctx, batch, *args, **kwargs)
     result = original(stage, ctx, batch, *args, **kwargs)
     try:
@@ -624,7 +611,7 @@ def _compile_loop(checker, original, stage, ctx, batch, *args, **kwargs):
     except Exception as exc:
         _compile = None
         _restore_compiled(checker)
-        sa.step_aside("torch.compile check", exc)
+        step_aside("torch.compile check", exc)
     return result
 
 
@@ -637,7 +624,7 @@ def _compile_step(checker, original, args, kwargs):
     except Exception as exc:
         _compile = None
         _restore_compiled(checker)
-        sa.step_aside("torch.compile check (step start)", exc)
+        step_aside("torch.compile check (step start)", exc)
         return original(*args, **kwargs)
     result = original(*args, **kwargs)
     try:
@@ -645,7 +632,7 @@ def _compile_step(checker, original, args, kwargs):
     except Exception as exc:
         _compile = None
         _restore_compiled(checker)
-        sa.step_aside("torch.compile check (step timing)", exc)
+        step_aside("torch.compile check (step timing)", exc)
     return result
 
 
@@ -702,4 +689,4 @@ def _disable(what: str, exc: BaseException) -> None:
         except Exception as restore_exc:
             note = (f"; restoring the start placement failed too ({type(restore_exc).__name__}: "
                     f"{str(restore_exc)[:200]})")
-    sa.step_aside(f"live tuning ({what})", exc, note)
+    step_aside(f"live tuning ({what})", exc, note)

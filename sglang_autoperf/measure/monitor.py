@@ -31,8 +31,8 @@ from dataclasses import dataclass, field
 from time import perf_counter_ns
 from typing import Any
 
-from sglang_autoperf import sglang_adapter as sa
-from sglang_autoperf.measure.trace import LayerTiming, PassTrace, Placement, StepTrace
+from sglang_autoperf import sglang_contract as sa
+from sglang_autoperf.trace import LayerTiming, PassTrace, Placement, StepTrace
 
 
 def _new_event():
@@ -212,7 +212,7 @@ class OverlapMonitor:
         return hook
 
     def _prefetch_wrapper(self, manager):
-        """A manager's prefetch_layer while the monitor is attached (sglang_adapter.wrap_manager_prefetch):
+        """A manager's prefetch_layer while the monitor is attached (sglang_contract.wrap_manager_prefetch):
         a copy was issued when sglang recorded a new event for the layer; ours goes right after it,
         on the copy stream. Most calls (a pre-hook asks again for layers already there) cost two
         dict reads."""

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Iterable, Sequence
 
-from sglang_autoperf.measure.trace import Placement, StepStats, StepTrace
+from sglang_autoperf.trace import Placement, StepStats, StepTrace
 from sglang_autoperf.plan.cost import (
     LayerCost,
     StepSim,
