@@ -325,10 +325,9 @@ def test_each_trace_carries_the_monitors_own_host_time(monkeypatch):
 
 def test_sampled_steps_are_read_only_when_the_request_ends(monkeypatch, tmp_path):
     model, manager, mon = _setup(monkeypatch, n=3)
-    tuner = object.__new__(WorkerTuner)
-    tuner.monitor, tuner.calibration, tuner.primary = mon, None, [manager]
-    tuner.settings = Settings(enabled=True, trace_dir=str(tmp_path), trace_every=2)
-    tuner.request, tuner.recorded, tuner.unread, tuner.requests_seen = {"step": 0}, [], [], 0
+    tuner = WorkerTuner(SimpleNamespace(), Settings(enabled=True, trace_dir=str(tmp_path), trace_every=2),
+                        {"transformer": [manager]}, {"rank": 0}, monitor=mon, cache=object())
+    tuner.request = {"step": 0}
     with torch.no_grad():
         for _ in range(6):
             tuner.run_step(model, (torch.ones(1, 4),), {})

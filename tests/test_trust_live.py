@@ -261,8 +261,8 @@ def test_a_compile_timer_that_raises_never_fails_the_request(monkeypatch, caplog
     def broken(*a, **k):
         raise RuntimeError("event record failed")
     restored = []
-    checker = object.__new__(CompileChecker)
-    checker.request = {"step": 0}
+    checker = CompileChecker(lambda: None, lambda bucket, batch_size: None, cache=object())
+    checker.request = {"step": 0}  # mid-request, as begin_request leaves it
     checker.timer = SimpleNamespace(start=broken, stop=broken)
     checker.switch = SimpleNamespace(set=restored.append)
     monkeypatch.setattr(live, "_state", None)

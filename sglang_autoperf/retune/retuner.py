@@ -228,6 +228,114 @@ def _describe_change(cur: Placement, new: Placement) -> str:
     return ", ".join(parts) or "unchanged"
 
 
+@dataclass(frozen=True)
+class _Option:
+    """A placement in the candidate pool: its predicted step, VRAM and simulation."""
+
+    placement: Placement
+    ms: float
+    vram: int
+    sim: StepSim
+
+
+@dataclass(frozen=True)
+class _Pool:
+    current: _Option
+    counts: list[int]
+    options: dict[tuple, _Option]  # by what sglang actually runs (_effective): equal keys behave alike
+
+    def others(self) -> list[_Option]:
+        cur = _effective(self.counts, self.current.placement)
+        return [o for k, o in self.options.items() if k != cur]
+
+
+def _pool(steps, layer_bytes, current, headroom_bytes, prefetch_choices, fallback_h2d_bytes_per_s, fixed) -> _Pool:
+    """Every placement that fits the headroom and keeps the `fixed` knobs, predicted from the traces."""
+    layers = measured_layer_costs(steps, layer_bytes, fallback_h2d_bytes_per_s=fallback_h2d_bytes_per_s)
+    passes = passes_per_step(steps)
+    counts = [len(g) for g in _groups(layers)]
+    k, offset, per_copy = _anchor(steps, layers, passes, current)
+
+    def option(p: Placement, vram: int) -> _Option:
+        sim = simulate_placement(layers, p, passes)
+        ms = ((sim.compute_s + k * (sim.step_s - sim.compute_s)) * 1e3 + offset
+              + per_copy * streamed_copies(counts, p) * passes)
+        return _Option(p, ms, vram, sim)
+
+    cur = option(current, placement_vram_bytes(layers, current))
+    options = {_effective(counts, current): cur}
+    prefetches = sorted({int(p) for p in prefetch_choices if int(p) >= 1} | {current.prefetch_layers})
+    for r in range(0, max(counts) + 1):
+        for policy in POLICIES:
+            for pf in prefetches:
+                p = Placement(r, pf, policy)
+                eff = _effective(counts, p)
+                # the first (smallest prefetch, current first) stands for the rest; pinned knobs stay
+                if eff in options or p.keeping(current, fixed) != p:
+                    continue
+                vram = placement_vram_bytes(layers, p)
+                if vram - cur.vram <= headroom_bytes:
+                    options[eff] = option(p, vram)
+    return _Pool(cur, counts, options)
+
+
+def _candidate(pool: _Pool, o: _Option, why: str) -> Candidate:
+    cur = pool.current
+    gain = (cur.ms - o.ms) / cur.ms * 100 if cur.ms > 0 else 0.0
+    return Candidate(o.placement, o.ms, o.vram - cur.vram, (
+        f"{_describe_change(cur.placement, o.placement)}: predicted {cur.ms:.1f} -> {o.ms:.1f} ms/step "
+        f"({gain:+.1f}% faster; exposed copy {cur.sim.exposed_s * 1e3:.1f} -> {o.sim.exposed_s * 1e3:.1f} ms), "
+        f"VRAM {_fmt_bytes(o.vram - cur.vram)}{why}"))
+
+
+def _fastest(pool: _Pool, max_candidates: int) -> list[Candidate]:
+    """speed: predicted faster than current by more than 1%, Pareto-filtered on (step, VRAM)."""
+    fast = [o for o in pool.others() if o.ms < pool.current.ms * (1 - MIN_PREDICTED_GAIN)]
+    chosen: list[_Option] = []
+    # ties: less VRAM, then more resident (fewer copies: less exposed to model error)
+    for o in sorted(fast, key=lambda o: (round(o.ms, 6), o.vram, -o.placement.resident_layers)):
+        # dominated: an already chosen one is as fast (within 0.5%) and needs no more VRAM
+        if any(c.vram <= o.vram and c.ms <= o.ms + 0.005 * abs(o.ms) for c in chosen):
+            continue
+        chosen.append(o)
+        if len(chosen) >= max_candidates:
+            break
+    return [_candidate(pool, o, "") for o in chosen]
+
+
+def _least_vram(pool: _Pool, max_candidates: int) -> list[Candidate]:
+    """memory: least VRAM first among placements predicted within 2% of the best predicted, and the
+    reference (see below) measured beside them."""
+    cur = pool.current
+    best_ms = min(o.ms for o in pool.options.values())
+    limit = best_ms * (1 + MEMORY_TOLERANCE)
+    cur_ok = cur.ms <= limit
+    # "Within 2% of the fastest" is decided on measured times, so the fastest must be measured too:
+    # with two or more slots, the last goes to the reference, the most resident placement the free
+    # VRAM allows (the speed limit: nothing copied that can stay). Predictions alone missed it in
+    # the GPU sandbox, 2026-11-27: each streamed layer's host time in sglang's prefetch_layer
+    # (0.5 ms) is invisible to a copy model and varies by process.
+    reference = max(pool.options.values(), key=lambda o: (o.placement.resident_layers, -o.ms))
+    measure_reference = (max_candidates >= 2
+                         and _effective(pool.counts, reference.placement) != _effective(pool.counts, cur.placement))
+    slots = max_candidates - 1 if measure_reference else max_candidates
+    eligible = [o for o in pool.others() if o.ms <= limit and (not cur_ok or o.vram < cur.vram)
+                and not (measure_reference and o is reference)]  # it has its own slot
+    chosen: list[_Option] = []
+    for o in sorted(eligible, key=lambda o: (o.vram, round(o.ms, 6), -o.placement.resident_layers)):
+        if len(chosen) >= slots:
+            break
+        if any(c.vram <= o.vram and c.ms <= o.ms for c in chosen):
+            continue
+        chosen.append(o)
+    out = [_candidate(pool, o, f"; within {MEMORY_TOLERANCE:.0%} of the best predicted {best_ms:.1f} ms")
+           for o in chosen]
+    if measure_reference:
+        out.append(_candidate(pool, reference, "; reference: the most resident placement that fits, measured so "
+                                               "that 'within 2% of the fastest' compares measured times"))
+    return out
+
+
 def propose(
     steps: list[StepTrace],
     layer_bytes: list[int],
@@ -252,88 +360,72 @@ def propose(
         raise ValueError(f"objective {objective!r} is not one of {', '.join(OBJECTIVES)}")
     if not steps or max_candidates <= 0:
         return []
-    layers = measured_layer_costs(steps, layer_bytes, fallback_h2d_bytes_per_s=fallback_h2d_bytes_per_s)
-    passes = passes_per_step(steps)
-    counts = [len(g) for g in _groups(layers)]
-    k, offset, per_copy = _anchor(steps, layers, passes, current)
-
-    def predict(sim: StepSim, p: Placement) -> float:
-        return ((sim.compute_s + k * (sim.step_s - sim.compute_s)) * 1e3 + offset
-                + per_copy * streamed_copies(counts, p) * passes)
-
-    cur_sim = simulate_placement(layers, current, passes)
-    cur_ms = predict(cur_sim, current)
-    cur_vram = placement_vram_bytes(layers, current)
-
-    prefetches = sorted({int(p) for p in prefetch_choices if int(p) >= 1} | {current.prefetch_layers})
-    pool: dict[tuple, tuple[Placement, float, int, StepSim]] = {}
-    pool[_effective(counts, current)] = (current, cur_ms, cur_vram, cur_sim)
-    fixed = frozenset(fixed)
-    for r in range(0, max(counts) + 1):
-        for policy in POLICIES:
-            for pf in prefetches:
-                p = Placement(r, pf, policy)
-                if p.keeping(current, fixed) != p:
-                    continue  # moves a pinned knob
-                eff = _effective(counts, p)
-                if eff in pool:  # the first (smallest prefetch, current first) stands for the rest
-                    continue
-                vram = placement_vram_bytes(layers, p)
-                if vram - cur_vram > headroom_bytes:
-                    continue
-                sim = simulate_placement(layers, p, passes)
-                pool[eff] = (p, predict(sim, p), vram, sim)
-
-    cur_eff = _effective(counts, current)
-    others = [v for k, v in pool.items() if k != cur_eff]
-
-    def cand(p: Placement, ms: float, vram: int, sim: StepSim, why: str) -> Candidate:
-        gain = (cur_ms - ms) / cur_ms * 100 if cur_ms > 0 else 0.0
-        return Candidate(p, ms, vram - cur_vram, (
-            f"{_describe_change(current, p)}: predicted {cur_ms:.1f} -> {ms:.1f} ms/step ({gain:+.1f}% faster; "
-            f"exposed copy {cur_sim.exposed_s * 1e3:.1f} -> {sim.exposed_s * 1e3:.1f} ms), "
-            f"VRAM {_fmt_bytes(vram - cur_vram)}{why}"))
-
-    chosen: list[tuple[Placement, float, int, StepSim]] = []
-    if objective == "speed":
-        fast = [v for v in others if v[1] < cur_ms * (1 - MIN_PREDICTED_GAIN)]
-        # ties: less VRAM, then more resident (fewer copies: less exposed to model error)
-        for v in sorted(fast, key=lambda v: (round(v[1], 6), v[2], -v[0].resident_layers)):
-            # dominated: an already chosen one is as fast (within 0.5%) and needs no more VRAM
-            if any(c[2] <= v[2] and c[1] <= v[1] + 0.005 * abs(v[1]) for c in chosen):
-                continue
-            chosen.append(v)
-            if len(chosen) >= max_candidates:
-                break
-        return [cand(*v, "") for v in chosen]
-
-    best_ms = min(v[1] for v in pool.values())
-    limit = best_ms * (1 + MEMORY_TOLERANCE)
-    cur_ok = cur_ms <= limit
-    # "Within 2% of the fastest" is decided on measured times, so the fastest must be measured too:
-    # with two or more slots, the last goes to the reference, the most resident placement the free
-    # VRAM allows (the speed limit: nothing copied that can stay). Predictions alone missed it in
-    # the GPU sandbox, 2026-11-27: each streamed layer's host time in sglang's prefetch_layer
-    # (0.5 ms) is invisible to a copy model and varies by process.
-    reference = max(pool.values(), key=lambda v: (v[0].resident_layers, -v[1]))
-    measure_reference = max_candidates >= 2 and _effective(counts, reference[0]) != cur_eff
-    slots = max_candidates - 1 if measure_reference else max_candidates
-    eligible = [v for v in others if v[1] <= limit and (not cur_ok or v[2] < cur_vram)
-                and not (measure_reference and v is reference)]  # it has its own slot
-    for v in sorted(eligible, key=lambda v: (v[2], round(v[1], 6), -v[0].resident_layers)):
-        if len(chosen) >= slots:
-            break
-        if any(c[2] <= v[2] and c[1] <= v[1] for c in chosen):
-            continue
-        chosen.append(v)
-    out = [cand(*v, f"; within {MEMORY_TOLERANCE:.0%} of the best predicted {best_ms:.1f} ms") for v in chosen]
-    if measure_reference:
-        out.append(cand(*reference, "; reference: the most resident placement that fits, measured so that "
-                                    "'within 2% of the fastest' compares measured times"))
-    return out
+    pool = _pool(steps, layer_bytes, current, headroom_bytes, prefetch_choices, fallback_h2d_bytes_per_s,
+                 frozenset(fixed))
+    return _fastest(pool, max_candidates) if objective == "speed" else _least_vram(pool, max_candidates)
 
 
 # --- measured trials -> keep or roll back ---------------------------------------------------------
+
+def _decide_speed(baseline: Placement, base: StepStats, ok: list[Placement], stats: dict[str, StepStats],
+                  failed_note: str) -> Decision:
+    """The fastest candidate whose median beats the baseline's by more than the noise."""
+    passing, closest = [], None
+    for p in ok:
+        s = stats[p.label()]
+        noise = max(base.spread_ms / 2, s.spread_ms / 2, MIN_MEASURED_GAIN * base.median_ms)
+        gain = base.median_ms - s.median_ms
+        if gain > noise:
+            passing.append((s.median_ms, p, gain, noise))
+        elif closest is None or s.median_ms < closest[0]:
+            closest = (s.median_ms, p, gain, noise)
+    if passing:
+        ms, p, gain, noise = min(passing, key=lambda x: x[0])
+        return Decision(p, True, (
+            f"kept {p.label()}: median {ms:.1f} ms/step vs baseline {base.median_ms:.1f} ms "
+            f"({-gain / base.median_ms * 100:+.1f}%), beyond the noise {noise:.1f} ms "
+            f"(n={stats[p.label()].n} vs {base.n})" + failed_note), stats)
+    ms, p, gain, noise = closest
+    return Decision(baseline, False, (
+        f"rolled back to {baseline.label()} ({base.median_ms:.1f} ms/step): best candidate "
+        f"{p.label()} measured {ms:.1f} ms ({-gain / base.median_ms * 100:+.1f}%), not faster by more "
+        f"than the noise {noise:.1f} ms" + failed_note), stats)
+
+
+def _decide_memory(baseline: Placement, base: StepStats, ok: list[Placement], stats: dict[str, StepStats],
+                   vram: dict[Placement, int], failed_note: str) -> Decision:
+    """Least VRAM among placements within 2% of the fastest median; the baseline left on evidence."""
+    pool = [baseline] + [p for p in ok if p in vram]
+    fastest = min(stats[p.label()].median_ms for p in pool)
+    limit = fastest * (1 + MEMORY_TOLERANCE)
+    fastest_stats = min((stats[p.label()] for p in pool), key=lambda st: st.median_ms)
+    # Leaving the baseline needs evidence: it stays eligible unless slower than the tolerance by
+    # more than the noise (half the wider spread of it and the fastest), as the speed rule asks.
+    base_limit = limit + max(base.spread_ms / 2, fastest_stats.spread_ms / 2)
+    eligible = [p for p in pool if stats[p.label()].median_ms <= (base_limit if p == baseline else limit)]
+    inf = float("inf")
+    chosen = min(eligible, key=lambda p: (vram.get(p, inf), stats[p.label()].median_ms, p != baseline))
+    s = stats[chosen.label()]
+    v = vram.get(chosen)
+    vtxt = f"{v / 1024**3:.2f} GiB" if v is not None else "VRAM unknown"
+    if chosen == baseline and s.median_ms > limit:
+        return Decision(baseline, False, (
+            f"kept {baseline.label()} ({s.median_ms:.1f} ms/step, {vtxt}): "
+            f"{(s.median_ms / fastest - 1) * 100:+.1f}% vs the fastest measured ({fastest:.1f} ms), but within "
+            f"{MEMORY_TOLERANCE:.0%} plus the noise {base_limit - limit:.1f} ms (half the wider spread; the baseline "
+            f"ran {base.min_ms:.1f}-{base.max_ms:.1f} ms): not left without evidence" + failed_note), stats)
+    if chosen == baseline:
+        return Decision(baseline, False, (
+            f"kept {baseline.label()} ({s.median_ms:.1f} ms/step, {vtxt}): no placement within "
+            f"{MEMORY_TOLERANCE:.0%} of the fastest measured ({fastest:.1f} ms) uses less VRAM" + failed_note),
+            stats)
+    bv = vram.get(baseline)
+    btxt = f"{bv / 1024**3:.2f} GiB" if bv is not None else "VRAM unknown"
+    return Decision(chosen, True, (
+        f"kept {chosen.label()}: {vtxt} vs baseline {btxt}, median {s.median_ms:.1f} ms/step vs "
+        f"{base.median_ms:.1f} ms, within {MEMORY_TOLERANCE:.0%} of the fastest measured ({fastest:.1f} ms)"
+        + failed_note), stats)
+
 
 def decide(
     baseline: Placement,
@@ -366,57 +458,8 @@ def decide(
                         "no candidate measured" + failed_note, stats)
 
     if objective == "speed":
-        passing, closest = [], None
-        for p in ok:
-            s = stats[p.label()]
-            noise = max(base.spread_ms / 2, s.spread_ms / 2, MIN_MEASURED_GAIN * base.median_ms)
-            gain = base.median_ms - s.median_ms
-            if gain > noise:
-                passing.append((s.median_ms, p, gain, noise))
-            elif closest is None or s.median_ms < closest[0]:
-                closest = (s.median_ms, p, gain, noise)
-        if passing:
-            ms, p, gain, noise = min(passing, key=lambda x: x[0])
-            return Decision(p, True, (
-                f"kept {p.label()}: median {ms:.1f} ms/step vs baseline {base.median_ms:.1f} ms "
-                f"({-gain / base.median_ms * 100:+.1f}%), beyond the noise {noise:.1f} ms "
-                f"(n={stats[p.label()].n} vs {base.n})" + failed_note), stats)
-        ms, p, gain, noise = closest
-        return Decision(baseline, False, (
-            f"rolled back to {baseline.label()} ({base.median_ms:.1f} ms/step): best candidate "
-            f"{p.label()} measured {ms:.1f} ms ({-gain / base.median_ms * 100:+.1f}%), not faster by more "
-            f"than the noise {noise:.1f} ms" + failed_note), stats)
-
-    pool = [baseline] + [p for p in ok if p in vram]
-    fastest = min(stats[p.label()].median_ms for p in pool)
-    limit = fastest * (1 + MEMORY_TOLERANCE)
-    fastest_stats = min((stats[p.label()] for p in pool), key=lambda st: st.median_ms)
-    # Leaving the baseline needs evidence: it stays eligible unless slower than the tolerance by
-    # more than the noise (half the wider spread of it and the fastest), as the speed rule asks.
-    base_limit = limit + max(base.spread_ms / 2, fastest_stats.spread_ms / 2)
-    eligible = [p for p in pool if stats[p.label()].median_ms <= (base_limit if p == baseline else limit)]
-    inf = float("inf")
-    chosen = min(eligible, key=lambda p: (vram.get(p, inf), stats[p.label()].median_ms, p != baseline))
-    s = stats[chosen.label()]
-    v = vram.get(chosen)
-    vtxt = f"{v / 1024**3:.2f} GiB" if v is not None else "VRAM unknown"
-    if chosen == baseline and s.median_ms > limit:
-        return Decision(baseline, False, (
-            f"kept {baseline.label()} ({s.median_ms:.1f} ms/step, {vtxt}): "
-            f"{(s.median_ms / fastest - 1) * 100:+.1f}% vs the fastest measured ({fastest:.1f} ms), but within "
-            f"{MEMORY_TOLERANCE:.0%} plus the noise {base_limit - limit:.1f} ms (half the wider spread; the baseline "
-            f"ran {base.min_ms:.1f}-{base.max_ms:.1f} ms): not left without evidence" + failed_note), stats)
-    if chosen == baseline:
-        return Decision(baseline, False, (
-            f"kept {baseline.label()} ({s.median_ms:.1f} ms/step, {vtxt}): no placement within "
-            f"{MEMORY_TOLERANCE:.0%} of the fastest measured ({fastest:.1f} ms) uses less VRAM" + failed_note),
-            stats)
-    bv = vram.get(baseline)
-    btxt = f"{bv / 1024**3:.2f} GiB" if bv is not None else "VRAM unknown"
-    return Decision(chosen, True, (
-        f"kept {chosen.label()}: {vtxt} vs baseline {btxt}, median {s.median_ms:.1f} ms/step vs "
-        f"{base.median_ms:.1f} ms, within {MEMORY_TOLERANCE:.0%} of the fastest measured ({fastest:.1f} ms)"
-        + failed_note), stats)
+        return _decide_speed(baseline, base, ok, stats, failed_note)
+    return _decide_memory(baseline, base, ok, stats, vram, failed_note)
 
 
 def all_resident_note(
