@@ -78,7 +78,7 @@ def plan_startup(ctx: RunContext, settings: Settings) -> StartupPlan:
     if ctx.performance_mode == "manual":
         return StartupPlan(active=True, reason="--performance-mode manual: reporting only", **base)
     if ctx.platform == "cpu":
-        # Layerwise offload never activates on CPU and forcing it kills the worker (facts §4).
+        # Layerwise offload never activates on CPU and forcing it kills the worker (docs/measured.md §4).
         return StartupPlan(active=True, reason=(
             "CPU platform: no setting changed; sgl-kernel ops this CPU lacks run as sglang's own native code, "
             "see the [autoperf-cpu-compat] lines"), **base)

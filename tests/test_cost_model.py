@@ -1,4 +1,4 @@
-"""Cost model against the measurements in /work/shared/facts.md (H200 blocks, sglang runs, issues)."""
+"""Cost model against the measurements in docs/measured.md (H200 blocks, sglang runs, issues)."""
 import dataclasses
 import functools
 from pathlib import Path
@@ -41,7 +41,7 @@ def h100(n: int = 1):
 
 
 def h200(n: int = 1):
-    """The card of facts §1's block table: 55.4 GB/s pinned H2D at 700 MiB-1 GiB, 989 TFLOPS."""
+    """The card of docs/measured.md §1's block table: 55.4 GB/s pinned H2D at 700 MiB-1 GiB, 989 TFLOPS."""
     p = h100(n)
     devs = tuple(dataclasses.replace(d, name="NVIDIA H200", memory_total_bytes=150_000_000_000,
                                      memory_free_bytes=149_000_000_000, h2d_bytes_per_s=55.4e9)
@@ -64,7 +64,7 @@ def within(pred, measured, tol=0.30):
     return abs(pred - measured) <= tol * measured
 
 
-# --- facts §1: per-block forward and copy on H200 -------------------------------------------
+# --- docs/measured.md §1: per-block forward and copy on H200 -------------------------------------------
 
 @pytest.mark.parametrize("w,h,measured_ms", [(832, 480, 98.5), (1280, 720, 411.0)])
 def test_wan14b_block_forward_matches_h200(w, h, measured_ms):
@@ -80,7 +80,7 @@ def test_flux_blocks_match_h200():
     assert within(single.compute_s * 1e3, 2.83)
     assert within(double.copy_s * 1e3, 12.3, 0.1)
     assert within(single.copy_s * 1e3, 5.1, 0.1)
-    # a step computes in ~167 ms (facts §1)
+    # a step computes in ~167 ms (docs/measured.md §1)
     assert within(sum(lc.compute_s for lc in layers) * 1e3, 167)
 
 
@@ -117,7 +117,7 @@ def test_wan14b_480p_streamed_copies_hidden():
 
 
 def test_small_blocks_need_prefetch_2_as_measured():
-    # facts §1: Wan2.1-1.3B-shaped DiT (30 x 87 MB), 480x832x17f = 7,800 tokens, CFG, H200:
+    # docs/measured.md §1: Wan2.1-1.3B-shaped DiT (30 x 87 MB), 480x832x17f = 7,800 tokens, CFG, H200:
     # resident 163.8 ms, prefetch 1 282.4 ms (+72%), prefetch 2 164.5 ms
     c = cost.block_compute_seconds(family="wan", group_name="blocks", params=43_500_000, hidden=1536,
                                    tokens=7800, text_tokens=512, flops_per_s=989e12)

@@ -1,7 +1,7 @@
 """Cost model: per-layer compute and copy time, a step simulation of layerwise offload, and VRAM.
 
 Pure functions over plain numbers; no torch, no sglang. Every constant names the measurement it
-reproduces (facts.md). The planner uses this to prune; measurement on the GPU decides.
+reproduces (docs/measured.md). The planner uses this to prune; measurement on the GPU decides.
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ GiB = 1024**3
 GB = 1000**3
 
 # --- compute efficiency ---------------------------------------------------------------------
-# Fraction of the card's dense bf16 rate reached, fit to facts.md §1 (H200, eager, SDPA flash):
+# Fraction of the card's dense bf16 rate reached, fit to docs/measured.md §1 (H200, eager, SDPA flash):
 # Wan2.1-14B block 480p 81f 98.5 ms and 720p 81f 411 ms (two equations, two unknowns);
 # the same pair then gives FLUX double 3.22 ms (measured 3.12) and single 2.80 ms (2.83).
 EFF_LINEAR = 0.634
@@ -26,7 +26,7 @@ EFF_ATTENTION = 0.365
 
 # Delay from a prefetch's issue to its first byte (hook, event and per-tensor launch costs); it
 # overlaps other copies in flight, so only a queue of one (prefetch 1) pays it. Between the
-# Wan2.1-1.3B-shaped 7,800-token runs (87 MB blocks, facts §1): prefetch 1 cost +72% (H200,
+# Wan2.1-1.3B-shaped 7,800-token runs (87 MB blocks, docs/measured.md §1): prefetch 1 cost +72% (H200,
 # 2.6 ms) and +17% (H100, 0.9 ms) per block; prefetch 2 hid the copies on both.
 COPY_ISSUE_LATENCY_S = 1.5e-3
 

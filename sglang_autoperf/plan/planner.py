@@ -41,7 +41,7 @@ MAX_RESIDENT_CANDIDATES = 64
 # Copies count as hidden when the compute stream waits less than this share of the step.
 HIDDEN_FRACTION = 0.02
 # Candidates within this share of the fastest are ties; ties go to more resident layers
-# (less PCIe traffic beside compute: GEMMs lost 0-10% with copies in flight, facts §1).
+# (less PCIe traffic beside compute: GEMMs lost 0-10% with copies in flight, docs/measured.md §1).
 TIE_FRACTION = 0.01
 # Candidates are ranked with compute this much faster than predicted: the cost model's
 # calibration band is about +-30%, and torch.compile shortens compute further, so copies that

@@ -16,13 +16,13 @@ _PCIE_X16_H2D = {
     1: 3.2e9,  # 80% of the 4 GB/s raw x16 rate (8b/10b), same efficiency as Gen3 below
     2: 6.4e9,  # 80% of 8 GB/s raw
     3: 12.5e9,  # published practical Gen3 x16 (~80% of 15.75 GB/s raw)
-    4: 25e9,  # published: RTX 4090/5090-class Gen4 hosts 24-26 GB/s (facts.md §1)
-    5: 51e9,  # measured, facts.md §1: H100 50.6-52.2, H200 51.8-55.4 GB/s (256 MiB-1 GiB pinned)
+    4: 25e9,  # published: RTX 4090/5090-class Gen4 hosts 24-26 GB/s (docs/measured.md §1)
+    5: 51e9,  # measured, docs/measured.md §1: H100 50.6-52.2, H200 51.8-55.4 GB/s (256 MiB-1 GiB pinned)
     6: 102e9,  # not measured: Gen5 x2, the same ~81% of raw that Gen5 reached
 }
 
 # Grace-Hopper/Blackwell superchips feed the GPU over NVLink-C2C, not PCIe.
-_C2C_H2D = 350e9  # published GH200 H2D 346-421 GB/s (facts.md §1); low end, as a prior
+_C2C_H2D = 350e9  # published GH200 H2D 346-421 GB/s (docs/measured.md §1); low end, as a prior
 
 
 def expected_h2d_bytes_per_s(device: "GpuDevice") -> float:
