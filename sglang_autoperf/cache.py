@@ -109,28 +109,16 @@ def _whole(v: Any, what: str) -> int:
     return v
 
 
-def _text(v: Any, what: str) -> str:
-    if not isinstance(v, str):
-        raise ValueError(f"{what} {v!r} is not text")
-    return v
-
-
-def _mapping(v: Any, what: str) -> dict:
-    if not isinstance(v, dict):
-        raise ValueError(f"{what} holds {type(v).__name__}, not an object")
-    return v
-
-
-def _sequence(v: Any, what: str) -> list:
-    if not isinstance(v, list):
-        raise ValueError(f"{what} holds {type(v).__name__}, not a list")
+def _of_type(v: Any, kind: type, what: str) -> Any:
+    if not isinstance(v, kind):
+        raise ValueError(f"{what} holds {type(v).__name__}, not {kind.__name__}")
     return v
 
 
 def _numbers(d: Any, what: str, whole: tuple[str, ...] = ()) -> dict[str, Any]:
     """A flat object of numbers (StepStats, StepSummary), the `whole` ones integers."""
     return {k: (_whole(v, f"{what}.{k}") if k in whole else _number(v, f"{what}.{k}"))
-            for k, v in _mapping(d, what).items()}
+            for k, v in _of_type(d, dict, what).items()}
 
 
 # What a torch.compile check stores as its "placement": the DiT fully resident (no streaming).
@@ -201,15 +189,15 @@ class TuningResult:
             placement=Placement.from_dict(d["placement"]),
             objective=objective,
             baseline=Placement.from_dict(d["baseline"]),
-            stats={str(k): StepStats(**_numbers(v, "stats", whole=("n",))) for k, v in _mapping(d["stats"], "stats").items()},
-            reason=_text(d["reason"], "reason"),
+            stats={str(k): StepStats(**_numbers(v, "stats", whole=("n",))) for k, v in _of_type(d["stats"], dict, "stats").items()},
+            reason=_of_type(d["reason"], str, "reason"),
             calibration_s=_number(d["calibration_s"], "calibration_s"),
             steps_used=_whole(d["steps_used"], "steps_used"),
             before=StepSummary(**_numbers(d["before"], "before", whole=("steps",))) if d.get("before") else None,
             after=StepSummary(**_numbers(d["after"], "after", whole=("steps",))) if d.get("after") else None,
             vram_bytes=_whole(d.get("vram_bytes", 0), "vram_bytes"),
             baseline_vram_bytes=None if baseline_vram is None else _whole(baseline_vram, "baseline_vram_bytes"),
-            traces=[_mapping(t, "traces") for t in _sequence(d.get("traces") or [], "traces")],
+            traces=[_of_type(t, dict, "traces") for t in _of_type(d.get("traces") or [], list, "traces")],
             created_at=_number(d.get("created_at", 0.0), "created_at"),
             compiled=compiled,
         )

@@ -595,45 +595,45 @@ def _attach_compile_check(worker, plan, settings) -> bool:
     return True
 
 
-def _compile_loop(checker, original, stage, ctx, batch, *args, **kwargs):
-    global _compile
+def _guarded_around(what: str, begin, end, give_up, original, *args, **kwargs):
+    """sglang's `original(*args, **kwargs)` with our `begin()` before it and `end(token)` after it.
+    A failure of ours in either calls `give_up(what, exc)` (which steps aside) and never stops the
+    call itself: sglang's own work always runs, once."""
     try:
-        shape = sa.request_shape(ctx, batch)
-        checker.begin_request(shape, request_bucket(shape))
+        token = begin()
     except Exception as exc:
-        _compile = None
-        _restore_compiled(checker)
-        step_aside("torch.compile check (request start)", exc)
-        return original(stage, ctx, batch, *args, **kwargs)
-    result = original(stage, ctx, batch, *args, **kwargs)
-    try:
-        checker.end_request()
-    except Exception as exc:
-        _compile = None
-        _restore_compiled(checker)
-        step_aside("torch.compile check", exc)
-    return result
-
-
-def _compile_step(checker, original, args, kwargs):
-    """One step of a request the torch.compile check times; its own failure steps aside, the step
-    itself always runs."""
-    global _compile
-    try:
-        token = checker.begin_step()
-    except Exception as exc:
-        _compile = None
-        _restore_compiled(checker)
-        step_aside("torch.compile check (step start)", exc)
+        give_up(f"{what} start", exc)
         return original(*args, **kwargs)
     result = original(*args, **kwargs)
     try:
-        checker.end_step(token)
+        end(token)
     except Exception as exc:
-        _compile = None
-        _restore_compiled(checker)
-        step_aside("torch.compile check (step timing)", exc)
+        give_up(f"{what} end", exc)
     return result
+
+
+def _drop_compile_check(what: str, exc: BaseException) -> None:
+    """The torch.compile check's own failure: leave the DiT as sglang compiled it, stop checking."""
+    global _compile
+    checker, _compile = _compile, None
+    if checker is not None:
+        _restore_compiled(checker)
+    step_aside(f"torch.compile check ({what})", exc)
+
+
+def _compile_loop(checker, original, stage, ctx, batch, *args, **kwargs):
+    def begin():
+        shape = sa.request_shape(ctx, batch)
+        checker.begin_request(shape, request_bucket(shape))
+
+    return _guarded_around("request", begin, lambda _: checker.end_request(), _drop_compile_check,
+                           original, stage, ctx, batch, *args, **kwargs)
+
+
+def _compile_step(checker, original, args, kwargs):
+    """One step of a request the torch.compile check times."""
+    return _guarded_around("step", checker.begin_step, checker.end_step, _drop_compile_check,
+                           original, *args, **kwargs)
 
 
 def _restore_compiled(checker) -> None:
@@ -652,18 +652,12 @@ def around_denoising_loop(original, stage, ctx, batch, *args, **kwargs):
         if _compile is not None:
             return _compile_loop(_compile, original, stage, ctx, batch, *args, **kwargs)
         return original(stage, ctx, batch, *args, **kwargs)
-    try:
+    def begin():
         tuner.settings.maybe_fail("measure")
         tuner.begin_request(sa.request_shape(ctx, batch))
-    except Exception as exc:
-        _disable("request start", exc)
-        return original(stage, ctx, batch, *args, **kwargs)
-    result = original(stage, ctx, batch, *args, **kwargs)
-    try:
-        tuner.end_request()
-    except Exception as exc:
-        _disable("calibration", exc)
-    return result
+
+    return _guarded_around("request", begin, lambda _: tuner.end_request(), _disable,
+                           original, stage, ctx, batch, *args, **kwargs)
 
 
 def around_denoising_step(original, *args, **kwargs):
