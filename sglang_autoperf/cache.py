@@ -346,12 +346,6 @@ def shape_bucket(width: int, height: int, num_frames: int, batch_size: int, cfg:
     return f"{width}x{height}x{num_frames}f_b{batch_size}_cfg{int(bool(cfg))}"
 
 
-def tuning_objective(performance_mode: str, pinned: Iterable[str]) -> str:
-    """The user's objective: least VRAM within 2% of the fastest when they asked for memory or
-    pinned offload on themselves; otherwise the fastest placement within the budget."""
-    return "memory" if performance_mode == "memory" or "dit_layerwise_offload" in set(pinned) else "speed"
-
-
 def budget_key(text: str | None) -> str:
     """The budget as a key: an amount in bytes ('24GiB' and '24576MiB' are one key), a fraction
     as such ('0.5 of free'). Raises BudgetError on text the plugin would refuse anyway."""

@@ -226,7 +226,8 @@ def _calibration_changes(ctx: RunContext, settings: Settings, plan_dict: dict[st
     bucket above is a guess: a miss on it proves nothing, so a warmup is scheduled only on a first
     start (no entry for this model, GPU and layout at all); otherwise each worker looks its
     buckets up per request and calibrates a new shape across its first requests."""
-    from sglang_autoperf.cache import TuningCache, tuning_objective
+    from sglang_autoperf.cache import TuningCache
+    from sglang_autoperf.plan.objective import placement_objective
     from sglang_autoperf.trace import PLACEMENT_KNOBS
 
     bucket = startup.bucket or ""
@@ -235,7 +236,7 @@ def _calibration_changes(ctx: RunContext, settings: Settings, plan_dict: dict[st
             f"no calibration: {ctx.live_blocker or 'resident layers, prefetch and policy are all pinned'}; "
             f"the placement stands as set")
         return
-    key = _startup_key(startup, ctx, settings, identity, tuning_objective(ctx.performance_mode, ctx.pinned))
+    key = _startup_key(startup, ctx, settings, identity, placement_objective(ctx.performance_mode, ctx.pinned.get("dit_layerwise_offload")))
     cache = TuningCache(settings.cache_dir)
     cached = cache.get(key) if startup.shape_known else None
     if cached is None and not startup.shape_known and any(_same_setup(k, key) for k, _ in cache.entries()):

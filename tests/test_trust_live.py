@@ -15,7 +15,7 @@ from sglang_autoperf import sglang_contract as sa
 from sglang_autoperf.cache import TuningResult
 from sglang_autoperf.measure import live
 from sglang_autoperf.trace import PLACEMENT_KNOBS, Placement, StepStats
-from test_monitor_hooks import RECORDED, R0P8, R3P3, START, ScriptedMonitor, _tuner, _warmup
+from test_monitor_hooks import IDENTITY, RECORDED, R0P8, R3P3, START, ScriptedMonitor, _tuner, _warmup
 
 WARMUP_STEPS = 15  # live.calibration_steps(): 3 baseline + 3 x 3 candidates + 3 closing baseline
 
@@ -272,3 +272,24 @@ def test_a_compile_timer_that_raises_never_fails_the_request(monkeypatch, caplog
     assert live._compile is None and restored == [True]
     [warning] = _warnings(caplog)
     assert "torch.compile check (step start) failed (RuntimeError: event record failed)" in warning.getMessage()
+
+
+@pytest.mark.parametrize("mode, pinned_offload, objective", [
+    ("auto", None, "speed"), ("speed", None, "speed"), ("memory", None, "memory"), ("manual", None, "report"),
+    ("auto", True, "memory"), ("auto", "true", "memory"),
+    ("auto", False, "speed"),  # offload pinned off: the cache once keyed this "memory", the planner "speed"
+    ("manual", True, "report"),
+])
+def test_one_objective_rule(mode, pinned_offload, objective):
+    from sglang_autoperf.plan.objective import placement_objective
+
+    assert placement_objective(mode, pinned_offload) == objective
+
+
+def test_manual_mode_never_calibrates(tmp_path, caplog):
+    """--performance-mode manual reports only: no placement of the user's changes live either."""
+    tuner = _tuner(tmp_path, {}, identity=dict(IDENTITY, performance_mode="manual"))
+    with caplog.at_level(logging.INFO, logger="sglang.autoperf"):
+        _warmup(tuner, WARMUP_STEPS)
+    assert tuner.applied == [] and tuner.monitor.order == []
+    assert any("--performance-mode manual: live retuning reports only" in r.getMessage() for r in caplog.records)

@@ -162,9 +162,11 @@ class WorkerTuner:
         return max(0, int(headroom))
 
     def objective(self) -> str:
-        from sglang_autoperf.cache import tuning_objective
+        from sglang_autoperf.plan.objective import placement_objective
 
-        return tuning_objective(self.identity["performance_mode"], self.identity["pinned"])
+        # Where a DiT is streamed at all, a pinned --dit-layerwise-offload can only be on.
+        pinned_offload = True if "dit_layerwise_offload" in self.identity["pinned"] else None
+        return placement_objective(self.identity["performance_mode"], pinned_offload)
 
     # -- cache -------------------------------------------------------------------------------
 
@@ -222,6 +224,8 @@ class WorkerTuner:
     def _why_not_tunable(self) -> str | None:
         from sglang_autoperf.trace import PLACEMENT_KNOBS
 
+        if self.objective() == "report":
+            return "--performance-mode manual: live retuning reports only"
         if set(PLACEMENT_KNOBS) <= self.fixed:
             return "resident layers, prefetch and policy are all pinned: live retuning reports only"
         if not self.single_list:

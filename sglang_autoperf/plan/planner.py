@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from sglang_autoperf.plan import cost
+from sglang_autoperf.plan.objective import placement_objective
 
 # torch.compile: families with measured eager->compiled wins at served shapes (SGLang Diffusion
 # performance guide; Qwen-Image 502 -> 190 ms/step #13641). Z-Image-Turbo lost (0.79 s eager vs
@@ -171,12 +172,8 @@ def make_plan(
 ) -> Plan:
     pinned = dict(pinned or {})
     current = dict(current or {})
-    objective = {"manual": "report", "memory": "memory"}.get(performance_mode, "speed")
-    mode_objective = objective  # the user's own mode: what the plan would do without pinned flags
-    if objective == "speed" and pinned.get("dit_layerwise_offload") is True:
-        # The user chose streaming over residency: they want the VRAM; keep copies hidden with
-        # the least of it (the retuner measures the same objective).
-        objective = "memory"
+    mode_objective = placement_objective(performance_mode)  # what the plan would do without pinned flags
+    objective = placement_objective(performance_mode, pinned.get("dit_layerwise_offload"))
     plan = Plan(objective=objective)
 
     if platform != "cuda":
