@@ -367,13 +367,20 @@ def propose(
 
 # --- measured trials -> keep or roll back ---------------------------------------------------------
 
+def measured_noise(reference: StepStats, other: StepStats) -> float:
+    """How much faster `other` must measure than `reference` to count: half the wider spread of the
+    two, and at least MIN_MEASURED_GAIN of the reference's median (a placement or compile change
+    is kept only beyond it)."""
+    return max(reference.spread_ms / 2, other.spread_ms / 2, MIN_MEASURED_GAIN * reference.median_ms)
+
+
 def _decide_speed(baseline: Placement, base: StepStats, ok: list[Placement], stats: dict[str, StepStats],
                   failed_note: str) -> Decision:
     """The fastest candidate whose median beats the baseline's by more than the noise."""
     passing, closest = [], None
     for p in ok:
         s = stats[p.label()]
-        noise = max(base.spread_ms / 2, s.spread_ms / 2, MIN_MEASURED_GAIN * base.median_ms)
+        noise = measured_noise(base, s)
         gain = base.median_ms - s.median_ms
         if gain > noise:
             passing.append((s.median_ms, p, gain, noise))
@@ -525,7 +532,7 @@ def decide_compile(compiled_ms: Sequence[float], eager_ms: Sequence[float]) -> C
     if not eager_ms:
         return CompileDecision(True, f"compiled ({c.median_ms:.1f} ms/step): no eager step to compare", stats)
     e = stats["eager"]
-    noise = max(c.spread_ms / 2, e.spread_ms / 2, MIN_MEASURED_GAIN * e.median_ms)
+    noise = measured_noise(e, c)
     gain = e.median_ms - c.median_ms
     change = -gain / e.median_ms * 100
     if gain > noise:
