@@ -16,7 +16,6 @@ from pathlib import Path
 DEMO_SHAPE = dict(layers=2, heads=2, head_dim=32, ffn=128, text_dim=64, te_layers=1, vae_base_dim=8)
 # Neutral name: sglang matches folder names against known model ids before model_index.json,
 # and a folder named like a real model would silently get that model's config.
-DEFAULT_DEMO_DIR_NAME = "autoperf-demo-wan"
 
 
 def build_demo_model(out_dir: str | os.PathLike, *, seed: int = 0, layers: int | None = None) -> Path:

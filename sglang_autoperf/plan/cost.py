@@ -15,7 +15,6 @@ from typing import Iterable, Sequence
 COST_MODEL_VERSION = 1
 
 GiB = 1024**3
-GB = 1000**3
 
 # --- compute efficiency ---------------------------------------------------------------------
 # Fraction of the card's dense bf16 rate reached, fit to docs/measured.md §1 (H200, eager, SDPA flash):

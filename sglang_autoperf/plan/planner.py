@@ -56,7 +56,6 @@ COMPONENT_FLAGS = {  # component name prefix -> sglang flag
     "image_encoder": "image_encoder_cpu_offload",
     "vae": "vae_cpu_offload",
 }
-DIT_COMPONENTS = ("transformer", "transformer_2", "transformer_3")
 
 
 @dataclass
