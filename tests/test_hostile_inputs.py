@@ -156,12 +156,17 @@ def _no_transformer(tmp: Path) -> Path:
     return m
 
 
-def _config_only_layers(tmp: Path) -> Path:
+def _config_only(tmp: Path, config: dict) -> Path:
+    """The DiT without weights (built from its config on the meta device), config updated."""
     m = wan_model(tmp)
     (m / "transformer" / "diffusion_pytorch_model.safetensors").unlink()
     cfg = json.loads((m / "transformer" / "config.json").read_text())
-    _write_json(m / "transformer" / "config.json", {**cfg, "num_layers": 100_000})
+    _write_json(m / "transformer" / "config.json", {**cfg, **config})
     return m
+
+
+def _nested(levels: int):
+    return [] if levels == 0 else [_nested(levels - 1)]
 
 
 # ---- the table -----------------------------------------------------------------------------------
@@ -193,6 +198,13 @@ CASES = [
     ModelCase("in-channels-zero", lambda t: probe_args(wan_model(t, dit_config={"in_channels": 0})), "in_channels"),
     ModelCase("vae-z-dim-string", lambda t: probe_args(wan_model(t, vae_config={"z_dim": "sixteen"})), "z_dim"),
     ModelCase("vae-z-dim-zero", lambda t: probe_args(wan_model(t, vae_config={"z_dim": 0})), "z_dim"),
+    # JSON files and layer counts (bounded before anything is built)
+    ModelCase("config-40-levels-deep", lambda t: probe_args(wan_model(t, dit_config={"x": _nested(40)})),
+              "deeper than 32"),
+    ModelCase("config-17-MiB", lambda t: probe_args(wan_model(t, dit_config={"x": "y" * 17 * 2**20})),
+              "larger than"),
+    ModelCase("config-nested-layer-count", lambda t: probe_args(_config_only(
+        t, {"text_config": {"num_hidden_layers": 100_000}})), "num_hidden_layers is 100000"),
     # safetensors headers
     ModelCase("deep-header", lambda t: probe_args(_deep_header(t)), "nested too deeply"),
     ModelCase("empty-header", lambda t: probe_args(wan_model(t, dit_header=lambda h: {})), "no repeated block list"),
@@ -218,6 +230,7 @@ CASES = [
     # plan arguments
     Case("width-negative", lambda t: plan_args(wan_model(t), "--width", "-64"), "--width"),
     Case("width-zero", lambda t: plan_args(wan_model(t), "--width", "0"), "--width"),
+    Case("steps-zero", lambda t: plan_args(wan_model(t), "--steps", "0"), "--steps"),
     Case("frames-zero", lambda t: plan_args(wan_model(t), "--num-frames", "0"), "--num-frames"),
     Case("num-gpus-negative", lambda t: plan_args(wan_model(t), "--num-gpus", "-2"), "--num-gpus"),
     Case("num-gpus-beyond-snapshot", lambda t: plan_args(wan_model(t), "--num-gpus", "64"), "1 GPU"),
@@ -239,7 +252,8 @@ CASES = [
     ModelCase("fifo-safetensors", lambda t: probe_args(_fifo_shard(t)), "not a regular file", hang=True),
     Case("dev-zero-snapshot", lambda t: plan_args(wan_model(t), snap=Path("/dev/zero")),
          "not a regular file", hang=True),
-    ModelCase("config-100000-layers", lambda t: probe_args(_config_only_layers(t)), "100000", hang=True),
+    ModelCase("config-100000-layers", lambda t: probe_args(_config_only(t, {"num_layers": 100_000})), "100000",
+              hang=True),
     Case("1000-blocks-plan", lambda t: plan_args(wan_model(t, blocks=1000), "--json"),
          '"total_layers": 1000', rc=0, hang=True),
 ]

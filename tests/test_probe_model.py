@@ -328,6 +328,37 @@ def test_truncated_file(tmp_path):
         probe_model(m)
 
 
+def test_hugging_face_cache_layout_is_inside_the_model(tmp_path):
+    """The hub cache links every file of snapshots/<rev>/ into blobs/, outside the model folder:
+    only folders (and shard names) are confined, so such a snapshot still probes."""
+    _wan_tiny(tmp_path / "plain", shard="20KB")
+    snap = shutil.copytree(tmp_path / "plain", tmp_path / "hub" / "snapshots" / "rev")
+    blobs = tmp_path / "hub" / "blobs"
+    blobs.mkdir()
+    for i, f in enumerate(sorted(p for p in snap.rglob("*") if p.is_file())):
+        f.rename(blobs / f"blob{i}")
+        f.symlink_to(blobs / f"blob{i}")
+    a, b = probe_model(tmp_path / "plain"), probe_model(snap)
+    assert b.dit == a.dit and b.fingerprint == a.fingerprint
+
+
+def test_sub_byte_dtypes_count_their_packed_bytes(tmp_path):
+    m, f = _safetensors(tmp_path)
+    raw = f.read_bytes()
+    (n,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8:8 + n])
+    end = max(e["data_offsets"][1] for k, e in header.items() if k != "__metadata__")
+    header["packed"] = {"dtype": "F4", "shape": [3, 8], "data_offsets": [end, end + 12]}  # 24 x 4 bits
+    new = json.dumps(header).encode()
+    f.write_bytes(struct.pack("<Q", len(new)) + new + raw[8 + n:] + bytes(12))
+    before = probe_model(m)
+    assert read_safetensors_header(f)["packed"].shape == (3, 8)
+    del header["packed"]
+    new = json.dumps(header).encode()
+    f.write_bytes(struct.pack("<Q", len(new)) + new + raw[8 + n:])
+    assert before.components["transformer"].bytes - probe_model(m).components["transformer"].bytes == 12
+
+
 # ---- the static sampling table matches sglang ---------------------------------------------------
 
 def test_sampling_table_matches_sglang():

@@ -396,8 +396,9 @@ def _tensors_from_config(comp_dir: Path, library: str, class_name: str, config: 
             with init_empty_weights():
                 module = build()
         except Exception as e:
+            why = " ".join(str(e).split())  # library messages span lines; ours is one
             raise ModelProbeError(
-                f"{cfg_path}: no weights and building {class_name} from it failed ({type(e).__name__}: {e})"
+                f"{cfg_path}: no weights and building {class_name} from it failed ({type(e).__name__}: {why})"
             ) from None
     out: dict[str, TensorInfo] = {}
     seen: set[int] = set()
@@ -583,11 +584,11 @@ def _configs(root: Path, comps: dict[str, tuple[str, str]], fp_parts: dict) -> d
         d = root / name
         if name == "scheduler":
             sched = d / "scheduler_config.json"
-            if sched.is_file():
+            if os.path.lexists(sched):  # read, so that a FIFO or a broken link is an error, not skipped
                 fp_parts["components"][name] = {"config": _norm(_read_json(sched, "a scheduler config"))}
             continue
         cfg = d / "config.json"
-        if cfg.is_file() or name in _DIT_COMPONENTS:  # the DiT's config is required
+        if os.path.lexists(cfg) or name in _DIT_COMPONENTS:  # the DiT's config is required
             configs[name] = _read_json(cfg, f"the config of {lib}.{cls}")
     return configs
 
