@@ -339,18 +339,18 @@ def default_grid(layers: int, r_max: int, max_points: int) -> list[SweepPoint]:
 
 
 def _planner_points(model_path: str, workload: dict, free_bytes: int | None, max_points: int):
-    """Ask sglang_autoperf.plan for points, if it can. Optional and isolated: any failure -> None.
+    """Ask sglang_autoperf.plan.sweep for points, if it can. Optional and isolated: any failure -> None.
 
     Contract (either is enough):
-      plan.benchmark_sweep_points(model_path, workload, free_bytes, max_points) -> [{resident, prefetch, policy}]
-      plan.predict_step_ms(model_path, workload, setting, free_bytes) -> float | None  (None: infeasible)
+      sweep.benchmark_sweep_points(model_path, workload, free_bytes, max_points) -> [{resident, prefetch, policy}]
+      sweep.predict_step_ms(model_path, workload, setting, free_bytes) -> float | None  (None: infeasible)
     """
     try:
         import importlib
 
-        plan = importlib.import_module("sglang_autoperf.plan")
+        plan = importlib.import_module("sglang_autoperf.plan.sweep")
     except Exception as e:  # noqa: BLE001 - optional dependency
-        return None, f"sglang_autoperf.plan not importable ({type(e).__name__})"
+        return None, f"sglang_autoperf.plan.sweep not importable ({type(e).__name__})"
     try:
         fn = getattr(plan, "benchmark_sweep_points", None)
         if callable(fn):
@@ -360,7 +360,7 @@ def _planner_points(model_path: str, workload: dict, free_bytes: int | None, max
                 return pts[:max_points], "planner: benchmark_sweep_points"
         predict = getattr(plan, "predict_step_ms", None)
         if not callable(predict):
-            return None, "sglang_autoperf.plan has no cost model (benchmark_sweep_points / predict_step_ms)"
+            return None, "sglang_autoperf.plan.sweep has no cost model (benchmark_sweep_points / predict_step_ms)"
         layers = dit_layer_count(model_path) or 0
         step = max(1, layers // 8)
         scored = []

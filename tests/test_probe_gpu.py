@@ -11,10 +11,11 @@ import pytest
 
 from sglang_autoperf.probe import gpu as gpu_mod
 from sglang_autoperf.probe import hardware, nvml_snapshot
+from sglang_autoperf.probe import host as host_mod
+from sglang_autoperf.probe.host import parse_cgroup_bytes, parse_meminfo, parse_memory_stat, read_cgroup_memory
 from sglang_autoperf.probe.gpu import (
     GpuDevice, GpuProfile, SnapshotError, format_gpu_table, gpu_profile_to_dict, normalize_bus_id,
-    parse_cgroup_bytes, parse_meminfo, parse_memory_stat, parse_visible_devices, probe_gpus,
-    profile_from_snapshot, read_cgroup_memory, select_devices,
+    parse_visible_devices, probe_gpus, profile_from_snapshot, select_devices,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -206,9 +207,9 @@ def test_probe_host_pinnable_is_min_of_available_and_cgroup(tmp_path):
     mi = tmp_path / "meminfo"
     mi.write_text(MEMINFO)
     _write(tmp_path / "cg", memory__max=str(4 * G), memory__current=str(G))
-    h = gpu_mod.probe_host(tmp_path / "cg", mi)
+    h = host_mod.probe_host(tmp_path / "cg", mi)
     assert h.cgroup_limit_bytes == 4 * G and h.cgroup_headroom_bytes == 3 * G and h.pinnable_bytes == 3 * G
-    h = gpu_mod.probe_host(tmp_path / "none", mi)
+    h = host_mod.probe_host(tmp_path / "none", mi)
     assert h.cgroup_limit_bytes is None and h.pinnable_bytes == 23798308 * 1024
 
 

@@ -1,15 +1,13 @@
 """Rates derived from what NVML reports: host->device copy bandwidth and datasheet bf16 tensor peak.
 
+`device` is a probe.gpu.GpuDevice (read by attribute: this module sits below probe/gpu.py).
 These are priors for the cost model (the measurement corrects them). 0.0 means "unknown": the caller
 must measure rather than guess. Efficiency below peak is the planner's business, not this module's.
 """
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from .gpu import GpuDevice
+from typing import Any
 
 # Pinned H2D bytes/s for an x16 link, by PCIe generation.
 _PCIE_X16_H2D = {
@@ -25,7 +23,7 @@ _PCIE_X16_H2D = {
 _C2C_H2D = 350e9  # published GH200 H2D 346-421 GB/s (docs/measured.md §1); low end, as a prior
 
 
-def expected_h2d_bytes_per_s(device: "GpuDevice") -> float:
+def expected_h2d_bytes_per_s(device: Any) -> float:
     """Pinned host->device copy rate to expect on this device's link; 0.0 when the link is unknown."""
     name = device.name.upper()
     if "GH200" in name or "GB200" in name or "GB300" in name:
@@ -75,7 +73,7 @@ _BF16_BY_CC = {
 }
 
 
-def bf16_dense_flops(device: "GpuDevice") -> float:
+def bf16_dense_flops(device: Any) -> float:
     """Datasheet dense bf16 tensor peak in FLOP/s; 0.0 when neither the name nor the cc is known."""
     name = device.name.upper()
     for key, flops in _BF16_BY_NAME:

@@ -128,7 +128,7 @@ def read_nvml() -> dict:
 
 def record_snapshot() -> dict:
     """`read_nvml()` plus host memory, the environment that selects GPUs, and a "source" label."""
-    from .gpu import host_to_dict, probe_host
+    from .host import host_to_dict, probe_host
 
     snap = read_nvml()
     snap["host"] = host_to_dict(probe_host())
