@@ -115,6 +115,11 @@ def _plan_cuda(ctx: RunContext, settings: Settings, base: dict[str, Any]) -> Sta
             budget = parse_vram_budget(settings.vram_budget, free)
         except BudgetError as exc:
             return StartupPlan(active=False, reason=str(exc), **base)
+    bad = {k: v for k, v in (("width", ctx.width), ("height", ctx.height), ("num_frames", ctx.num_frames),
+                             ("steps", ctx.steps)) if v is not None and (type(v) is not int or v <= 0)}
+    if bad:
+        return StartupPlan(active=False, reason="the request's " + ", ".join(f"{k} {v!r}" for k, v in bad.items())
+                           + " is not a positive whole number; nothing planned", **base)
     if model.is_video:
         width, height, frames = ctx.width or 832, ctx.height or 480, ctx.num_frames or 81
     else:
