@@ -1,9 +1,15 @@
-"""`sglang-autoperf`: demo-model / probe / plan / explain. Exit code 2 on bad input."""
+"""`sglang-autoperf`: demo-model / probe / plan / explain. Exit codes: 0 ok, 2 bad input, 3 the plan does not
+fit the VRAM budget."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import os
 import sys
+
+EXIT_BAD_INPUT = 2
+EXIT_DOES_NOT_FIT = 3  # `plan`: not even the smallest placement fits the VRAM budget
 
 
 def _cmd_demo_model(args) -> int:
@@ -13,11 +19,30 @@ def _cmd_demo_model(args) -> int:
 
 
 def _gpu_profile(args):
-    from sglang_autoperf.probe.gpu import probe_gpus, profile_from_snapshot
+    from sglang_autoperf.probe.gpu import bundled_profile_path, probe_gpus, profile_from_snapshot
 
     if args.gpu_snapshot:
-        return profile_from_snapshot(args.gpu_snapshot)
+        return profile_from_snapshot(bundled_profile_path(args.gpu_snapshot))
     return probe_gpus()
+
+
+def _bundled_names() -> str:
+    from sglang_autoperf.probe.gpu import bundled_profiles
+
+    return ", ".join(sorted(bundled_profiles()))
+
+
+def _format_no_gpu(gpu) -> str:
+    """The GPU table's facts in words when there is no GPU: why, the host, and what to do instead."""
+    from sglang_autoperf.probe.gpu import format_gpu_table
+
+    lines = [f"no NVIDIA GPU visible: {gpu.no_gpu_reason}"]
+    # The table's first line repeats the reason; with no NVML ("source none") its driver line says nothing.
+    rest = format_gpu_table(gpu).splitlines()[1:]
+    lines += [line for line in rest if not (gpu.source == "none" and line.startswith("driver "))]
+    lines.append(f"to plan for a GPU anyway: sglang-autoperf plan --model-path DIR --gpu-snapshot NAME "
+                 f"(bundled: {_bundled_names()}) or a snapshot file")
+    return "\n".join(lines)
 
 
 def _cmd_probe(args) -> int:
@@ -32,53 +57,90 @@ def _cmd_probe(args) -> int:
             out["model"] = model_profile_to_dict(model)
         print(json.dumps(out, indent=1, default=str))
     else:
-        print(format_gpu_table(gpu))
+        print(format_gpu_table(gpu) if gpu.has_gpu else _format_no_gpu(gpu))
         if model is not None:
             print()
             print(format_model_table(model))
     return 0
 
 
+def _workload(args, model):
+    """The request the plan is for, and where each of its numbers came from."""
+    from sglang_autoperf.probe.workload import workload_for
+
+    # Omitted sizes take the family's usual request (0 and negatives are refused by the parser).
+    video = model.is_video
+    sizes = {"width": (args.width, 832 if video else 1024), "height": (args.height, 480 if video else 1024),
+             "frames": (args.num_frames if video else 1, 81 if video else 1)}
+    width, height, frames = (given or default for given, default in sizes.values())
+    workload = workload_for(model, width, height, num_frames=frames, steps=args.steps)
+    origin = {k: "from you" if given else "default" for k, (given, _) in sizes.items()}
+    if not video:
+        origin["frames"] = "an image model"
+    origin["steps"] = "from you" if args.steps else "the model's default"
+    origin["batch"] = "default"
+    guidance = "" if model.default_guidance_scale is None else f"guidance {model.default_guidance_scale}, "
+    origin["cfg"] = f"the model's default: {guidance}CFG {'on' if model.cfg_default else 'off'}"
+    return workload, origin
+
+
+def _count(n: int, one: str, many: str) -> str:
+    return f"{n} {one if n == 1 else many}"
+
+
+def _workload_line(w, origin: dict) -> str:
+    return (f"workload: width {w.width} ({origin['width']}), height {w.height} ({origin['height']}), "
+            f"{_count(w.num_frames, 'frame', 'frames')} ({origin['frames']}), "
+            f"{_count(w.steps, 'step', 'steps')} ({origin['steps']}), batch {w.batch_size} ({origin['batch']}), "
+            f"{_count(w.cfg_passes, 'CFG pass', 'CFG passes')} per step ({origin['cfg']})")
+
+
+def _verdict(plan, budget_text: str | None) -> tuple[bool, str]:
+    """Whether the plan fits its budget, decided from the plan's own numbers, and the line saying so."""
+    from sglang_autoperf.plan.cost import GiB
+
+    p = plan.predicted
+    if not p.budget_bytes:  # the planner placed nothing (no DiT); its notes say why
+        return True, "verdict: nothing to place (" + "; ".join(plan.notes) + ")"
+    whose = f"--vram-budget {budget_text}" if budget_text else "the GPU's free memory"
+    need, budget = p.vram_bytes / GiB, p.budget_bytes / GiB
+    if p.vram_bytes > p.budget_bytes:
+        return False, (f"verdict: does not fit the budget: the smallest placement needs {need:.1f} GiB, "
+                       f"the budget is {budget:.1f} GiB ({whose})")
+    return True, f"verdict: fits: {need:.1f} of {budget:.1f} GiB ({whose})"
+
+
 def _cmd_plan(args) -> int:
     from sglang_autoperf.plan.budget import parse_vram_budget
     from sglang_autoperf.plan.planner import format_plan, make_plan
     from sglang_autoperf.probe.model import probe_model
-    from sglang_autoperf.probe.workload import workload_for
 
     gpu = _gpu_profile(args)
     model = probe_model(args.model_path)
     if not gpu.has_gpu:
-        raise _InputError(f"no GPU to plan for ({gpu.no_gpu_reason}); pass --gpu-snapshot FILE")
+        raise _InputError(f"no GPU to plan for ({gpu.no_gpu_reason}); pass --gpu-snapshot NAME "
+                          f"(bundled: {_bundled_names()}) or a snapshot file")
     num_gpus = args.num_gpus or 1
     if num_gpus > len(gpu.devices):
         raise _InputError(f"--num-gpus {num_gpus}: the GPU profile ({gpu.source}) has {len(gpu.devices)} GPU(s)")
     free = min(d.memory_free_bytes for d in gpu.devices)
     budget = parse_vram_budget(args.vram_budget, free) if args.vram_budget else None
-    # Omitted sizes take the family's usual request (0 and negatives are refused by the parser).
-    if model.is_video:
-        width, height, frames = args.width or 832, args.height or 480, args.num_frames or 81
-    else:
-        width, height, frames = args.width or 1024, args.height or 1024, 1
-    workload = workload_for(model, width, height, num_frames=frames, steps=args.steps)
-    pinned = {}
+    workload, origin = _workload(args, model)
     plan = make_plan(
-        gpu=gpu,
-        model=model,
-        workload=workload,
-        pinned=pinned,
-        current={"num_gpus": num_gpus},
-        budget_bytes=budget,
-        lossy=args.lossy,
-        allow_compile=args.compile,
-        performance_mode=args.performance_mode,
-        num_gpus=num_gpus,
-        platform="cuda",
+        gpu=gpu, model=model, workload=workload, pinned={}, current={"num_gpus": num_gpus},
+        budget_bytes=budget, lossy=args.lossy, allow_compile=args.compile,
+        performance_mode=args.performance_mode, num_gpus=num_gpus, platform="cuda",
     )
+    fits, verdict = _verdict(plan, args.vram_budget)
     if args.json:
-        print(json.dumps(plan.to_dict(), indent=1, default=str))
+        doc = {"verdict": "fits" if fits else "does not fit the budget", "verdict_line": verdict,
+               "workload": {**dataclasses.asdict(workload), "origin": origin}, **plan.to_dict()}
+        print(json.dumps(doc, indent=1, default=str))
     else:
+        print(verdict)
+        print(_workload_line(workload, origin))
         print(format_plan(plan))
-    return 0
+    return 0 if fits else EXIT_DOES_NOT_FIT
 
 
 def _cmd_explain(args) -> int:
@@ -108,40 +170,55 @@ def _positive_int(text: str) -> int:
     return value
 
 
+_DESCRIPTION = ("Probe the GPU and a model folder, plan SGLang Diffusion's offload/residency/compile settings, "
+                "and explain what a run tuned, without starting sglang.")
+_EPILOG = "exit codes: 0 ok, 2 bad input (one line on stderr), 3 `plan`: nothing fits the VRAM budget"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="sglang-autoperf", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+    snapshot_help = (f"a GPU profile instead of the live GPU: a bundled name ({_bundled_names()}; "
+                     "case-insensitive) or a recorded NVML snapshot file (JSON)")
+    parser = _Parser(prog="sglang-autoperf", description=_DESCRIPTION, epilog=_EPILOG)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     p = sub.add_parser("demo-model", help="write a tiny random-weight Wan2.1-T2V model (diffusers layout)")
-    p.add_argument("dir")
+    p.add_argument("dir", help="folder to write the model into (created if missing)")
     p.set_defaults(func=_cmd_demo_model)
 
     p = sub.add_parser("probe", help="print what the GPU and the model folder say, before any weight loads")
-    p.add_argument("--model-path")
-    p.add_argument("--gpu-snapshot", help="a recorded NVML snapshot (JSON) instead of the live GPU")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--model-path", metavar="DIR", help="a diffusers-layout model folder to read (configs and "
+                                                      "safetensors headers only)")
+    p.add_argument("--gpu-snapshot", metavar="NAME|FILE", help=snapshot_help)
+    p.add_argument("--json", action="store_true", help="print JSON instead of tables")
     p.set_defaults(func=_cmd_probe)
 
-    p = sub.add_parser("plan", help="dry run: the settings the plugin would choose, with reasons")
-    p.add_argument("--model-path", required=True)
-    p.add_argument("--gpu-snapshot")
-    p.add_argument("--vram-budget", help="24GiB, 24000MiB or a fraction of free memory (0.5)")
-    p.add_argument("--width", type=_positive_int)
-    p.add_argument("--height", type=_positive_int)
-    p.add_argument("--num-frames", type=_positive_int)
-    p.add_argument("--steps", type=_positive_int)
-    p.add_argument("--num-gpus", type=_positive_int)
-    p.add_argument("--performance-mode", default="auto", choices=("auto", "speed", "memory", "manual"))
+    p = sub.add_parser("plan", help="dry run: the settings the plugin would choose, with reasons "
+                                    "(exit 3 when nothing fits the VRAM budget)")
+    p.add_argument("--model-path", metavar="DIR", required=True, help="the diffusers-layout model folder to plan")
+    p.add_argument("--gpu-snapshot", metavar="NAME|FILE", help=snapshot_help)
+    p.add_argument("--vram-budget", metavar="SIZE",
+                   help="cap per GPU: 24GiB, 24000MiB, 24GB or a fraction of free memory (0.5); default: all free")
+    p.add_argument("--width", type=_positive_int, metavar="W", help="request width (default 832 video, 1024 image)")
+    p.add_argument("--height", type=_positive_int, metavar="H", help="request height (default 480 video, 1024 image)")
+    p.add_argument("--num-frames", type=_positive_int, metavar="F", help="frames per request (default 81; images: 1)")
+    p.add_argument("--steps", type=_positive_int, metavar="N", help="denoising steps (default: the model's own)")
+    p.add_argument("--num-gpus", type=_positive_int, metavar="N",
+                   help="GPUs the server would use, as sglang's --num-gpus (default 1)")
+    p.add_argument("--performance-mode", default="auto", choices=("auto", "speed", "memory", "manual"),
+                   help="as sglang's --performance-mode: auto/speed fastest within the budget, memory least "
+                        "VRAM with copies hidden, manual report only (default auto)")
     p.add_argument("--lossy", action="store_true", help="allow lossy options (as SGLANG_AUTOPERF_LOSSY=1)")
     p.add_argument("--compile", action="store_true",
                    help="let the plan turn torch.compile on (as SGLANG_AUTOPERF_COMPILE=1)")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the plan as JSON (with verdict and workload)")
     p.set_defaults(func=_cmd_plan)
 
     p = sub.add_parser("explain", help="the last calibration, from the tuning cache")
-    p.add_argument("--json", action="store_true")
-    p.add_argument("--png", help="write a copy-vs-compute timeline to this PNG (needs matplotlib)")
-    p.add_argument("--cache-dir")
+    p.add_argument("--json", action="store_true", help="print the cache entry as JSON")
+    p.add_argument("--png", metavar="FILE", help="write a copy-vs-compute timeline to this PNG (needs matplotlib)")
+    p.add_argument("--cache-dir", metavar="DIR",
+                   help="the tuning cache to read (default: $SGLANG_AUTOPERF_CACHE_DIR, else "
+                        "$XDG_CACHE_HOME/sglang-autoperf)")
     p.set_defaults(func=_cmd_explain)
     return parser
 
@@ -150,7 +227,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
     except SystemExit as exc:  # --help (0) or a usage error (2, already printed in one line)
-        return exc.code if isinstance(exc.code, int) else 2
+        return exc.code if isinstance(exc.code, int) else EXIT_BAD_INPUT
+    if args.command is None:  # bare `sglang-autoperf`: what it can do, not a usage error
+        build_parser().print_help()
+        return 0
     from sglang_autoperf.probe.model import ModelProbeError
 
     input_errors: tuple[type[BaseException], ...] = (ModelProbeError, _InputError, FileNotFoundError)
@@ -168,10 +248,13 @@ def main(argv: list[str] | None = None) -> int:
         pass
     try:
         return int(args.func(args) or 0)
+    except BrokenPipeError:  # `| head` closed stdout: the reader took what it wanted, no traceback
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except input_errors as exc:
         one_line = " ".join(str(exc).splitlines())  # a wrapped library message stays one line
         print(f"sglang-autoperf {args.command}: error: {one_line}", file=sys.stderr)
-        return 2
+        return EXIT_BAD_INPUT
 
 
 if __name__ == "__main__":

@@ -140,8 +140,52 @@ def _pick_step(result: "TuningResult") -> "StepTrace | None":
     return (chosen or steps)[-1]
 
 
+# Where tuning results come from: only these two GPU paths call TuningCache.put.
+_WHO_WRITES = ("results are written only by GPU runs with layerwise offload (a streamed DiT calibrated "
+               "live, SGLANG_AUTOPERF_CALIBRATE on) or a torch.compile check (SGLANG_AUTOPERF_COMPILE=1); "
+               "on a CPU nothing is tuned")
+
+
+def _error(message: str) -> int:
+    print(f"sglang-autoperf explain: error: {message}", file=sys.stderr)
+    return 2
+
+
+def _nothing_to_explain(directory, explicit: bool) -> tuple[int, str]:
+    """(rc, one line) for a cache with no usable entry: 0 where the cache is merely empty."""
+    if directory.exists() and not directory.is_dir():
+        return 2, f"{directory} is not a directory; expected the tuning cache directory"
+    if not directory.exists():
+        if explicit:  # a --cache-dir that names nothing is a typo, not an empty cache
+            return 2, f"--cache-dir {directory} does not exist, so there is no calibration there to explain"
+        return 0, f"no tuning results in {directory} (it does not exist yet): {_WHO_WRITES}"
+    try:
+        files = len(list(directory.glob("*.json")))
+    except OSError as exc:
+        return 2, f"cannot read {directory} ({exc.strerror or exc})"
+    if files:
+        return 0, (f"no usable tuning results in {directory}: its {files} .json file(s) are damaged or from "
+                   f"an older sglang-autoperf (the warnings above say which); {_WHO_WRITES}")
+    return 0, f"no tuning results in {directory}: {_WHO_WRITES}"
+
+
+def _write_png(entry, png: str, json_output: bool) -> int:
+    step = _pick_step(entry.result)
+    if step is None:
+        return _error(f"{entry.path} holds no traced steps; no timeline written")
+    try:
+        write_timeline_png(step, png)
+    except ImportError:
+        return _error("--png needs matplotlib (pip install 'sglang-autoperf[plots]' or pip install matplotlib)")
+    except OSError as exc:
+        return _error(f"could not write {png}: {exc}")
+    print(f"timeline of step {step.step} ({step.placement.label()}) written to {png}",
+          file=sys.stderr if json_output else sys.stdout)
+    return 0
+
+
 def explain(json_output: bool = False, png: str | None = None, cache_dir: str | None = None) -> int:
-    """Print the latest calibration in the tuning cache; 0, or 2 with a message on stderr."""
+    """Print the latest calibration in the tuning cache, or why there is none: 0; 2 for bad input."""
     from pathlib import Path
 
     from sglang_autoperf.cache import TuningCache
@@ -149,9 +193,14 @@ def explain(json_output: bool = False, png: str | None = None, cache_dir: str | 
     cache = TuningCache(Path(cache_dir).expanduser() if cache_dir else None)
     entry = cache.latest_entry()
     if entry is None:
-        print(f"sglang-autoperf explain: no calibration in the tuning cache at {cache.directory} "
-              "(run sglang with SGLANG_AUTOPERF=1 first, or pass --cache-dir)", file=sys.stderr)
-        return 2
+        rc, message = _nothing_to_explain(cache.directory, explicit=bool(cache_dir))
+        if rc:
+            return _error(message)
+        if json_output:
+            print(json.dumps({"cache_dir": str(cache.directory), "result": None, "why": message}, indent=1))
+        else:
+            print(message + ("; no timeline written" if png else ""))
+        return 0
     if json_output:
         print(json.dumps({"cache_file": str(entry.path), "written_at": entry.written_at,
                           "key": entry.key.to_dict(), "result": entry.result.to_dict()}, indent=1))
@@ -159,21 +208,4 @@ def explain(json_output: bool = False, png: str | None = None, cache_dir: str | 
         print(format_calibration_table(entry.result))
         print(_format_key(entry.key))
         print(f"  cache file: {entry.path}")
-    if png:
-        step = _pick_step(entry.result)
-        if step is None:
-            print(f"sglang-autoperf explain: {entry.path} holds no traced steps; no timeline written",
-                  file=sys.stderr)
-            return 2
-        try:
-            write_timeline_png(step, png)
-        except ImportError:
-            print("sglang-autoperf explain: --png needs matplotlib "
-                  "(pip install 'sglang-autoperf[plots]' or pip install matplotlib)", file=sys.stderr)
-            return 2
-        except OSError as exc:
-            print(f"sglang-autoperf explain: could not write {png}: {exc}", file=sys.stderr)
-            return 2
-        print(f"timeline of step {step.step} ({step.placement.label()}) written to {png}",
-              file=sys.stderr if json_output else sys.stdout)
-    return 0
+    return _write_png(entry, png, json_output) if png else 0

@@ -58,5 +58,8 @@ def test_explain_table_and_timeline_png(tmp_path, capsys):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_explain_empty_cache_is_exit_2(tmp_path):
-    assert main(["explain", "--cache-dir", str(tmp_path)]) == 2
+def test_explain_with_only_an_older_schema_entry_says_none_is_usable(tmp_path, capsys):
+    shutil.copy(ENTRY, tmp_path / "old.json")
+    assert main(["explain", "--cache-dir", str(tmp_path)]) == 0  # a valid cache, nothing current in it
+    out = capsys.readouterr().out
+    assert out.startswith(f"no usable tuning results in {tmp_path}: its 1 .json file(s)")

@@ -20,7 +20,9 @@ from sglang_autoperf.probe.gpu import (
 
 ROOT = Path(__file__).resolve().parents[1]
 H100 = ROOT / "tests/fixtures/nvml/nvml-h100-80gb-hbm3-2026-11-27.json"
-DATASHEETS = sorted(gpu_mod.DATASHEET_DIR.glob("*.json"))
+BUNDLED = sorted(gpu_mod.DATASHEET_DIR.glob("*.json"))
+# Written from vendor datasheets (they say so in a "datasheet" key); the others were recorded on the card.
+DATASHEETS = [f for f in BUNDLED if "datasheet" in json.loads(f.read_text())]
 
 
 # ----------------------------------------------------------------------------- snapshots
@@ -64,6 +66,50 @@ def test_datasheet_profiles_load(path):
     assert d.h2d_bytes_per_s == h2d * 1e9 and d.bf16_dense_flops == tflops * 1e12
     assert d.power_limit_w == watts
     assert set(json.loads(path.read_text())["datasheet"]) >= {"memory", "pcie", "bf16"}
+
+
+# The recorded snapshots shipped in the package: the same bytes as the test fixtures they were copied from.
+BUNDLED_RECORDINGS = {
+    "h100-80gb-hbm3-recorded-2026-11-27": H100,
+    "h200-141gb-2x-recorded-2026-11-27": ROOT / "tests/fixtures/nvml/nvml-2x-h200-141gb-2026-11-27.json",
+}
+
+
+def test_bundled_set_is_the_datasheets_and_the_recordings():
+    assert {f.stem for f in BUNDLED} == set(EXPECTED_DATASHEET) | set(BUNDLED_RECORDINGS)
+
+
+@pytest.mark.parametrize("stem", sorted(BUNDLED_RECORDINGS))
+def test_bundled_recordings_keep_their_source_label(stem):
+    shipped = gpu_mod.DATASHEET_DIR / f"{stem}.json"
+    assert shipped.read_bytes() == BUNDLED_RECORDINGS[stem].read_bytes()
+    assert profile_from_snapshot(shipped).snapshot_label.startswith("recorded on ")
+
+
+@pytest.mark.parametrize("name, stem", [
+    ("h100", "h100-80gb-hbm3-recorded-2026-11-27"), ("H200", "h200-141gb-2x-recorded-2026-11-27"),
+    ("a100", "a100-sxm4-80gb"), ("A100-SXM4", "a100-sxm4-80gb"), ("l40s", "l40s-48gb"),
+    ("rtx4090", "rtx-4090-24gb"), ("RTX-5090", "rtx-5090-32gb"), ("b200", "b200-180gb"),
+])
+def test_bundled_profiles_are_found_by_name(name, stem):
+    assert gpu_mod.bundled_profile_path(name) == gpu_mod.DATASHEET_DIR / f"{stem}.json"
+
+
+def test_bundled_profile_names_are_the_short_ones():
+    assert sorted(gpu_mod.bundled_profiles()) == ["a100", "b200", "h100", "h200", "l40s", "rtx4090", "rtx5090"]
+
+
+@pytest.mark.parametrize("name, match", [("rtx", "names 2 bundled GPU profiles"), ("h300", "no such file"),
+                                         ("a1", "no such file")])
+def test_a_name_that_is_not_one_profile_says_so(name, match):
+    with pytest.raises(SnapshotError, match=match):
+        gpu_mod.bundled_profile_path(name)
+
+
+def test_an_existing_file_wins_over_a_bundled_name(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "h200").write_text("{}")
+    assert gpu_mod.bundled_profile_path("h200") == Path("h200")
 
 
 def test_sandbox_format_unavailable_strings_read_as_none():

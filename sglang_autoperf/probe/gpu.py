@@ -21,7 +21,8 @@ from . import hardware
 from .host import HostMemory, probe_host
 from .files import read_json_file
 
-# Snapshots written from vendor datasheets for cards not recorded (profile_from_snapshot reads them).
+# Bundled GPU profiles: snapshots recorded on real cards (H100, H200) and ones written from vendor
+# datasheets for cards not recorded; `--gpu-snapshot h200` finds them by name (bundled_profile_path).
 DATASHEET_DIR = Path(__file__).resolve().parents[1] / "data" / "gpus"
 
 
@@ -334,6 +335,38 @@ def _host_from_dict(d: Mapping[str, Any] | None, where: str) -> HostMemory | Non
             raise SnapshotError(f"{where}: host.{f.name} is {v!r}; expected a non-negative integer (bytes)"
                                 + (" or null." if nullable else "."))
     return HostMemory(**{f.name: d.get(f.name) for f in fields})
+
+
+def _name_prefixes(stem: str) -> list[str]:
+    """'rtx-4090-24gb' -> ['rtx', 'rtx4090', 'rtx409024gb']: the names a file answers to, in whole parts."""
+    parts = [t for t in re.split(r"[-_ ]+", stem.lower()) if t]
+    return ["".join(parts[:k]) for k in range(1, len(parts) + 1)]
+
+
+def bundled_profiles() -> dict[str, Path]:
+    """Bundled profiles by short name ('h200', 'rtx4090'): the shortest name no other file answers to."""
+    prefixes = {p: _name_prefixes(p.stem) for p in sorted(DATASHEET_DIR.glob("*.json"))}
+    out: dict[str, Path] = {}
+    for path, names in prefixes.items():
+        unique = [n for n in names if sum(n in other for other in prefixes.values()) == 1]
+        out[unique[0] if unique else path.stem] = path
+    return out
+
+
+def bundled_profile_path(text: str) -> Path:
+    """The snapshot `text` names: an existing path, else the one bundled profile whose file name starts
+    with `text` in whole parts, case and dashes ignored ('H200', 'rtx-4090', 'a100'). Else SnapshotError."""
+    if os.path.lexists(text) or os.sep in text or text.lower().endswith(".json"):
+        return Path(text)  # a path: the snapshot reader says what is wrong with it
+    want = (_name_prefixes(text) or [""])[-1]  # the whole name, dashes and case dropped
+    hits = [p for p in sorted(DATASHEET_DIR.glob("*.json")) if want in _name_prefixes(p.stem)]
+    if len(hits) == 1:
+        return hits[0]
+    names = ", ".join(sorted(bundled_profiles()))
+    if hits:
+        raise SnapshotError(f"{text!r} names {len(hits)} bundled GPU profiles; expected one of {names}")
+    raise SnapshotError(f"{text!r}: no such file and no bundled GPU profile of that name; expected a "
+                        f"snapshot file or one of {names}")
 
 
 def profile_from_snapshot(snapshot: str | os.PathLike | Mapping[str, Any], visible: str | None = None,
