@@ -154,6 +154,47 @@ def _as_bool(v) -> bool:
     return bool(v) and v not in ("false", "False", "0")
 
 
+@dataclass
+class _Stage:
+    """What the planning stages share: the inputs, the card planned for, and the settings wanted so
+    far with their reasons (each stage adds its own)."""
+
+    plan: Plan
+    model: Any
+    workload: Any
+    pinned: dict[str, Any]
+    current: dict[str, Any]
+    objective: str
+    mode_objective: str  # the user's own mode: what the plan would do without pinned flags
+    num_gpus: int
+    used: list  # the GPUs this run uses (of those the profile shows)
+    dev: Any  # the one with the least free memory: every rank must fit
+    flops: float
+    h2d: float
+    budget: int
+    want: dict[str, Any] = field(default_factory=dict)
+    reasons: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class _Layout:
+    passes: int  # DiT forward passes per step on one GPU
+    sp: int  # sequence-parallel degree
+    tokens_per_gpu: int
+
+
+@dataclass(frozen=True)
+class _Components:
+    """Encoders and VAE grouped by the flag that places them (FLUX's CLIP and T5 share one flag)."""
+
+    bytes_of: dict[str, int]  # component -> bytes
+    flag_of: dict[str, str]  # component -> flag
+    flag_bytes: dict[str, int]
+    flag_names: dict[str, list[str]]
+    forced_cpu: tuple[str, ...]  # flags the user pinned on
+    offload_sets: list[tuple[str, ...]]  # which flags go to the CPU, per candidate
+
+
 def make_plan(
     gpu,
     model,
@@ -169,12 +210,27 @@ def make_plan(
     expected_requests: int | None = None,
     allow_compile: bool = False,
 ) -> Plan:
+    """The settings for this model, card, workload and budget, in stages: layout, components, the
+    DiT search, the DiT's settings, compile, attention, then the changes against sglang's values."""
+    st = _stage(gpu, model, workload, pinned, current, budget_bytes, performance_mode, num_gpus, platform)
+    if isinstance(st, Plan):
+        return st
+    layout = _layout(st, st.num_gpus)
+    comps = _components(st)
+    best, free_best, layers, res_sim, acts = _dit_search(st, layout, comps)
+    _record_dit(st, layout, comps, best, layers, res_sim)
+    _dit_settings(st, comps, best, layers, res_sim, acts)
+    _compile_setting(st, layout, best, expected_requests, allow_compile)
+    _attention_settings(st, lossy, available_attention_backends)
+    return _changes(st, best, free_best)
+
+
+def _stage(gpu, model, workload, pinned, current, budget_bytes, performance_mode, num_gpus, platform):
+    """The shared inputs, or a Plan with no changes where there is nothing to plan."""
     pinned = dict(pinned or {})
     current = dict(current or {})
-    mode_objective = placement_objective(performance_mode)  # what the plan would do without pinned flags
     objective = placement_objective(performance_mode, pinned.get("dit_layerwise_offload"))
     plan = Plan(objective=objective)
-
     if platform != "cuda":
         plan.notes.append(f"platform {platform}: sglang never streams layers there; no changes planned")
         return plan
@@ -185,163 +241,171 @@ def make_plan(
     num_gpus = max(1, int(num_gpus or current.get("num_gpus") or 1))
     used = devices[:num_gpus]
     dev = min(used, key=lambda d: d.memory_free_bytes)
-    flops = dev.bf16_dense_flops or 989e12
-    h2d = dev.h2d_bytes_per_s or 25e9
     budget = int(budget_bytes) if budget_bytes else int(dev.memory_free_bytes)
-    budget = min(budget, int(dev.memory_free_bytes))
+    return _Stage(plan, model, workload, pinned, current, objective, placement_objective(performance_mode),
+                  num_gpus, used, dev, dev.bf16_dense_flops or 989e12, dev.h2d_bytes_per_s or 25e9,
+                  min(budget, int(dev.memory_free_bytes)))
 
-    # ---- multi-GPU layout -------------------------------------------------------------------
-    want: dict[str, Any] = {}
-    reasons: dict[str, str] = {}
+
+def _layout(st: _Stage, num_gpus: int) -> _Layout:
+    """CFG-parallel on 2+ GPUs where the model runs two passes per step; what that leaves per GPU."""
+    pinned, current, workload, model = st.pinned, st.current, st.workload, st.model
     cfg_parallel = _as_bool(pinned["enable_cfg_parallel"]) if "enable_cfg_parallel" in pinned else False
     runs_cfg = workload.cfg_passes >= 2 or (_as_bool(current.get("enable_cfg_parallel")) and model.cfg_default)
     if num_gpus >= 2:
         if "enable_cfg_parallel" not in pinned and runs_cfg and num_gpus % 2 == 0:
             cfg_parallel = True
-            want["enable_cfg_parallel"] = True
-            reasons["enable_cfg_parallel"] = (
+            st.want["enable_cfg_parallel"] = True
+            st.reasons["enable_cfg_parallel"] = (
                 f"split the 2 CFG passes over {num_gpus} GPUs instead of splitting "
                 f"{workload.tokens_per_pass} tokens (2xH200 #22763: Qwen-Image 11.21 -> 7.14 s, Wan-14B 23.75 -> 21.27 s)")
         elif "enable_cfg_parallel" not in pinned and not runs_cfg and current.get("enable_cfg_parallel"):
-            want["enable_cfg_parallel"] = False
-            reasons["enable_cfg_parallel"] = "turned CFG parallel off: this model runs 1 pass per step, so the CFG rank would recompute it"
+            st.want["enable_cfg_parallel"] = False
+            st.reasons["enable_cfg_parallel"] = ("turned CFG parallel off: this model runs 1 pass per step, so the "
+                                                 "CFG rank would recompute it")
     passes = 1 if (cfg_parallel and runs_cfg) else workload.cfg_passes
     sp = max(1, num_gpus // (2 if cfg_parallel and runs_cfg else 1))
     if "ulysses_degree" in pinned or "ring_degree" in pinned:
         sp = max(1, int(pinned.get("ulysses_degree") or 1) * int(pinned.get("ring_degree") or 1))
     tokens_per_gpu = workload.tokens_per_pass // sp
     if sp > 1 and tokens_per_gpu < MIN_TOKENS_PER_GPU_FOR_SP:
-        plan.notes.append(
+        st.plan.notes.append(
             f"sequence parallel {sp} leaves {tokens_per_gpu} tokens per GPU, below {MIN_TOKENS_PER_GPU_FOR_SP}: "
             "all-to-all likely costs more than it saves; consider fewer GPUs")
     if sp > 1:
-        plan.notes.append(f"sglang derives the sequence-parallel degree {sp} from num_gpus; left to it")
+        st.plan.notes.append(f"sglang derives the sequence-parallel degree {sp} from num_gpus; left to it")
+    return _Layout(passes, sp, tokens_per_gpu)
 
-    # ---- DiT and components ----------------------------------------------------------------
-    dits = [model.dits[k] for k in sorted(model.dits)] if model.dits else [model.dit]
-    dit = model.dit
-    layers = cost.layer_costs(dit, model.family, workload.tokens_per_pass, workload.text_tokens,
-                              flops, h2d, seq_parallel=sp)
-    group_counts = [g.count for g in dit.block_groups]
-    acts = cost.activation_bytes(model.family, workload.tokens_per_pass, workload.text_tokens,
-                                 dit.hidden_size, batch=workload.batch_size, seq_parallel=sp)
-    passes_eff = passes * max(1, workload.batch_size)  # batch>1 modelled as more passes
-    res_sim = cost.resident_step(layers, passes_eff)  # nominal, for reporting
 
-    # components grouped by the flag that places them (FLUX's CLIP and T5 share one flag)
-    comp_bytes = {n: c.bytes for n, c in model.components.items()
-                  if n not in model.dits and _component_flag(n) is not None}
-    comp_flag_of = {n: _component_flag(n) for n in comp_bytes}
+def _components(st: _Stage) -> _Components:
+    model, pinned = st.model, st.pinned
+    bytes_of = {n: c.bytes for n, c in model.components.items()
+                if n not in model.dits and _component_flag(n) is not None}
+    flag_of = {n: _component_flag(n) for n in bytes_of}
     flag_bytes: dict[str, int] = {}
     flag_names: dict[str, list[str]] = {}
-    for n, flag in comp_flag_of.items():
-        flag_bytes[flag] = flag_bytes.get(flag, 0) + comp_bytes[n]
+    for n, flag in flag_of.items():
+        flag_bytes[flag] = flag_bytes.get(flag, 0) + bytes_of[n]
         flag_names.setdefault(flag, []).append(n)
-
     # offload order: largest encoders first, VAE last (its decode follows the DiT every request)
     free_flags = sorted((f for f in flag_bytes if f not in pinned),
                         key=lambda f: (f == "vae_cpu_offload", -flag_bytes[f]))
     forced_cpu = tuple(f for f in flag_bytes if f in pinned and _as_bool(pinned[f]))
-    comp_sets = [forced_cpu + tuple(free_flags[:k]) for k in range(len(free_flags) + 1)]
-    if objective == "memory":  # encoders run once per request: off the card first
-        comp_sets = [s for s in comp_sets if all(f in s for f in free_flags if f != "vae_cpu_offload")]
+    sets = [forced_cpu + tuple(free_flags[:k]) for k in range(len(free_flags) + 1)]
+    if st.objective == "memory":  # encoders run once per request: off the card first
+        sets = [s for s in sets if all(f in s for f in free_flags if f != "vae_cpu_offload")]
+    return _Components(bytes_of, flag_of, flag_bytes, flag_names, forced_cpu, sets)
 
-    # DiT candidates honoring pinned DiT flags
-    pin_lw = pinned.get("dit_layerwise_offload")
-    pin_res = pinned.get("dit_layerwise_resident_layers")
-    pin_pf = pinned.get("dit_offload_prefetch_size")
-    pin_pol = pinned.get("dit_layerwise_residency_policy")
-    table = _SimTable(dits, layers, group_counts, passes_eff)
-    cands = _dit_candidates(table, pin_lw, pin_res, pin_pf, pin_pol)
-    dit_pinned = any(v is not None for v in (pin_lw, pin_res, pin_pf, pin_pol))
-    free_cands = _dit_candidates(table, None, None, None, None) if dit_pinned else cands
 
+def _dit_search(st: _Stage, layout: _Layout, comps: _Components):
+    """The best DiT placement x component set within the budget (pinned DiT flags honoured), and
+    the best without those pins (what pinning costs, for the notes)."""
+    model, workload, pinned = st.model, st.workload, st.pinned
+    dits = [model.dits[k] for k in sorted(model.dits)] if model.dits else [model.dit]
+    dit = model.dit
+    layers = cost.layer_costs(dit, model.family, workload.tokens_per_pass, workload.text_tokens,
+                              st.flops, st.h2d, seq_parallel=layout.sp)
+    acts = cost.activation_bytes(model.family, workload.tokens_per_pass, workload.text_tokens,
+                                 dit.hidden_size, batch=workload.batch_size, seq_parallel=layout.sp)
+    passes_eff = layout.passes * max(1, workload.batch_size)  # batch>1 modelled as more passes
+    res_sim = cost.resident_step(layers, passes_eff)  # nominal, for reporting
+    dit_pins = [pinned.get(k) for k in ("dit_layerwise_offload", "dit_layerwise_resident_layers",
+                                        "dit_offload_prefetch_size", "dit_layerwise_residency_policy")]
+    table = _SimTable(dits, layers, [g.count for g in dit.block_groups], passes_eff)
+    cands = _dit_candidates(table, *dit_pins)
+    free_cands = _dit_candidates(table, None, None, None, None) if any(v is not None for v in dit_pins) else cands
     steps = max(1, workload.steps)
 
     def expand(cs):
         out = []
         for c in cs:
-            for offl in comp_sets:
-                on_gpu = sum(b for f, b in flag_bytes.items() if f not in offl)
+            for offl in comps.offload_sets:
+                on_gpu = sum(b for f, b in comps.flag_bytes.items() if f not in offl)
                 mem = cost.memory_breakdown(dit_weights=c.dit_bytes, prefetch_buffers=c.buffer_bytes,
                                             activations=acts, components=on_gpu)
                 # per request: offloaded components come in once; the resident set loads once
-                moved = sum(flag_bytes[f] for f in offl)
+                moved = sum(comps.flag_bytes[f] for f in offl)
                 res_load = (c.dit_bytes - sum(d.non_block_bytes for d in dits)) if c.offload else 0
-                req = steps * c.robust.step_s + (moved + res_load) / h2d
+                req = steps * c.robust.step_s + (moved + res_load) / st.h2d
                 out.append(_Cand(c.offload, c.resident, c.prefetch, c.policy, c.sim, c.dit_bytes,
                                  c.buffer_bytes, c.resident_per_group, offl, mem.total, req, mem.to_dict(),
                                  c.robust))
         return out
 
     all_c = expand(cands)
-    best = _choose(all_c, budget, objective)
-    free_best = _choose(expand(free_cands), budget, mode_objective)
+    best = _choose(all_c, st.budget, st.objective)
+    free_best = _choose(expand(free_cands), st.budget, st.mode_objective)
     if best is None:  # nothing fits: least memory, and say so
         best = min(all_c, key=lambda c: c.vram)
-        plan.notes.append(
-            f"nothing fits the {_gib(budget)} GiB budget; least-memory plan needs {_gib(best.vram)} GiB")
+        st.plan.notes.append(
+            f"nothing fits the {_gib(st.budget)} GiB budget; least-memory plan needs {_gib(best.vram)} GiB")
+    return best, free_best, layers, res_sim, acts
 
-    # ---- record the DiT decision ----------------------------------------------------------
+
+def _record_dit(st: _Stage, layout: _Layout, comps: _Components, best: "_Cand", layers, res_sim) -> None:
+    plan, model = st.plan, st.model
     plan.dit = DitDecision(offload=best.offload, resident_layers=best.resident if best.offload else 0,
                            prefetch_layers=best.prefetch if best.offload else 0, policy=best.policy,
                            resident_per_group=list(best.resident_per_group), total_layers=len(layers))
-    plan.components = {n: ("cpu" if comp_flag_of[n] in best.offloaded else "gpu") for n in comp_bytes}
-    for n in model.dits or {dit.component: dit}:
+    plan.components = {n: ("cpu" if comps.flag_of[n] in best.offloaded else "gpu") for n in comps.bytes_of}
+    for n in model.dits or {model.dit.component: model.dit}:
         plan.components[n] = "layerwise" if best.offload else "gpu"
-    ms = 1e3
+    ms, steps = 1e3, max(1, st.workload.steps)
     plan.predicted = Predicted(
         step_ms=best.sim.step_s * ms, compute_ms=best.sim.compute_s * ms, copy_ms=best.sim.copy_s * ms,
         exposed_copy_ms=best.sim.exposed_s * ms, vram_bytes=best.vram, resident_step_ms=res_sim.step_s * ms,
-        request_overhead_ms=(best.request_s - steps * best.robust.step_s) * ms, budget_bytes=budget,
-        per_gpu=[{"index": d.index, "vram_bytes": best.vram, "tokens": tokens_per_gpu,
-                  "passes_per_step": passes} for d in used],
+        request_overhead_ms=(best.request_s - steps * best.robust.step_s) * ms, budget_bytes=st.budget,
+        per_gpu=[{"index": d.index, "vram_bytes": best.vram, "tokens": layout.tokens_per_gpu,
+                  "passes_per_step": layout.passes} for d in st.used],
         memory=best.memory,
     )
 
-    n_layers = len(layers)
+
+def _dit_settings(st: _Stage, comps: _Components, best: "_Cand", layers, res_sim, acts) -> None:
+    """The DiT's and the components' flags, each with its reason in numbers."""
+    want, reasons, budget, ms = st.want, st.reasons, st.budget, 1e3
+    model = st.model
+    dits = [model.dits[k] for k in sorted(model.dits)] if model.dits else [model.dit]
+    want["dit_layerwise_offload"] = best.offload
+    want["dit_cpu_offload"] = False
     if best.offload:
-        want["dit_layerwise_offload"] = True
-        want["dit_cpu_offload"] = False
-        want["dit_layerwise_resident_layers"] = best.resident
-        want["dit_offload_prefetch_size"] = float(best.prefetch)
-        want["dit_layerwise_residency_policy"] = best.policy
+        want.update(dit_layerwise_resident_layers=best.resident, dit_offload_prefetch_size=float(best.prefetch),
+                    dit_layerwise_residency_policy=best.policy)
         hidden = "hidden" if best.sim.exposed_s <= HIDDEN_FRACTION * best.sim.step_s else \
             f"{best.sim.exposed_s * ms:.0f} ms exposed"
-        kept = sum(best.resident_per_group)
-        r = (f"kept {kept} of {n_layers} DiT layers resident ({_gib(best.vram)} of {_gib(budget)} GiB budget): "
-             f"predicted copy {best.sim.copy_s * ms:.0f} ms vs compute {best.sim.compute_s * ms:.0f} ms per step {hidden}")
         reasons["dit_layerwise_offload"] = (
             f"streamed the DiT layer by layer: fully resident needs "
-            f"{_gib(_resident_vram(dits, acts, flag_bytes, forced_cpu))} GiB, over the {_gib(budget)} GiB budget")
+            f"{_gib(_resident_vram(dits, acts, comps.flag_bytes, comps.forced_cpu))} GiB, over the {_gib(budget)} GiB budget")
         reasons["dit_cpu_offload"] = (
             f"layerwise streaming replaces whole-DiT offload, which would move all "
             f"{_gib(sum(d.total_bytes for d in dits))} GiB of DiT weights every use")
-        reasons["dit_layerwise_resident_layers"] = r
+        reasons["dit_layerwise_resident_layers"] = (
+            f"kept {sum(best.resident_per_group)} of {len(layers)} DiT layers resident ({_gib(best.vram)} of "
+            f"{_gib(budget)} GiB budget): predicted copy {best.sim.copy_s * ms:.0f} ms vs compute "
+            f"{best.sim.compute_s * ms:.0f} ms per step {hidden}")
         reasons["dit_offload_prefetch_size"] = (
             f"prefetch {best.prefetch} layer(s): predicted step {best.sim.step_s * ms:.0f} ms "
             f"({best.sim.exposed_s * ms:.0f} ms copy exposed) vs {res_sim.step_s * ms:.0f} ms fully resident")
         reasons["dit_layerwise_residency_policy"] = (
             f"{best.policy} residency: predicted step {best.sim.step_s * ms:.0f} ms, the faster layout in the simulation")
     else:
-        want["dit_layerwise_offload"] = False
-        want["dit_cpu_offload"] = False
-        reasons["dit_layerwise_offload"] = (
+        reasons["dit_layerwise_offload"] = reasons["dit_cpu_offload"] = (
             f"kept the whole DiT resident ({_gib(best.vram)} of {_gib(budget)} GiB budget): "
             f"predicted step {res_sim.step_s * ms:.0f} ms with no copies")
-        reasons["dit_cpu_offload"] = reasons["dit_layerwise_offload"]
-    for flag, names in flag_names.items():
+    for flag, names in comps.flag_names.items():
         to_cpu = flag in best.offloaded
-        label = "+".join(names)
+        label, size = "+".join(names), _gib(comps.flag_bytes[flag])
         want[flag] = to_cpu
         reasons[flag] = (
-            f"moved {label} ({_gib(flag_bytes[flag])} GiB) to the CPU: it runs once per request "
-            f"({flag_bytes[flag] / h2d * ms:.0f} ms to bring back) and its room goes to the DiT"
-            if to_cpu else
-            f"kept {label} ({_gib(flag_bytes[flag])} GiB) on the GPU: the plan fits in {_gib(best.vram)} of {_gib(budget)} GiB")
+            f"moved {label} ({size} GiB) to the CPU: it runs once per request "
+            f"({comps.flag_bytes[flag] / st.h2d * ms:.0f} ms to bring back) and its room goes to the DiT"
+            if to_cpu else f"kept {label} ({size} GiB) on the GPU: the plan fits in {_gib(best.vram)} of {_gib(budget)} GiB")
 
-    # ---- compile, attention, lossy -----------------------------------------------------------
-    forwards = steps * passes_eff
+
+def _compile_setting(st: _Stage, layout: _Layout, best: "_Cand", expected_requests, allow_compile: bool) -> None:
+    model, ms = st.model, 1e3
+    steps = max(1, st.workload.steps)
+    forwards = steps * layout.passes * max(1, st.workload.batch_size)
     copy_bound = best.offload and best.sim.exposed_s > 0.1 * best.sim.step_s
     # Compiling a layerwise-streamed DiT recompiles around sglang's per-layer hooks and is not
     # measured yet (a 17-frame Wan-1.3B warmup with it ran past 240 s on an H200): resident only.
@@ -353,57 +417,61 @@ def make_plan(
     if compile_would_win and not allow_compile:
         # Opt-in only: minutes of autotuning stall the first request of every new shape, and
         # compiled kernels are not bit-identical to eager ones (placement changes are).
-        if "enable_torch_compile" not in pinned:
-            plan.notes.append(
+        if "enable_torch_compile" not in st.pinned:
+            st.plan.notes.append(
                 f"torch.compile left off: it may pay on {model.family} at {forwards} DiT forwards per request, but its "
                 "first request autotunes for minutes (a 17-frame Wan-1.3B one was unfinished after 290 s on an H200); "
                 "SGLANG_AUTOPERF_COMPILE=1 lets the plugin turn it on and keep it only if measured faster")
-    elif compile_would_win:
-        want["enable_torch_compile"] = True
-        reasons["enable_torch_compile"] = (
+        return
+    st.want["enable_torch_compile"] = compile_would_win
+    if compile_would_win:
+        st.reasons["enable_torch_compile"] = (
             f"torch.compile on: {model.family} has measured compile wins (perf guide; Qwen-Image 502 -> 190 ms/step #13641) "
             f"and {forwards} DiT forwards per request repay the compile")
-    else:
-        why = (f"{model.family} has no measured compile win, and compile can lose (Z-Image-Turbo 0.79 -> 0.99 s, #30016)"
-               if model.family not in COMPILE_GAIN_FAMILIES else
-               f"only {forwards} DiT forwards per request" if forwards < MIN_COMPILE_FORWARDS else
-               (f"{expected_requests} request(s) in this process save ~{compile_saving_s:.1f} s, less than "
-                f"~{COMPILE_COST_S:.0f} s of compile") if one_shot_unpaid else
-               f"the DiT is streamed layer by layer ({sum(best.resident_per_group)} of {dit.num_layers} layers resident; "
-               "compile with offload hooks is not measured)" if best.offload else
-               f"the step is copy-bound ({best.sim.exposed_s * ms:.0f} of {best.sim.step_s * ms:.0f} ms waiting on copies)")
-        want["enable_torch_compile"] = False
-        reasons["enable_torch_compile"] = f"torch.compile off: {why}"
-    cc = tuple(dev.compute_capability or (0, 0))
+        return
+    why = (f"{model.family} has no measured compile win, and compile can lose (Z-Image-Turbo 0.79 -> 0.99 s, #30016)"
+           if model.family not in COMPILE_GAIN_FAMILIES else
+           f"only {forwards} DiT forwards per request" if forwards < MIN_COMPILE_FORWARDS else
+           (f"{expected_requests} request(s) in this process save ~{compile_saving_s:.1f} s, less than "
+            f"~{COMPILE_COST_S:.0f} s of compile") if one_shot_unpaid else
+           f"the DiT is streamed layer by layer ({sum(best.resident_per_group)} of {model.dit.num_layers} layers resident; "
+           "compile with offload hooks is not measured)" if best.offload else
+           f"the step is copy-bound ({best.sim.exposed_s * ms:.0f} of {best.sim.step_s * ms:.0f} ms waiting on copies)")
+    st.reasons["enable_torch_compile"] = f"torch.compile off: {why}"
+
+
+def _attention_settings(st: _Stage, lossy: bool, available_attention_backends) -> None:
+    cc = tuple(st.dev.compute_capability or (0, 0))
     avail = available_attention_backends
     if avail is None:
-        avail = current.get("available_attention_backends")
+        avail = st.current.get("available_attention_backends")
     if lossy and avail and "sage_attn" in avail and cc[0] in (8, 9, 12):
-        want["attention_backend"] = "sage_attn"
-        reasons["attention_backend"] = "sage attention (lossy, opted in): ~2x faster attention kernels on sm80-sm120"
+        st.want["attention_backend"] = "sage_attn"
+        st.reasons["attention_backend"] = "sage attention (lossy, opted in): ~2x faster attention kernels on sm80-sm120"
     else:
-        backend = current.get("attention_backend")
+        backend = st.current.get("attention_backend")
         default = "fa" if (cc >= (8, 0) and (avail is None or "fa" in avail)) else "torch_sdpa"
-        plan.notes.append(f"attention_backend left to sglang ({backend or 'default'}; it resolves to {default} on sm{cc[0]}{cc[1]})")
-    if cc[0] in AUTOTUNE_MAJORS and "attention_backend" not in pinned:
+        st.plan.notes.append(f"attention_backend left to sglang ({backend or 'default'}; it resolves to {default} "
+                             f"on sm{cc[0]}{cc[1]})")
+    if cc[0] in AUTOTUNE_MAJORS and "attention_backend" not in st.pinned:
         # Autotune may pick another backend per layer: never over a backend the user chose.
-        want["enable_attention_backend_autotune"] = True
-        reasons["enable_attention_backend_autotune"] = (
+        st.want["enable_attention_backend_autotune"] = True
+        st.reasons["enable_attention_backend_autotune"] = (
             f"per-layer attention autotune on: validated by sglang on sm90/sm12x, this card is sm{cc[0]}{cc[1]}")
     if lossy:
-        plan.notes.append("lossy opt-in: cache-dit and fp8 weights are not planned yet (set them explicitly)")
+        st.plan.notes.append("lossy opt-in: cache-dit and fp8 weights are not planned yet (set them explicitly)")
 
-    # ---- pinned flags and changes ------------------------------------------------------------
-    plan.settings = dict(want)
-    _pinned_notes(plan, pinned, want, best, free_best, ms)
-    for setting, after in want.items():
-        if setting in pinned:
+
+def _changes(st: _Stage, best: "_Cand", free_best) -> Plan:
+    """The wanted settings as changes against sglang's own values; pinned flags only as notes."""
+    plan = st.plan
+    plan.settings = dict(st.want)
+    _pinned_notes(plan, st.pinned, st.want, best, free_best, 1e3)
+    for setting, after in st.want.items():
+        if setting in st.pinned or _same(st.current.get(setting), after):
             continue
-        before = current.get(setting)
-        if _same(before, after):
-            continue
-        plan.changes.append(Change(setting, before, after, reasons.get(setting, "")))
-    if objective == "report":
+        plan.changes.append(Change(setting, st.current.get(setting), after, st.reasons.get(setting, "")))
+    if st.objective == "report":
         for c in plan.changes:
             plan.notes.append(f"performance_mode=manual: would set {c.setting}={c.after!r} ({c.reason})")
         plan.changes = []
