@@ -275,12 +275,23 @@ def read_safetensors_header(path: str | os.PathLike) -> dict[str, TensorInfo]:
             continue
         out[name], begin, end = _header_entry(path, name, meta, data_len)
         spans.append((begin, end, name))
-    spans.sort()
-    for (_, prev_end, prev), (begin, _, name) in zip(spans, spans[1:]):
-        if begin < prev_end:
-            raise ModelProbeError(f"{path}: tensor {name!r} overlaps {prev!r} in the data section; "
-                                  "expected each tensor's own bytes")
+    _check_coverage(path, sorted(spans), data_len)
     return out
+
+
+def _check_coverage(path: Path, spans: list[tuple[int, int, str]], data_len: int) -> None:
+    """The tensors tile the data section exactly, as safetensors itself requires (its reader refuses
+    a gap, an overlap or trailing bytes: tests/test_safetensors_crosscheck.py)."""
+    covered, last = 0, None
+    for begin, end, name in spans:
+        if begin != covered:
+            what = f"overlaps {last!r}" if begin < covered else f"starts at {begin}, leaving a gap after byte {covered}"
+            raise ModelProbeError(f"{path}: tensor {name!r} {what} in the data section; expected the tensors "
+                                  "to tile it")
+        covered, last = end, name
+    if covered != data_len:
+        raise ModelProbeError(f"{path}: the tensors cover {covered} of the data section's {data_len} bytes; "
+                              "expected them to tile it")
 
 
 def _header_entry(path: Path, name: str, meta, data_len: int) -> tuple[TensorInfo, int, int]:
