@@ -271,3 +271,24 @@ def test_planning_cost_is_linear_in_blocks(monkeypatch):
     for p, n in ((p100, 100), (p1000, 1000)):  # still a real plan: 28 GB of DiT streamed within 40 GiB
         assert p.dit.offload and p.dit.total_layers == n
         assert 0 < p.dit.resident_layers < n and p.predicted.vram_bytes <= 40 * GiB
+
+
+def test_a_plan_over_budget_never_says_it_kept_the_dit_within_it():
+    """The demo-sized Wan on an H200 profile with a 1 GiB budget: nothing fits, and the reason for
+    keeping the DiT resident says so instead of '1.7 of 1.0 GiB budget'."""
+    import tempfile
+
+    from sglang_autoperf.demo_model import build_demo_model
+    from sglang_autoperf.plan.planner import make_plan
+    from sglang_autoperf.probe.gpu import bundled_profile_path, profile_from_snapshot
+    from sglang_autoperf.probe.model import probe_model
+    from sglang_autoperf.probe.workload import workload_for
+
+    with tempfile.TemporaryDirectory() as tmp:
+        model = probe_model(build_demo_model(f"{tmp}/demo"))
+    plan = make_plan(gpu=profile_from_snapshot(bundled_profile_path("h200")), model=model,
+                     workload=workload_for(model, 832, 480, num_frames=81), pinned={}, current={},
+                     budget_bytes=1 << 30)
+    assert plan.predicted.vram_bytes > plan.predicted.budget_bytes
+    reason = next(c.reason for c in plan.changes if c.setting == "dit_layerwise_offload")
+    assert reason.startswith("nothing fits the 1.0 GiB budget") and "of 1.0 GiB budget" not in reason

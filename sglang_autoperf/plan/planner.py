@@ -389,9 +389,11 @@ def _dit_settings(st: _Stage, comps: _Components, best: "_Cand", layers, res_sim
         reasons["dit_layerwise_residency_policy"] = (
             f"{best.policy} residency: predicted step {best.sim.step_s * ms:.0f} ms, the faster layout in the simulation")
     else:
+        fits = (f"kept the whole DiT resident ({_gib(best.vram)} of {_gib(budget)} GiB budget)" if best.vram <= budget
+                else f"nothing fits the {_gib(budget)} GiB budget; the least memory, {_gib(best.vram)} GiB, is the whole "
+                     "DiT resident")
         reasons["dit_layerwise_offload"] = reasons["dit_cpu_offload"] = (
-            f"kept the whole DiT resident ({_gib(best.vram)} of {_gib(budget)} GiB budget): "
-            f"predicted step {res_sim.step_s * ms:.0f} ms with no copies")
+            f"{fits}: predicted step {res_sim.step_s * ms:.0f} ms with no copies")
     for flag, names in comps.flag_names.items():
         to_cpu = flag in best.offloaded
         label, size = "+".join(names), _gib(comps.flag_bytes[flag])
