@@ -135,9 +135,9 @@ def test_sweep_points_uses_planner_cost_model(tmp_path, monkeypatch):
     model = tmp_path / "m"
     (model / "transformer").mkdir(parents=True)
     (model / "transformer" / "config.json").write_text(json.dumps({"num_layers": 19, "num_single_layers": 38}))
-    fake = types.ModuleType("sglang_autoperf.plan")
+    fake = types.ModuleType("sglang_autoperf.plan.sweep")
     fake.predict_step_ms = lambda mp, wl, s, fb: None if s["resident"] > 40 else 500 - 8 * s["resident"] + s["prefetch"]
-    monkeypatch.setitem(sys.modules, "sglang_autoperf.plan", fake)
+    monkeypatch.setitem(sys.modules, "sglang_autoperf.plan.sweep", fake)
     pts, why = compare.sweep_points(str(model), {}, free_gib=24, max_points=4)
     assert why.startswith("planner") and pts[0].resident <= 40 and len(pts) <= 4
     assert pts[0].resident == max(p.resident for p in pts)  # the predicted best comes first

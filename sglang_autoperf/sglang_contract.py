@@ -3,16 +3,14 @@ targets, ServerArgs fields and what sglang derives from them, LayerwiseOffloadMa
 request objects). When sglang changes, this is the room to repair, and `contract_problems()` says
 what moved; tests/test_sglang_contract.py checks each assumption against the installed sglang.
 
-It sits at the bottom of the package: it imports nothing of ours but the logger, and everything
+It sits at the bottom of the package: it imports nothing of ours, and everything
 that needs sglang's meaning (startup, measure, the binding) calls down into it. Where sglang calls
 *us*, see sglang_binding.py.
 """
 from __future__ import annotations
 
-import copy
 from typing import Any, Callable
 
-from sglang_autoperf.log import logger
 
 # Hook targets (dotted paths resolved by sglang's HookRegistry when hooks are applied).
 # launch_server(server_args, ...) runs in the main process for `sglang generate`, `sglang serve`

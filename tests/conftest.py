@@ -40,6 +40,22 @@ def demo_model(tmp_path_factory) -> Path:
     return build_demo_model(tmp_path_factory.mktemp("models") / "autoperf-demo-wan")
 
 
+@pytest.fixture
+def server_args(demo_model):
+    """A real sglang ServerArgs for the demo model, built from command-line flags as sglang builds it
+    (the flags given count as set by the user)."""
+    def build(*flags: str):
+        from sglang.multimodal_gen.runtime.server_args import ServerArgs
+        from sglang.multimodal_gen.runtime.utils.argparse import FlexibleArgumentParser
+
+        parser = ServerArgs.add_cli_args(FlexibleArgumentParser())
+        argv = ["--model-path", str(demo_model), *flags]
+        args, unknown = parser.parse_known_args(argv)
+        return ServerArgs.from_cli_args(args, unknown, argv=argv)
+
+    return build
+
+
 @dataclass
 class GenerateRun:
     rc: int

@@ -1,6 +1,5 @@
 """Planner decisions on the real fixtures (config-only models, NVML/datasheet GPU snapshots)."""
 import dataclasses
-import itertools
 import json
 import random
 

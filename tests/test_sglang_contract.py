@@ -65,20 +65,6 @@ def test_the_manager_has_what_the_live_path_reads_and_writes():
 
 # --- a real ServerArgs ----------------------------------------------------------------------------
 
-@pytest.fixture
-def server_args(demo_model):
-    def build(*flags: str):
-        from sglang.multimodal_gen.runtime.server_args import ServerArgs
-        from sglang.multimodal_gen.runtime.utils.argparse import FlexibleArgumentParser
-
-        parser = ServerArgs.add_cli_args(FlexibleArgumentParser())
-        argv = ["--model-path", str(demo_model), *flags]
-        args, unknown = parser.parse_known_args(argv)
-        return ServerArgs.from_cli_args(args, unknown, argv=argv)
-
-    return build
-
-
 def _consistent(a) -> None:
     assert a.cfg_parallel_degree == (2 if a.enable_cfg_parallel else 1)
     assert a.tp_size * a.dp_size * a.cfg_parallel_degree * a.sp_degree == a.num_gpus

@@ -145,20 +145,6 @@ def test_no_gpu_steps_aside(tmp_path):
 # --- apply_changes on a real sglang ServerArgs ------------------------------------------------
 
 
-@pytest.fixture
-def server_args(demo_model):
-    def build(*flags: str):
-        from sglang.multimodal_gen.runtime.server_args import ServerArgs
-        from sglang.multimodal_gen.runtime.utils.argparse import FlexibleArgumentParser
-
-        parser = ServerArgs.add_cli_args(FlexibleArgumentParser())
-        argv = ["--model-path", str(demo_model), *flags]
-        args, unknown = parser.parse_known_args(argv)
-        return ServerArgs.from_cli_args(args, unknown, argv=argv)
-
-    return build
-
-
 def test_apply_changes_never_touches_pinned_flags(server_args):
     from sglang_autoperf.sglang_contract import apply_changes
 

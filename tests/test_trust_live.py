@@ -48,20 +48,6 @@ PINS = {
 }
 
 
-@pytest.fixture
-def server_args(demo_model):
-    def build(*flags: str):
-        from sglang.multimodal_gen.runtime.server_args import ServerArgs
-        from sglang.multimodal_gen.runtime.utils.argparse import FlexibleArgumentParser
-
-        parser = ServerArgs.add_cli_args(FlexibleArgumentParser())
-        argv = ["--model-path", str(demo_model), *flags]
-        args, unknown = parser.parse_known_args(argv)
-        return ServerArgs.from_cli_args(args, unknown, argv=argv)
-
-    return build
-
-
 def _pinned_tuner(tmp_path, server_args, flags):
     identity = sa.worker_identity(server_args(*flags))
     fixed = sa.pinned_placement_knobs(identity["pinned"])

@@ -3,7 +3,6 @@ can still take, RLIMIT_MEMLOCK. Files only, no NVML."""
 from __future__ import annotations
 
 import dataclasses
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
