@@ -91,6 +91,22 @@ def plan_startup(ctx: RunContext, settings: Settings) -> StartupPlan:
     return _plan_cuda(ctx, settings, base)
 
 
+def _bad_request_sizes(ctx: RunContext) -> str | None:
+    bad = {k: v for k, v in (("width", ctx.width), ("height", ctx.height), ("num_frames", ctx.num_frames),
+                             ("steps", ctx.steps)) if v is not None and (type(v) is not int or v <= 0)}
+    if not bad:
+        return None
+    return "the request's " + ", ".join(f"{k} {v!r}" for k, v in bad.items()) + " is not a positive whole number; nothing planned"
+
+
+def request_shape(ctx: RunContext, is_video: bool) -> tuple[int, int, int]:
+    """(width, height, frames) of the request planned for: the user's where known, else the family's
+    usual size (Wan 832x480x81, image models 1024x1024)."""
+    if is_video:
+        return ctx.width or 832, ctx.height or 480, ctx.num_frames or 81
+    return ctx.width or 1024, ctx.height or 1024, 1
+
+
 def _plan_cuda(ctx: RunContext, settings: Settings, base: dict[str, Any]) -> StartupPlan:
     from sglang_autoperf.probe.gpu import probe_gpus
     from sglang_autoperf.probe.model import ModelProbeError, probe_model
@@ -115,15 +131,10 @@ def _plan_cuda(ctx: RunContext, settings: Settings, base: dict[str, Any]) -> Sta
             budget = parse_vram_budget(settings.vram_budget, free)
         except BudgetError as exc:
             return StartupPlan(active=False, reason=str(exc), **base)
-    bad = {k: v for k, v in (("width", ctx.width), ("height", ctx.height), ("num_frames", ctx.num_frames),
-                             ("steps", ctx.steps)) if v is not None and (type(v) is not int or v <= 0)}
+    bad = _bad_request_sizes(ctx)
     if bad:
-        return StartupPlan(active=False, reason="the request's " + ", ".join(f"{k} {v!r}" for k, v in bad.items())
-                           + " is not a positive whole number; nothing planned", **base)
-    if model.is_video:
-        width, height, frames = ctx.width or 832, ctx.height or 480, ctx.num_frames or 81
-    else:
-        width, height, frames = ctx.width or 1024, ctx.height or 1024, 1
+        return StartupPlan(active=False, reason=bad, **base)
+    width, height, frames = request_shape(ctx, model.is_video)
     workload = workload_for(
         model, width, height, num_frames=frames, steps=ctx.steps, guidance_scale=ctx.guidance_scale
     )
