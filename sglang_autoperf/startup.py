@@ -225,11 +225,11 @@ def _cached_placement(plan_dict: dict[str, Any], ctx: RunContext, cached, bucket
         plan_dict["notes"].append(f"ignoring the tuning cache entry for {bucket}: {problem}")
         return False
     why = f"measured by an earlier calibration of {bucket} ({format_when(cached.created_at)}): {cached.reason}"
-    for knob, setting in (("resident_layers", "dit_layerwise_resident_layers"),
-                          ("prefetch_layers", "dit_offload_prefetch_size"),
-                          ("policy", "dit_layerwise_residency_policy")):
+    from sglang_autoperf.sglang_contract import PLACEMENT_KNOB_FLAGS
+
+    for knob, (dit_flag, _per_component) in PLACEMENT_KNOB_FLAGS.items():
         if knob not in ctx.fixed_knobs:
-            _set_change(plan_dict, ctx, setting, getattr(p, knob), why)
+            _set_change(plan_dict, ctx, dit_flag, getattr(p, knob), why)
     plan_dict["notes"].append(f"tuning cache hit for {bucket}: {p.label()}; no calibration needed")
     return True
 

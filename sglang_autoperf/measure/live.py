@@ -17,7 +17,7 @@ from typing import Any
 
 from sglang_autoperf import sglang_contract as sa
 from sglang_autoperf.cache import format_when
-from sglang_autoperf.trace import Placement, StepTrace
+from sglang_autoperf.trace import PLACEMENT_KNOBS, Placement, StepTrace, TraceRecording, placement_problem
 from sglang_autoperf.retune.schedule import (
     MAX_CALIBRATION_S,
     MAX_CANDIDATES,
@@ -180,8 +180,6 @@ class WorkerTuner:
     def cached_result(self, bucket: str, batch_size: int):
         """This bucket's cached result if it fits this DiT (layer counts, policy names); a result
         that does not is a logged miss."""
-        from sglang_autoperf.trace import placement_problem
-
         result = self.cache.get(self.key(bucket, batch_size))
         if result is None:
             return None
@@ -222,8 +220,6 @@ class WorkerTuner:
         self._start_calibration(bucket, shape)
 
     def _why_not_tunable(self) -> str | None:
-        from sglang_autoperf.trace import PLACEMENT_KNOBS
-
         if self.objective() == "report":
             return "--performance-mode manual: live retuning reports only"
         if set(PLACEMENT_KNOBS) <= self.fixed:
@@ -359,8 +355,6 @@ class WorkerTuner:
 
         import torch
         from importlib import metadata
-
-        from sglang_autoperf.trace import TraceRecording
 
         steps, self.recorded = self.recorded, []
         rec = TraceRecording(
