@@ -9,7 +9,8 @@ that needs sglang's meaning (startup, measure, the binding) calls down into it. 
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+import functools
+from typing import Any, Callable, Sequence
 
 
 # Hook targets (dotted paths resolved by sglang's HookRegistry when hooks are applied).
@@ -274,6 +275,45 @@ def residency_policies() -> tuple[str, ...]:
     return tuple(lo.RESIDENCY_POLICIES)
 
 
+# --- layer counts per ModuleList ------------------------------------------------------------
+# sglang 0.5.23 turns the placement flags into per-list counts inline in
+# LayerwiseOffloadableModuleMixin.configure_layerwise_offload (no function to call), and the
+# manager clamps prefetch to [1, num_layers]; tests/test_sglang_contract.py builds real managers
+# through that method and compares.
+
+def resident_per_group(group_counts: Sequence[int], setting: float) -> tuple[int, ...]:
+    """--dit-layerwise-resident-layers per ModuleList: <=0 none, <1 a fraction of each list (at
+    least 1), >=1 a count applied to each list (capped)."""
+    out = []
+    for n in group_counts:
+        if setting <= 0:
+            out.append(0)
+        elif setting < 1.0:
+            out.append(max(1, int(round(setting * n))))
+        else:
+            out.append(min(n, int(setting)))
+    return tuple(out)
+
+
+def prefetch_per_group(group_counts: Sequence[int], setting: float) -> tuple[int, ...]:
+    """--dit-offload-prefetch-size per ModuleList: <1 a fraction (0.0 = 1 layer), >=1 a count."""
+    out = []
+    for n in group_counts:
+        p = 1 + int(round(setting * (n - 1))) if setting < 1.0 else int(setting)
+        out.append(min(max(1, p), n))
+    return tuple(out)
+
+
+@functools.lru_cache(maxsize=8192)
+def streamed_layers(num_layers: int, resident_layers: int, policy: str) -> tuple[int, ...]:
+    """The layers a manager streams (the rest stay resident), by sglang's own function; cached
+    because the planner's simulation asks for the same few lists thousands of times."""
+    from sglang.multimodal_gen.runtime.managers.memory_managers import layerwise_offload as lo
+
+    return tuple(lo.compute_streamed_layers(num_layers=int(num_layers), resident_layers=int(resident_layers),
+                                            policy=policy))
+
+
 def live_placement_blocker(server_args) -> str | None:
     """Why sglang cannot change the DiT's placement between forward passes in this run (None: it
     can). Under `permanent` lifetime the resident layers have no host copy to stream back from."""
@@ -443,9 +483,7 @@ def set_manager_placement(manager, *, prefetch_layers: int, resident_layers: int
     manager.prefetch_size = min(max(1, int(prefetch_layers)), manager.num_layers)
     manager.resident_layers = resident
     manager.residency_policy = policy
-    manager._streamed_order = lo.compute_streamed_layers(
-        num_layers=manager.num_layers, resident_layers=resident, policy=policy
-    )
+    manager._streamed_order = streamed_layers(manager.num_layers, resident, policy)
     manager._resident_set = frozenset(range(manager.num_layers)) - set(manager._streamed_order)
     # The next forward starts from layer 0: stream its head now, as sglang does after a request.
     manager.prepare_for_next_req(non_blocking=True)

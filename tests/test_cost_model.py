@@ -164,20 +164,6 @@ def test_resident_layers_cut_exposure_and_strided_uses_them_to_hide():
     assert strided.exposed_s < leading.exposed_s  # copies interleave with resident compute
 
 
-def test_layout_semantics_mirror_sglang():
-    assert cost.streamed_layers(10, 0, "leading") == tuple(range(10))
-    assert cost.streamed_layers(10, 4, "leading") == (4, 5, 6, 7, 8, 9)
-    assert cost.streamed_layers(10, 5, "strided") == (0, 2, 4, 6, 8)
-    # --dit-layerwise-resident-layers: 0 none, <1 fraction, >=1 count applied to each list
-    assert cost.resident_per_group((19, 38), 0) == (0, 0)
-    assert cost.resident_per_group((19, 38), 0.5) == (10, 19)
-    assert cost.resident_per_group((19, 38), 20) == (19, 20)
-    # --dit-offload-prefetch-size: 0.0 is one layer, <1 a fraction, >=1 a count
-    assert cost.prefetch_per_group((60,), 0.0) == (1,)
-    assert cost.prefetch_per_group((60,), 0.1) == (7,)
-    assert cost.prefetch_per_group((60,), 2) == (2,)
-
-
 # --- memory ---------------------------------------------------------------------------------
 
 def test_wan22_a14b_720p_resident_peak_matches_issue_21248():

@@ -63,6 +63,41 @@ def test_the_manager_has_what_the_live_path_reads_and_writes():
     assert sa.residency_policies() == ("leading", "strided")
 
 
+def _two_list_dit():
+    """A FLUX-shaped pair of ModuleLists (19 double, 38 single blocks) on sglang's own mixin."""
+    import torch
+    from sglang.multimodal_gen.runtime.managers.memory_managers import layerwise_offload as lo
+
+    class Dit(lo.LayerwiseOffloadableModuleMixin, torch.nn.Module):
+        layer_names = ["transformer_blocks", "single_transformer_blocks"]
+
+        def __init__(self):
+            torch.nn.Module.__init__(self)
+            self.transformer_blocks = torch.nn.ModuleList(torch.nn.Linear(2, 2) for _ in range(19))
+            self.single_transformer_blocks = torch.nn.ModuleList(torch.nn.Linear(2, 2) for _ in range(38))
+
+    return Dit()
+
+
+@pytest.mark.parametrize("resident,prefetch", [("0", "0.0"), ("0.5", "0.1"), ("0.01", "0.99"), ("20", "2"),
+                                               ("3", "40"), ("0.3", "1")])
+@pytest.mark.parametrize("policy", ["leading", "strided"])
+def test_per_list_counts_are_what_sglangs_configure_builds(server_args, resident, prefetch, policy):
+    """sglang turns the flags into per-list counts inline in configure_layerwise_offload; the
+    contract's copy of that rule must build the same managers (real ServerArgs, real mixin, CPU)."""
+    args = server_args("--dit-layerwise-resident-layers", resident, "--dit-offload-prefetch-size", prefetch,
+                       "--dit-layerwise-residency-policy", policy)
+    dit = _two_list_dit()
+    dit.configure_layerwise_offload(args)
+    managers = dit.layerwise_offload_managers
+    counts = [m.num_layers for m in managers]
+    assert counts == [19, 38]
+    assert sa.resident_per_group(counts, float(resident)) == tuple(m.resident_layers for m in managers)
+    assert sa.prefetch_per_group(counts, float(prefetch)) == tuple(m.prefetch_size for m in managers)
+    for m in managers:
+        assert sa.streamed_layers(m.num_layers, m.resident_layers, policy) == tuple(m._streamed_order)
+
+
 # --- a real ServerArgs ----------------------------------------------------------------------------
 
 def _consistent(a) -> None:

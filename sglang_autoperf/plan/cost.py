@@ -10,6 +10,8 @@ import bisect
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
+from sglang_autoperf.sglang_contract import prefetch_per_group, resident_per_group, streamed_layers
+
 # Part of every tuning cache key: bump when a prediction changes for the same inputs, so that
 # placements chosen under the old model are measured again instead of reused.
 COST_MODEL_VERSION = 1
@@ -114,42 +116,7 @@ def layer_costs(dit, family: str, tokens: int, text_tokens: int, flops_per_s: fl
     return out
 
 
-# --- residency layout (mirrors sglang 0.5.23 layerwise_offload.compute_streamed_layers) --------
-
-def streamed_layers(num_layers: int, resident_layers: int, policy: str) -> tuple[int, ...]:
-    resident = min(max(0, resident_layers), num_layers)
-    streamed = num_layers - resident
-    if streamed <= 0:
-        return ()
-    if resident <= 0:
-        return tuple(range(num_layers))
-    if policy == "leading":
-        return tuple(range(resident, num_layers))
-    return tuple(round(i * num_layers / streamed) for i in range(streamed))
-
-
-def resident_per_group(group_counts: Sequence[int], setting: float) -> tuple[int, ...]:
-    """How sglang turns --dit-layerwise-resident-layers into a count per ModuleList:
-    <=0 none, <1 a fraction of each list, >=1 a count applied to each list (capped)."""
-    out = []
-    for n in group_counts:
-        if setting <= 0:
-            out.append(0)
-        elif setting < 1.0:
-            out.append(max(1, int(round(setting * n))))
-        else:
-            out.append(min(n, int(setting)))
-    return tuple(out)
-
-
-def prefetch_per_group(group_counts: Sequence[int], setting: float) -> tuple[int, ...]:
-    """--dit-offload-prefetch-size: <1 a fraction (0.0 = 1 layer), >=1 a layer count."""
-    out = []
-    for n in group_counts:
-        p = 1 + int(round(setting * (n - 1))) if setting < 1.0 else int(setting)
-        out.append(min(max(1, p), n))
-    return tuple(out)
-
+# --- residency layout: how sglang turns the flags into counts per list is sglang_contract's -------
 
 def prefetch_buffer_layers(prefetch: int, policy: str) -> int:
     """Streamed layers on the card at once: `leading` issues a batch of P at every P-th layer
@@ -174,6 +141,85 @@ class StepSim:
         return self.exposed_s <= 0.02 * max(self.step_s, 1e-12)
 
 
+class _OffloadSimulation:
+    """sglang's LayerwiseOffloadManagers over a sequence of forward passes, one clock for the
+    compute stream and one PCIe link that every manager's copies share (serialized)."""
+
+    def __init__(self, layers: Sequence[LayerCost], resident: Sequence[int], prefetch: Sequence[int], policy: str):
+        self.groups: dict[int, list[LayerCost]] = {}
+        for lc in layers:
+            self.groups.setdefault(lc.group, []).append(lc)
+        self.order = sorted(self.groups)
+        self.prefetch = {g: prefetch[gi] for gi, g in enumerate(self.order)}
+        self.streamed = {g: streamed_layers(len(self.groups[g]), resident[gi], policy)
+                         for gi, g in enumerate(self.order)}
+        self.stream_sets = {g: set(s) for g, s in self.streamed.items()}
+        self.policy = policy
+        self.t = 0.0  # compute stream clock
+        self.link_free = 0.0
+        self.stream_end = {g: 0.0 for g in self.order}  # last copy end on each manager's stream
+        self.ready: dict[int, dict[int, float]] = {g: {} for g in self.order}  # streamed layer -> copy end
+        self.compute_s = self.copy_s = self.exposed_s = 0.0  # sums over the measured passes
+
+    def issue(self, g: int, j: int, at: float) -> None:
+        if j not in self.stream_sets[g] or j in self.ready[g]:
+            return
+        start = max(at + COPY_ISSUE_LATENCY_S, self.link_free)
+        end = start + self.groups[g][j].copy_s
+        self.link_free = end
+        self.stream_end[g] = max(self.stream_end[g], end)
+        self.ready[g][j] = end
+
+    def next_streamed(self, g: int, after: int, count: int) -> list[int]:
+        s = self.streamed[g]
+        if not s:
+            return []
+        k = bisect.bisect_right(s, after)
+        return [s[(k + o) % len(s)] for o in range(min(count, len(s)))]
+
+    def start_pass(self, g: int) -> None:
+        """Layer 0's pre-hook: drop stale copies, drain the copy stream, issue the head."""
+        head = self.next_streamed(g, -1, self.prefetch[g])
+        for j in list(self.ready[g]):
+            if j not in head:
+                del self.ready[g][j]
+        self.t = max(self.t, self.stream_end[g]) if self.ready[g] else self.t
+        for j in head:
+            self.issue(g, j, self.t)
+
+    def run_layer(self, g: int, i: int, measuring: bool) -> None:
+        lc, n, P = self.groups[g][i], len(self.groups[g]), self.prefetch[g]
+        if i == 0:
+            self.start_pass(g)
+        start = self.t
+        if i in self.stream_sets[g]:
+            if i not in self.ready[g]:  # not prefetched: synchronous load
+                self.issue(g, i, self.t)
+            start = max(self.t, self.ready[g][i])
+        if measuring:
+            self.exposed_s += start - self.t
+            self.compute_s += lc.compute_s
+            self.copy_s += lc.copy_s if i in self.stream_sets[g] else 0.0
+        if self.policy == "strided":
+            for j in self.next_streamed(g, i, P):
+                self.issue(g, j, start)
+        elif i % P == 0:
+            for j in range(i + P, i + 2 * P):
+                self.issue(g, j % n, start)
+        self.t = start + lc.compute_s
+        self.ready[g].pop(i, None)  # post-hook release
+
+    def run_pass(self, measuring: bool) -> None:
+        for g in self.order:
+            if self.streamed[g]:
+                for i in range(len(self.groups[g])):
+                    self.run_layer(g, i, measuring)
+                continue
+            for lc in self.groups[g]:  # fully resident list: compute only
+                self.t += lc.compute_s
+                self.compute_s += lc.compute_s if measuring else 0.0
+
+
 def simulate_step(
     layers: Sequence[LayerCost],
     resident: Sequence[int],
@@ -191,85 +237,13 @@ def simulate_step(
     `strided` keeps the next P streamed layers in flight; a layer is released after it runs.
     Warm passes are simulated first so that wrap-around prefetches reach steady state.
     """
-    groups: dict[int, list[LayerCost]] = {}
-    for lc in layers:
-        groups.setdefault(lc.group, []).append(lc)
-    order = sorted(groups)
-    streamed = {}
-    stream_sets = {}
-    for gi, g in enumerate(order):
-        n = len(groups[g])
-        s = streamed_layers(n, resident[gi], policy)
-        streamed[g] = s
-        stream_sets[g] = set(s)
-
-    t = 0.0  # compute stream clock
-    link_free = 0.0  # the PCIe link
-    stream_end = {g: 0.0 for g in order}  # last copy end on each manager's stream
-    ready: dict[int, dict[int, float]] = {g: {} for g in order}  # streamed layer -> copy end
-
-    def issue(g: int, j: int, at: float) -> None:
-        nonlocal link_free
-        if j not in stream_sets[g] or j in ready[g]:
-            return
-        start = max(at + COPY_ISSUE_LATENCY_S, link_free)
-        end = start + groups[g][j].copy_s
-        link_free = end
-        stream_end[g] = max(stream_end[g], end)
-        ready[g][j] = end
-
-    def next_streamed(g: int, after: int, count: int) -> list[int]:
-        s = streamed[g]
-        if not s:
-            return []
-        k = bisect.bisect_right(s, after)
-        return [s[(k + o) % len(s)] for o in range(min(count, len(s)))]
-
-    total_passes = warm_passes + passes
-    t_measure = 0.0
-    compute_sum = copy_sum = exposed = 0.0
-    for p in range(total_passes):
-        measuring = p >= warm_passes
-        if p == warm_passes:
-            t_measure = t
-        for gi, g in enumerate(order):
-            n = len(groups[g])
-            P = prefetch[gi]
-            if not streamed[g]:
-                for lc in groups[g]:
-                    t += lc.compute_s
-                    if measuring:
-                        compute_sum += lc.compute_s
-                continue
-            for i in range(n):
-                lc = groups[g][i]
-                if i == 0:
-                    head = next_streamed(g, -1, P)
-                    for j in list(ready[g]):
-                        if j not in head:
-                            del ready[g][j]
-                    t = max(t, stream_end[g]) if ready[g] else t
-                    for j in head:
-                        issue(g, j, t)
-                start = t
-                if i in stream_sets[g]:
-                    if i not in ready[g]:  # not prefetched: synchronous load
-                        issue(g, i, t)
-                    start = max(t, ready[g][i])
-                if measuring:
-                    exposed += start - t
-                    compute_sum += lc.compute_s
-                    if i in stream_sets[g]:
-                        copy_sum += lc.copy_s
-                if policy == "strided":
-                    for j in next_streamed(g, i, P):
-                        issue(g, j, start)
-                elif i % P == 0:
-                    for j in range(i + P, i + 2 * P):
-                        issue(g, j % n, start)
-                t = start + lc.compute_s
-                ready[g].pop(i, None)  # post-hook release
-    return StepSim(step_s=t - t_measure, compute_s=compute_sum, copy_s=copy_sum, exposed_s=exposed)
+    sim = _OffloadSimulation(layers, resident, prefetch, policy)
+    for _ in range(warm_passes):
+        sim.run_pass(measuring=False)
+    t_measure = sim.t
+    for _ in range(passes):
+        sim.run_pass(measuring=True)
+    return StepSim(step_s=sim.t - t_measure, compute_s=sim.compute_s, copy_s=sim.copy_s, exposed_s=sim.exposed_s)
 
 
 def resident_step(layers: Sequence[LayerCost], passes: int) -> StepSim:

@@ -15,6 +15,7 @@ from typing import Any
 
 from sglang_autoperf.plan import cost
 from sglang_autoperf.plan.objective import placement_objective
+from sglang_autoperf.sglang_contract import prefetch_per_group, resident_per_group
 
 # torch.compile: families with measured eager->compiled wins at served shapes (SGLang Diffusion
 # performance guide; Qwen-Image 502 -> 190 ms/step #13641). Z-Image-Turbo lost (0.79 s eager vs
@@ -507,8 +508,8 @@ class _SimTable:
     def get(self, r: int, p: int, pol: str) -> _Cand:
         key = (r, p, pol)
         if key not in self._memo:
-            res_pg = cost.resident_per_group(self.group_counts, float(r))
-            pf_pg = cost.prefetch_per_group(self.group_counts, float(p))
+            res_pg = resident_per_group(self.group_counts, float(r))
+            pf_pg = prefetch_per_group(self.group_counts, float(p))
             sim = cost.simulate_step(self.layers, res_pg, pf_pg, pol, self.passes)
             robust = cost.simulate_step(self.fast, res_pg, pf_pg, pol, self.passes)
             w, b = cost.dit_placed_bytes(self.dits, float(r), float(p), pol)

@@ -19,10 +19,9 @@ from sglang_autoperf.plan.cost import (
     LayerCost,
     StepSim,
     dit_placed_bytes,
-    prefetch_per_group,
-    resident_per_group,
     simulate_step,
 )
+from sglang_autoperf.sglang_contract import prefetch_per_group, resident_per_group
 
 OBJECTIVES = ("speed", "memory")
 POLICIES = ("leading", "strided")
