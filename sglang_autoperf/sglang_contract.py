@@ -10,6 +10,7 @@ that needs sglang's meaning (startup, measure, the binding) calls down into it. 
 from __future__ import annotations
 
 import functools
+import sys
 from typing import Any, Callable, Sequence
 
 
@@ -72,6 +73,9 @@ PLANNED_FIELDS = (
     "ring_degree",
     "warmup_mode",
     "warmup_steps",
+    # issue 20 (plan/layout.py): the multi-GPU layout's other two fields
+    "kv_gather_degree",
+    "use_fsdp_inference",
 )
 
 
@@ -100,7 +104,14 @@ PARALLEL_ALIASES = {
     "enable_cfg_parallel": ("cfg_parallel_degree",),
     "ulysses_degree": ("sp_degree", "kv_gather_degree"),
     "ring_degree": ("sp_degree", "kv_gather_degree"),
+    # issue 20: sglang assigns K/V-gather only when no SP flag was given (_adjust_parallelism)
+    "kv_gather_degree": ("sp_degree", "ulysses_degree", "ring_degree"),
 }
+
+
+# issue 20: the attention backends sglang runs ring attention on (server_args.py
+# RING_CAPABLE_ATTENTION_BACKENDS; it picks one in __post_init__, before a plan could set ring_degree).
+RING_ATTENTION_BACKENDS = ("fa", "sage_attn")
 
 
 PARALLEL_DERIVED = ("cfg_parallel_degree", "sp_degree", "ulysses_degree", "ring_degree", "kv_gather_degree")
@@ -304,14 +315,35 @@ def prefetch_per_group(group_counts: Sequence[int], setting: float) -> tuple[int
     return tuple(out)
 
 
+_LAYERWISE_MODULE = "sglang.multimodal_gen.runtime.managers.memory_managers.layerwise_offload"
+
+
 @functools.lru_cache(maxsize=8192)
 def streamed_layers(num_layers: int, resident_layers: int, policy: str) -> tuple[int, ...]:
-    """The layers a manager streams (the rest stay resident), by sglang's own function; cached
-    because the planner's simulation asks for the same few lists thousands of times."""
-    from sglang.multimodal_gen.runtime.managers.memory_managers import layerwise_offload as lo
+    """The layers a manager streams (the rest stay resident). In a process that has sglang's
+    offload module loaded (a server, a worker) this is sglang's own function; the bare CLI
+    (`sglang-autoperf plan`) does not import sglang and uses the same rule copied below, which
+    tests/test_sglang_contract.py checks against sglang's over every small case. Cached: the
+    planner's simulation asks for the same few lists thousands of times."""
+    lo = sys.modules.get(_LAYERWISE_MODULE)
+    if lo is not None:
+        return tuple(lo.compute_streamed_layers(num_layers=int(num_layers), resident_layers=int(resident_layers),
+                                                policy=policy))
+    return streamed_layers_without_sglang(num_layers, resident_layers, policy)
 
-    return tuple(lo.compute_streamed_layers(num_layers=int(num_layers), resident_layers=int(resident_layers),
-                                            policy=policy))
+
+def streamed_layers_without_sglang(num_layers: int, resident_layers: int, policy: str) -> tuple[int, ...]:
+    """sglang 0.5.23's compute_streamed_layers: `leading` streams the tail, `strided` spreads the
+    streamed layers evenly over the list."""
+    resident = min(max(0, resident_layers), num_layers)
+    streamed = num_layers - resident
+    if streamed <= 0:
+        return ()
+    if resident <= 0:
+        return tuple(range(num_layers))
+    if policy == "leading":
+        return tuple(range(resident, num_layers))
+    return tuple(round(i * num_layers / streamed) for i in range(streamed))
 
 
 def live_placement_blocker(server_args) -> str | None:
@@ -371,6 +403,11 @@ def _rederive_parallelism(server_args, planned: set[str]) -> None:
     neither the user nor the plan set them) and derived again by sglang's own code, then checked
     by its own validation, so that e.g. enable_cfg_parallel=False never runs with degree 2."""
     explicit = explicit_flags(server_args)
+    if "kv_gather_degree" in planned:
+        # issue 20: sglang mirrors kv_gather_degree into ulysses_degree. With K/V-gather on, that copy
+        # is derived again; with it off, the ulysses_degree the plan left as it was is the plan's.
+        on = (server_args.kv_gather_degree or 1) > 1
+        planned = set(planned) - {"ulysses_degree"} if on else set(planned) | {"ulysses_degree"}
     for name in PARALLEL_DERIVED:
         if name not in explicit and name not in planned:
             setattr(server_args, name, None)
@@ -378,6 +415,17 @@ def _rederive_parallelism(server_args, planned: set[str]) -> None:
         server_args.sp_split_auto = False
     server_args._adjust_parallelism()
     server_args._validate_parallelism()
+
+
+def layout_rejection(server_args) -> str | None:
+    """issue 20: why sglang's own validation refuses the parallel layout these ServerArgs hold (None:
+    accepted). __post_init__ skips _validate_parallelism on the CPU platform, so it is run here."""
+    try:
+        server_args._validate_parallelism()
+        server_args._validate_cfg_parallel()
+    except ValueError as exc:
+        return str(exc)
+    return None
 
 
 def _rederive_residency(server_args, lc) -> None:
