@@ -113,6 +113,8 @@ def test_round_trip_is_bit_exact_and_matches_the_reference(codec, name):
     decoded = codec.decode(rec)
     assert decoded.shape == t.shape and decoded.dtype == torch.bfloat16
     assert torch.equal(_bits(decoded), _bits(t))
+    gathered = codec.decode_into(rec, torch.empty_like(t), block_pairs=64, variant="gather")
+    assert torch.equal(_bits(gathered), _bits(t))
     assert torch.equal(_bits(codec.reference_decode(rec)), _bits(t))
 
 

@@ -135,7 +135,7 @@ def stats_from_histogram(hist: torch.Tensor) -> CodecStats:
     table = choose_table(hist)
     escapes = n - sum(counts[e] for e in table)
     index_bytes = torch.empty((), dtype=index_dtype(n)).element_size()
-    entropy = -sum(c / n * math.log2(c / n) for c in counts if c) if n else 0.0
+    entropy = sum(-c / n * math.log2(c / n) for c in counts if c)
     return CodecStats(numel=n, raw_nbytes=2 * n,
                       compressed_nbytes=TABLE_BYTES + n + (n + 1) // 2 + escapes * (index_bytes + 1),
                       escape_rate=escapes / n if n else 0.0, exponent_entropy_bits=entropy,
@@ -209,7 +209,8 @@ def _with_escapes(t, table, sign_mantissa, codes, bits, escape_index) -> Compres
                             escape_index.to(index_dtype(bits.numel())), escape_exponent)
 
 
-def decode_into(rec: CompressedTensor, out: torch.Tensor, block_pairs: int = 1024, num_warps: int = 4) -> torch.Tensor:
+def decode_into(rec: CompressedTensor, out: torch.Tensor, block_pairs: int = 1024, num_warps: int = 4,
+                variant: str = "interleave") -> torch.Tensor:
     """Decode into the caller's bf16 tensor (e.g. a layer's device buffer), on the current stream.
 
     Two launches: the main kernel (escapes get exponent 0) and, when there are escapes, the patch.
@@ -217,9 +218,11 @@ def decode_into(rec: CompressedTensor, out: torch.Tensor, block_pairs: int = 102
     if out.dtype != rec.dtype or not out.is_contiguous() or out.numel() != rec.numel or out.device != rec.device:
         raise ValueError(f"decode_into needs a contiguous {rec.dtype} tensor of {rec.numel} elements on "
                          f"{rec.device}; got {out.dtype} {tuple(out.shape)} on {out.device}")
+    if variant not in exponent_triton.DECODE_VARIANTS:
+        raise ValueError(f"decode variant {variant!r} is none of {exponent_triton.DECODE_VARIANTS}")
     out_bits = out.view(torch.int16).reshape(-1)
     exponent_triton.decode_into(rec.sign_mantissa, rec.codes, exponent_triton.table_words(rec.table), out_bits,
-                                block_pairs=block_pairs, num_warps=num_warps)
+                                block_pairs=block_pairs, num_warps=num_warps, variant=variant)
     exponent_triton.patch_escapes(rec.sign_mantissa, rec.escape_index, rec.escape_exponent, out_bits)
     return out
 

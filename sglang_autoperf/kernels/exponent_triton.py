@@ -35,7 +35,7 @@ def _encode_kernel(bits_ptr, lut_ptr, sign_mantissa_ptr, codes_ptr, n, BLOCK_PAI
     tl.store(codes_ptr + pair, (c_even | (c_odd << 4)).to(tl.uint8), mask=even < n)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["w0", "w1", "w2", "w3"])  # one compile for every table
 def _decode_kernel(sign_mantissa_ptr, codes_ptr, out_ptr, n, w0, w1, w2, w3, BLOCK_PAIRS: tl.constexpr):
     pid = tl.program_id(0)
     pair = pid.to(tl.int64) * BLOCK_PAIRS + tl.arange(0, BLOCK_PAIRS)
@@ -50,7 +50,22 @@ def _decode_kernel(sign_mantissa_ptr, codes_ptr, out_ptr, n, w0, w1, w2, w3, BLO
     tl.store(out_ptr + offs, bits.to(tl.int16), mask=mask)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["w0", "w1", "w2", "w3"])
+def _decode_gather_kernel(sign_mantissa_ptr, codes_ptr, out_ptr, n, w0, w1, w2, w3, BLOCK: tl.constexpr):
+    """The same decode with each element loading its own code byte (two lanes read one byte)
+    instead of an interleave of the two nibbles: a variant the benchmark times against the first."""
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < n
+    packed = tl.load(codes_ptr + (offs >> 1), mask=mask, other=0).to(tl.int32)
+    code = (packed >> ((offs & 1).to(tl.int32) * 4)) & 0xF
+    sm = tl.load(sign_mantissa_ptr + offs, mask=mask, other=0).to(tl.int32)
+    word = tl.where(code < 8, tl.where(code < 4, w0, w1), tl.where(code < 12, w2, w3))
+    exponent = (word >> ((code & 3) * 8)) & 0xFF
+    bits = ((sm & 0x80) << 8) | (exponent << 7) | (sm & 0x7F)
+    tl.store(out_ptr + offs, bits.to(tl.int16), mask=mask)
+
+
+@triton.jit(do_not_specialize=["count"])
 def _patch_escapes_kernel(sign_mantissa_ptr, index_ptr, exponent_ptr, out_ptr, count, BLOCK: tl.constexpr):
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < count
@@ -83,11 +98,21 @@ def encode_into(bits, lut, sign_mantissa, codes, *, block_pairs: int = 1024) -> 
     _encode_kernel[grid](bits, lut, sign_mantissa, codes, n, BLOCK_PAIRS=block_pairs)
 
 
-def decode_into(sign_mantissa, codes, words, out_bits, *, block_pairs: int = 1024, num_warps: int = 4) -> None:
-    """out_bits: int16 view of the caller's bf16 output; escapes get exponent 0 here (see patch)."""
+DECODE_VARIANTS = ("interleave", "gather")
+
+
+def decode_into(sign_mantissa, codes, words, out_bits, *, block_pairs: int = 1024, num_warps: int = 4,
+                variant: str = "interleave") -> None:
+    """out_bits: int16 view of the caller's bf16 output; escapes get exponent 0 here (see patch).
+    A program decodes 2 * block_pairs elements."""
     n = out_bits.numel()
     grid = (triton.cdiv(triton.cdiv(n, 2), block_pairs),)
-    _decode_kernel[grid](sign_mantissa, codes, out_bits, n, *words, BLOCK_PAIRS=block_pairs, num_warps=num_warps)
+    if variant == "gather":
+        _decode_gather_kernel[grid](sign_mantissa, codes, out_bits, n, *words, BLOCK=2 * block_pairs,
+                                    num_warps=num_warps)
+    else:
+        _decode_kernel[grid](sign_mantissa, codes, out_bits, n, *words, BLOCK_PAIRS=block_pairs,
+                             num_warps=num_warps)
 
 
 def patch_escapes(sign_mantissa, index, exponent, out_bits, *, block: int = 1024) -> None:
