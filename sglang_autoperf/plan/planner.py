@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from sglang_autoperf.plan import cost
+from sglang_autoperf.plan import layout as layout_model
 from sglang_autoperf.plan.objective import placement_objective
 from sglang_autoperf.sglang_contract import prefetch_per_group, resident_per_group
 
@@ -249,32 +250,29 @@ def _stage(gpu, model, workload, pinned, current, budget_bytes, performance_mode
 
 
 def _layout(st: _Stage, num_gpus: int) -> _Layout:
-    """CFG-parallel on 2+ GPUs where the model runs two passes per step; what that leaves per GPU."""
+    """The multi-GPU layout (plan/layout.py on 2+ GPUs); what that leaves per GPU."""
     pinned, current, workload, model = st.pinned, st.current, st.workload, st.model
     cfg_parallel = _as_bool(pinned["enable_cfg_parallel"]) if "enable_cfg_parallel" in pinned else False
     runs_cfg = workload.cfg_passes >= 2 or (_as_bool(current.get("enable_cfg_parallel")) and model.cfg_default)
-    if num_gpus >= 2:
-        if "enable_cfg_parallel" not in pinned and runs_cfg and num_gpus % 2 == 0:
-            cfg_parallel = True
-            st.want["enable_cfg_parallel"] = True
-            st.reasons["enable_cfg_parallel"] = (
-                f"split the 2 CFG passes over {num_gpus} GPUs instead of splitting "
-                f"{workload.tokens_per_pass} tokens (2xH200 #22763: Qwen-Image 11.21 -> 7.14 s, Wan-14B 23.75 -> 21.27 s)")
-        elif "enable_cfg_parallel" not in pinned and not runs_cfg and current.get("enable_cfg_parallel"):
-            st.want["enable_cfg_parallel"] = False
-            st.reasons["enable_cfg_parallel"] = ("turned CFG parallel off: this model runs 1 pass per step, so the "
-                                                 "CFG rank would recompute it")
     passes = 1 if (cfg_parallel and runs_cfg) else workload.cfg_passes
-    sp = max(1, num_gpus // (2 if cfg_parallel and runs_cfg else 1))
-    if "ulysses_degree" in pinned or "ring_degree" in pinned:
-        sp = max(1, int(pinned.get("ulysses_degree") or 1) * int(pinned.get("ring_degree") or 1))
+    sp = max(1, int(pinned.get("ulysses_degree") or 1) * int(pinned.get("ring_degree") or 1))
+    # --- issue 20: on 2+ GPUs the layout (CFG-parallel / Ulysses / ring / K/V-gather / FSDP) is the
+    # cost model's choice (plan/layout.py); under FSDP the later stages see the DiT as one GPU holds it.
+    if num_gpus >= 2:
+        choice = layout_model.choose_layout(model, workload, st.used, num_gpus, pinned, current, st.budget,
+                                            st.flops, st.h2d, runs_cfg)
+        if choice.costs:  # empty: the pinned flags admit no layout the model knows; left to sglang
+            for name, value in choice.layout.settings().items():
+                st.want[name], st.reasons[name] = value, choice.reason
+            st.model = layout_model.per_gpu_model(model, choice.fsdp_shards)
+        st.plan.notes.extend(choice.notes)
+        passes, sp = choice.passes_per_gpu, choice.layout.sp
+    # --- end issue 20
     tokens_per_gpu = workload.tokens_per_pass // sp
     if sp > 1 and tokens_per_gpu < MIN_TOKENS_PER_GPU_FOR_SP:
         st.plan.notes.append(
             f"sequence parallel {sp} leaves {tokens_per_gpu} tokens per GPU, below {MIN_TOKENS_PER_GPU_FOR_SP}: "
             "all-to-all likely costs more than it saves; consider fewer GPUs")
-    if sp > 1:
-        st.plan.notes.append(f"sglang derives the sequence-parallel degree {sp} from num_gpus; left to it")
     return _Layout(passes, sp, tokens_per_gpu)
 
 
