@@ -44,7 +44,9 @@ def _linear(name: str, out_f: int, in_f: int) -> list:
 
 def flux_double_block(c: dict) -> list:
     """(name, shape) of `transformer_blocks.0.` in diffusers' state-dict order."""
-    h, d, mlp = c["num_attention_heads"] * c["attention_head_dim"], c["attention_head_dim"], 4 * c["num_attention_heads"] * c["attention_head_dim"]
+    d = c["attention_head_dim"]
+    h = c["num_attention_heads"] * d
+    mlp = 4 * h
     attn = [("attn.norm_q.weight", (d,)), ("attn.norm_k.weight", (d,))]
     for p in ("to_q", "to_k", "to_v", "to_out.0"):
         attn += _linear(f"attn.{p}", h, h)
@@ -248,7 +250,8 @@ def gpu_summary(seed: int) -> dict:
     timed = [r for r in blocks + synthetic if "decode_gb_s" in r]
     coded = [r for r in tensors + blocks + synthetic if "kept_raw" not in r]
     return {
-        "card": torch.cuda.get_device_name() if DEVICE == "cuda" else DEVICE, "torch": torch.__version__, "triton": _triton_version(),
+        "card": torch.cuda.get_device_name() if DEVICE == "cuda" else DEVICE,
+        "torch": torch.__version__, "triton": _triton_version(),
         "decode_configs": configs, "decode_config": config, "tensors": tensors, "blocks": blocks,
         "synthetic": synthetic,
         "targets": {
