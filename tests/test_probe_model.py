@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from sglang_autoperf.probe.model import (
-    SAMPLING_DEFAULTS,
     ModelProbeError,
+    NotNativeError,
     format_model_table,
     model_profile_to_dict,
     probe_model,
@@ -108,8 +108,10 @@ def test_wan_tiny_sharded_matches_single_file(tmp_path):
 
 
 def test_flux_tiny_checkpoint(tmp_path):
-    dit, vae = _flux_tiny(tmp_path / "flux")
-    prof = probe_model(tmp_path / "flux")
+    # named like a FLUX.1 checkpoint: sglang's FLUX.1 detector matches "flux.1" in the path, and a
+    # folder it does not recognise runs on its diffusers backend (test_native_backend_gate)
+    dit, vae = _flux_tiny(tmp_path / "FLUX.1-tiny")
+    prof = probe_model(tmp_path / "FLUX.1-tiny")
     d = prof.dit
     assert [(g.name, g.count) for g in d.block_groups] == [("transformer_blocks", 2), ("single_transformer_blocks", 3)]
     assert list(d.layer_bytes) == (_block_bytes(dit, "transformer_blocks", 2)
@@ -214,7 +216,10 @@ def test_wan22_two_experts():
 
 def test_hunyuan_video():
     p = probe_model(FIXTURES / "HunyuanVideo")
-    assert [(g.name, g.count) for g in p.dit.block_groups] == [("transformer_blocks", 20), ("single_transformer_blocks", 40)]
+    # sglang's names for the two lists (its HunyuanVideoTransformer3DModel.layer_names; the checkpoint
+    # says transformer_blocks / single_transformer_blocks, which the old hand table used): sglang wins,
+    # since its layerwise offload manager is what streams them.
+    assert [(g.name, g.count) for g in p.dit.block_groups] == [("double_blocks", 20), ("single_blocks", 40)]
     assert set(p.dit.layer_bytes[:20]) == {_mmdit_double_params(3072, 128) * BF16}
     assert set(p.dit.layer_bytes[20:]) == {_mmdit_single_params(3072, 128) * BF16}
     assert p.dit.patch_size == (1, 2, 2)
@@ -295,6 +300,38 @@ def test_unknown_family(tmp_path):
         probe_model(tmp_path)
 
 
+def _gate(exc) -> tuple[bool, str]:
+    message = str(exc.value)
+    assert "\n" not in message and "diffusers backend" in message and "no layerwise offload" in message
+    return exc.value.resolved.native, exc.value.resolved.backend_reason
+
+
+def test_native_backend_gate(tmp_path):
+    """sglang's get_model_info sends these to its diffusers backend; the probe says so in one line and
+    carries sglang's answer as data."""
+    _write_json(tmp_path / "model_index.json", {"_class_name": "FancyNewPipeline", "_diffusers_version": "0.35.0"})
+    with pytest.raises(NotNativeError) as exc:
+        probe_model(tmp_path)
+    assert _gate(exc) == (False, "sglang runs FancyNewPipeline with its diffusers backend (no native pipeline of "
+                                 "that name), which has no layerwise offload to plan")
+    with pytest.raises(NotNativeError) as exc:
+        probe_model(FIXTURES / "FLUX.1-dev", backend="diffusers")  # sglang's --backend diffusers
+    assert "--backend diffusers" in _gate(exc)[1]
+    quantized = shutil.copytree(FIXTURES / "FLUX.1-dev", tmp_path / "FLUX.1-dev-4bit")
+    with pytest.raises(NotNativeError) as exc:
+        probe_model(quantized)
+    assert "quantized" in _gate(exc)[1]
+
+
+def test_model_id_picks_sglang_config(tmp_path):
+    """sglang's --model-id overrides the folder name: a Wan2.1 folder probed as Wan2.2-T2V-A14B gets that
+    model's sampling class (40 steps, guidance 4.0)."""
+    plain = shutil.copytree(FIXTURES / "Wan2.1-T2V-14B-Diffusers", tmp_path / "my-wan")
+    assert probe_model(plain).default_steps == 50
+    p = probe_model(plain, model_id="Wan2.2-T2V-A14B-Diffusers")
+    assert (p.sampling_class, p.default_steps, p.default_guidance_scale) == ("Wan2_2_T2V_A14B_SamplingParam", 40, 4.0)
+
+
 def _safetensors(tmp_path):
     _wan_tiny(tmp_path / "m")
     return tmp_path / "m", next((tmp_path / "m" / "transformer").glob("*.safetensors"))
@@ -359,25 +396,65 @@ def test_sub_byte_dtypes_count_their_packed_bytes(tmp_path):
     assert before.components["transformer"].bytes - probe_model(m).components["transformer"].bytes == 12
 
 
-# ---- the static sampling table matches sglang ---------------------------------------------------
+# ---- the hand tables the probe used before it read sglang: a cross-check ------------------------
+# Written by hand from sglang 0.5.23's configs/sample/{wan,flux,qwenimage,hunyuan}.py and
+# pipeline_configs/{wan,flux,qwen_image,hunyuan}.py. The probe now reads sglang itself; where the
+# two disagree sglang wins, and the test names the disagreement.
 
-def test_sampling_table_matches_sglang():
-    pytest.importorskip("sglang.multimodal_gen.configs.sample.sampling_params")
-    import importlib
+@dataclasses.dataclass(frozen=True)
+class HandRow:
+    sampling_class: str
+    guidance_scale: float
+    steps: int
+    cfg: bool  # a second, negative pass by default
+    precisions: tuple[str, ...]  # dit, vae, text encoders...
+    text_tokens: int
+    execution_order: tuple[str, ...]
 
-    mods = [importlib.import_module(f"sglang.multimodal_gen.configs.sample.{m}")
-            for m in ("wan", "flux", "qwenimage", "hunyuan")]
-    for cls_name, want in SAMPLING_DEFAULTS.items():
-        cls = next(getattr(m, cls_name) for m in mods if hasattr(m, cls_name))
-        fields = {f.name: f for f in dataclasses.fields(cls)}
-        assert fields["guidance_scale"].default == want.guidance_scale, cls_name
-        assert fields["num_inference_steps"].default == want.steps, cls_name
-        assert (fields["negative_prompt"].default is not None) == want.has_negative_prompt, cls_name
+
+HAND_TABLE = {
+    "Wan2.1-T2V-14B-Diffusers": HandRow("WanT2V_14B_SamplingParams", 5.0, 50, True, ("bf16", "fp32", "fp32"), 512,
+                                        ("blocks",)),
+    "Wan2.2-T2V-A14B-Diffusers": HandRow("Wan2_2_T2V_A14B_SamplingParam", 4.0, 40, True, ("bf16", "fp32", "fp32"),
+                                         512, ("blocks",)),
+    "FLUX.1-dev": HandRow("FluxSamplingParams", 3.5, 50, False, ("bf16", "bf16", "bf16", "bf16"), 512,
+                          ("transformer_blocks", "single_transformer_blocks")),
+    "Qwen-Image": HandRow("QwenImageSamplingParams", 4.0, 50, True, ("bf16", "bf16", "bf16"), 256,
+                          ("transformer_blocks",)),
+    "HunyuanVideo": HandRow("HunyuanSamplingParams", 1.0, 50, False, ("bf16", "fp16", "fp16", "fp16"), 256,
+                            ("transformer_blocks", "single_transformer_blocks")),
+}
+# Where sglang and the hand table differ, and what sglang says.
+SGLANG_WINS = {
+    # the Qwen2.5-VL encoder's text_len in sglang's QwenImagePipelineConfig; the table had a nominal prompt
+    ("Qwen-Image", "text_tokens"): 512,
+    # sglang's HunyuanVideoTransformer3DModel streams its own module names, not the checkpoint's
+    ("HunyuanVideo", "execution_order"): ("double_blocks", "single_blocks"),
+}
+
+
+def _dtype_code(torch_name: str) -> str:
+    return {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}[torch_name]
+
+
+@pytest.mark.parametrize("name", sorted(HAND_TABLE))
+def test_sglang_agrees_with_the_old_hand_table(name):
+    p, row = probe_model(FIXTURES / name), HAND_TABLE[name]
+    seen = {
+        "sampling_class": p.sampling_class, "guidance_scale": p.default_guidance_scale, "steps": p.default_steps,
+        "cfg": p.cfg_default, "text_tokens": p.text_tokens,
+        "precisions": tuple(_dtype_code(p.components[c].dtype) for c in
+                            ["transformer", "vae", *sorted(c for c in p.components if c.startswith("text_encoder"))]),
+        "execution_order": tuple(g.name for g in p.dit.block_groups),
+    }
+    for key, value in seen.items():
+        want = SGLANG_WINS.get((name, key), getattr(row, key))
+        assert value == want, (name, key, value, want)
 
 
 # ---- text encoders of the published configs (config-only, exact parameters) --------------------
 # Parameter counts written out from each config's shapes, independent of the probe and of
-# transformers; run-time dtype per sglang 0.5.23's text_encoder_precisions (the probe's _PRECISIONS):
+# transformers; run-time dtype per sglang 0.5.23's text_encoder_precisions (HAND_TABLE above):
 # wan fp32, flux bf16 + bf16, qwen_image bf16, hunyuan_video fp16 + fp16.
 
 def _t5_encoder_params(vocab: int, d: int, ff: int, layers: int, heads: int, d_kv: int, buckets: int,

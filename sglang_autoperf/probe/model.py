@@ -13,6 +13,15 @@ import struct
 from dataclasses import asdict, dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
+from ..sglang_models import (
+    DIT_COMPONENTS,
+    DitLayout,
+    SglangModel,
+    SglangModelError,
+    dit_layout,
+    layer_index_pattern,
+    resolve_model,
+)
 from .files import open_regular, parse_json, read_json_file
 
 
@@ -20,9 +29,18 @@ class ModelProbeError(ValueError):
     """A model folder that cannot be profiled; the message names the file and what was expected."""
 
 
+class NotNativeError(ModelProbeError):
+    """sglang would run the folder with its diffusers backend (no layerwise offload): nothing to plan.
+    `resolved` is sglang's answer as data; the message is its one-line reason."""
+
+    def __init__(self, message: str, resolved: SglangModel):
+        super().__init__(message)
+        self.resolved = resolved
+
+
 @dataclass(frozen=True)
 class BlockGroup:
-    name: str  # module list name in the checkpoint, e.g. "transformer_blocks", "single_transformer_blocks"
+    name: str  # sglang's layer_names entry, e.g. "transformer_blocks", "single_transformer_blocks"
     count: int
     block_bytes: tuple[int, ...]  # run-time bytes of each block, in order
     block_params: tuple[int, ...]
@@ -43,6 +61,7 @@ class DitProfile:
     head_dim: int
     patch_size: tuple[int, ...]  # (t, h, w) for video, (h, w) for image
     in_channels: int
+    sglang_class: str = ""  # the DiT class sglang builds (its registry, aliases resolved)
 
     @property
     def num_layers(self) -> int:
@@ -64,8 +83,8 @@ class ComponentProfile:
 class ModelProfile:
     path: str
     pipeline_class: str
-    family: str  # "wan", "flux", "qwen_image", "hunyuan_video", ...
-    task: str  # "text-to-image", "text-to-video", "image-to-video", "image-edit", ...
+    family: str  # the module of sglang's pipeline config: "wan", "flux", "qwen_image", "zimage", ...
+    task: str  # "text-to-image", "text-to-video", "image-to-video", "image-edit", ... (sglang's task type)
     components: dict[str, ComponentProfile]
     dit: DitProfile | None  # the first (or only) expert
     dits: dict[str, DitProfile]  # every DiT, keyed by component name (two for Wan2.2-A14B)
@@ -77,120 +96,21 @@ class ModelProfile:
     fingerprint: str  # changes when configs or tensor shapes change, not otherwise
     default_steps: int = 50  # sglang's num_inference_steps default for this model
     text_tokens: int = 512  # encoder tokens the DiT attends to (cross or joint attention)
+    guidance_is_cfg: bool = False  # a guidance scale > 1 adds the negative pass (sglang has a default negative prompt)
+    pipeline_config_class: str = ""  # sglang's PipelineConfig subclass for this folder
+    sampling_class: str = ""  # sglang's SamplingParams subclass for this folder
 
     @property
     def is_video(self) -> bool:
         return "video" in self.task
 
 
-# ---------------------------------------------------------------------------------------------
-# Static knowledge of sglang 0.5.23
-# ---------------------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class _Precisions:
-    dit: str
-    vae: str
-    text_encoders: tuple[str, ...]
-    image_encoder: str = "fp32"
-
-
-# Run-time precision per family, from sglang 0.5.23
-# sglang/multimodal_gen/configs/pipeline_configs/{base,wan,flux,qwen_image,hunyuan}.py
-# (PipelineConfig.dit_precision defaults to "bf16" in base.py; the loader uses vae_precision,
-# not vae_decode_precision, when it builds the VAE: runtime/utils/precision.py).
-_PRECISIONS: dict[str, _Precisions] = {
-    "wan": _Precisions(dit="bf16", vae="fp32", text_encoders=("fp32",), image_encoder="fp32"),
-    "flux": _Precisions(dit="bf16", vae="bf16", text_encoders=("bf16", "bf16")),
-    "qwen_image": _Precisions(dit="bf16", vae="bf16", text_encoders=("bf16",)),
-    "hunyuan_video": _Precisions(dit="bf16", vae="fp16", text_encoders=("fp16", "fp16")),
-}
-
-# pipeline class -> (family, task)
-_PIPELINES: dict[str, tuple[str, str]] = {
-    "WanPipeline": ("wan", "text-to-video"),
-    "WanImageToVideoPipeline": ("wan", "image-to-video"),
-    "FluxPipeline": ("flux", "text-to-image"),
-    "QwenImagePipeline": ("qwen_image", "text-to-image"),
-    "QwenImageEditPipeline": ("qwen_image", "image-edit"),
-    "QwenImageEditPlusPipeline": ("qwen_image", "image-edit"),
-    "HunyuanVideoPipeline": ("hunyuan_video", "text-to-video"),
-}
-
-
-@dataclass(frozen=True)
-class SamplingDefaults:
-    guidance_scale: float
-    steps: int
-    has_negative_prompt: bool  # sglang runs CFG only when guidance > 1 AND a negative prompt is set
-
-
-# Field defaults of sglang 0.5.23's SamplingParams subclasses, keyed by class name
-# (sglang/multimodal_gen/configs/sample/{wan,flux,qwenimage,hunyuan}.py). Checked against the
-# live classes by tests/test_probe_model.py when sglang is importable.
-SAMPLING_DEFAULTS: dict[str, SamplingDefaults] = {
-    "WanT2V_1_3B_SamplingParams": SamplingDefaults(3.0, 50, True),
-    "WanT2V_14B_SamplingParams": SamplingDefaults(5.0, 50, True),
-    "WanI2V_14B_480P_SamplingParam": SamplingDefaults(5.0, 50, True),
-    "WanI2V_14B_720P_SamplingParam": SamplingDefaults(5.0, 50, True),
-    "Wan2_2_TI2V_5B_SamplingParam": SamplingDefaults(5.0, 50, True),
-    "Wan2_2_T2V_A14B_SamplingParam": SamplingDefaults(4.0, 40, True),
-    "Wan2_2_I2V_A14B_SamplingParam": SamplingDefaults(3.5, 40, True),
-    "FluxSamplingParams": SamplingDefaults(3.5, 50, False),
-    "QwenImageSamplingParams": SamplingDefaults(4.0, 50, True),
-    "QwenImageEditPlusSamplingParams": SamplingDefaults(4.0, 40, True),
-    "HunyuanSamplingParams": SamplingDefaults(1.0, 50, True),
-}
-
-# How sglang picks the sampling class (registry._get_config_info): a registered model id whose
-# short name occurs in the folder name wins (longest first); else the pipeline's detector.
-# From register() in sglang/multimodal_gen/configs/pipeline_configs/{wan,flux,qwen_image,hunyuan}.py.
-_MODEL_ID_SAMPLING: dict[str, str] = {
-    "Wan2.1-T2V-1.3B-Diffusers": "WanT2V_1_3B_SamplingParams",
-    "Wan2.1-T2V-14B-Diffusers": "WanT2V_14B_SamplingParams",
-    "Wan2.1-I2V-14B-480P-Diffusers": "WanI2V_14B_480P_SamplingParam",
-    "Wan2.1-I2V-14B-720P-Diffusers": "WanI2V_14B_720P_SamplingParam",
-    "Wan2.2-TI2V-5B-Diffusers": "Wan2_2_TI2V_5B_SamplingParam",
-    "Wan2.2-T2V-A14B-Diffusers": "Wan2_2_T2V_A14B_SamplingParam",
-    "Wan2.2-I2V-A14B-Diffusers": "Wan2_2_I2V_A14B_SamplingParam",
-    "FLUX.1-dev": "FluxSamplingParams",
-    "Qwen-Image": "QwenImageSamplingParams",
-    "Qwen-Image-Edit": "QwenImageSamplingParams",
-    "Qwen-Image-Edit-2509": "QwenImageEditPlusSamplingParams",
-    "Qwen-Image-Edit-2511": "QwenImageEditPlusSamplingParams",
-    "HunyuanVideo": "HunyuanSamplingParams",
-}
-_PIPELINE_SAMPLING: dict[str, str] = {
-    "WanPipeline": "WanT2V_1_3B_SamplingParams",  # sglang's "wanpipeline" detector
-    "WanImageToVideoPipeline": "WanI2V_14B_480P_SamplingParam",
-    "FluxPipeline": "FluxSamplingParams",
-    "QwenImagePipeline": "QwenImageSamplingParams",
-    "QwenImageEditPipeline": "QwenImageSamplingParams",
-    "QwenImageEditPlusPipeline": "QwenImageEditPlusSamplingParams",
-    "HunyuanVideoPipeline": "HunyuanSamplingParams",
-}
-
-# Families whose guidance_scale is true CFG (a second, negative pass); FLUX.1-dev and
-# HunyuanVideo embed guidance in the DiT (pipeline_configs: embedded_cfg_scale).
+# Guidance that is true CFG (a second, negative pass) for these families; FLUX.1-dev and
+# HunyuanVideo embed guidance in the DiT. probe/workload.py reads it; ModelProfile.guidance_is_cfg
+# is the same fact read from sglang's sampling class (a default negative prompt), for every family.
 TRUE_CFG_FAMILIES = frozenset({"wan", "qwen_image"})
 
-# Encoder tokens the DiT attends to. Wan: T5 text_len 512 (configs/models/dits/wanvideo.py);
-# FLUX: T5 max_length 512 (pipeline_configs/flux.py); HunyuanVideo: Llama text_len 256
-# (configs/models/encoders/llama.py); Qwen-Image pads nothing, so it is prompt-dependent: a
-# nominal prompt length.
-TEXT_TOKENS: dict[str, int] = {"wan": 512, "flux": 512, "hunyuan_video": 256, "qwen_image": 256}
-
-# Block lists in execution order: double-stream before single-stream. Lists not named here
-# run after the named ones, in name order.
-_EXECUTION_ORDER: dict[str, tuple[str, ...]] = {
-    "wan": ("blocks",),
-    "flux": ("transformer_blocks", "single_transformer_blocks"),
-    "qwen_image": ("transformer_blocks",),
-    "hunyuan_video": ("transformer_blocks", "single_transformer_blocks"),
-}
-# Module lists that are part of the DiT but are not the repeated backbone (HunyuanVideo's token
-# refiner sits inside context_embedder: "context_embedder.token_refiner.refiner_blocks.N").
-_DIT_COMPONENTS = ("transformer", "transformer_2")
+_DIT_COMPONENTS = DIT_COMPONENTS
 
 # Bits per element of every safetensors dtype (sub-byte ones are packed).
 _DTYPE_BITS = {
@@ -426,26 +346,11 @@ def _tensors_from_config(comp_dir: Path, library: str, class_name: str, config: 
 # Grouping
 # ---------------------------------------------------------------------------------------------
 
-_INDEXED = re.compile(r"^(.*?)\.(\d+)\.(.+)$")
-
-
 def _runtime_bytes(t: TensorInfo, precision: str) -> int:
     # floating tensors are cast to the run-time dtype; integer buffers keep theirs
     if t.dtype in _FLOAT_DTYPES:
         return t.numel * _PRECISION_BYTES[precision]
     return _disk_bytes(t)
-
-
-def _block_lists(tensors: dict[str, TensorInfo]) -> dict[str, dict[int, list[str]]]:
-    """Module lists at the top level of the DiT: prefix 'name.N.' with N = 0..count-1."""
-    lists: dict[str, dict[int, list[str]]] = {}
-    for name in tensors:
-        m = _INDEXED.match(name)
-        if not m or "." in m.group(1):
-            continue  # only top-level lists (nested lists belong to their parent module)
-        lists.setdefault(m.group(1), {}).setdefault(int(m.group(2)), []).append(name)
-    # a repeated block list has consecutive indices from 0 and at least 2 entries
-    return {k: v for k, v in lists.items() if len(v) >= 2 and sorted(v) == list(range(len(v)))}
 
 
 def _config_int(config: dict, key: str, where: Path, default: int | None = None) -> int:
@@ -493,21 +398,44 @@ def _dit_geometry(config: dict, where: Path, latent_channels: int, is_video: boo
             "in_channels": in_channels}
 
 
-def _dit_profile(component: str, class_name: str, family: str, config: dict, where: Path,
+def _sglang_blocks(tensors: dict[str, TensorInfo], layout: DitLayout) -> dict[str, dict[int, list[str]]]:
+    """Checkpoint tensors of each of sglang's layer_names, by block index: names mapped the way
+    sglang's loader maps them, then matched against `^{layer_name}.(i).`."""
+    patterns = [(n, layer_index_pattern(n)) for n in layout.layer_names]
+    out: dict[str, dict[int, list[str]]] = {}
+    for name in tensors:
+        mapped = layout.to_sglang_name(name)
+        for layer_name, pattern in patterns:
+            m = pattern.match(mapped)
+            if m:
+                out.setdefault(layer_name, {}).setdefault(int(m.group(1)), []).append(name)
+                break
+    return out
+
+
+def _dit_profile(component: str, class_name: str, model: SglangModel, config: dict, where: Path,
                  tensors: dict[str, TensorInfo], latent_channels: int, is_video: bool) -> DitProfile:
-    precision = _PRECISIONS[family].dit
-    lists = _block_lists(tensors)
-    order = _EXECUTION_ORDER.get(family, ())
-    names = [n for n in order if n in lists] + sorted(n for n in lists if n not in order)
+    precision = _precision(model.dit_precision, where)
+    try:
+        layout = dit_layout(model, component, config)
+    except SglangModelError as e:
+        raise ModelProbeError(f"{where}: {e}") from None
+    if not layout.layer_names:
+        raise ModelProbeError(f"{where}: sglang's {layout.class_name} declares no layer_names; its layerwise "
+                              "offload cannot stream this DiT, so there is nothing to plan")
+    lists = _sglang_blocks(tensors, layout)
+    names = [n for n in layout.layer_names if n in lists]  # execution order = layer_names order
     if not names:
-        raise ModelProbeError(f"{where.parent}: no repeated block list (name.0., name.1., ...) among its "
-                              f"{len(tensors)} tensors; expected the weights of a DiT")
+        raise ModelProbeError(f"{where.parent}: no tensor matches sglang's layer_names {list(layout.layer_names)} "
+                              f"among its {len(tensors)} tensors; expected the weights of a {layout.class_name}")
     count = sum(len(lists[n]) for n in names)
     if count > MAX_LAYERS:
         raise ModelProbeError(f"{where}: {count} blocks; expected at most {MAX_LAYERS}")
     groups = []
     for gname in names:
         blocks = lists[gname]
+        if sorted(blocks) != list(range(len(blocks))):
+            raise ModelProbeError(f"{where.parent}: {gname} has blocks {sorted(blocks)[:8]}...; expected 0..n-1")
         bb = tuple(sum(_runtime_bytes(tensors[t], precision) for t in blocks[i]) for i in range(len(blocks)))
         bp = tuple(sum(tensors[t].numel for t in blocks[i]) for i in range(len(blocks)))
         groups.append(BlockGroup(gname, len(blocks), bb, bp))
@@ -518,8 +446,15 @@ def _dit_profile(component: str, class_name: str, family: str, config: dict, whe
         component=component, class_name=class_name, dtype=_PRECISION_NAMES[precision],
         block_groups=tuple(groups), layer_bytes=layer_bytes, layer_params=layer_params,
         non_block_bytes=total - sum(layer_bytes), total_bytes=total,
-        **_dit_geometry(config, where, latent_channels, is_video),
+        **_dit_geometry(config, where, latent_channels, is_video), sglang_class=layout.class_name,
     )
+
+
+def _precision(name: str, where: Path) -> str:
+    if name not in _PRECISION_BYTES:
+        raise ModelProbeError(f"{where}: sglang runs this component in {name!r}; the probe knows "
+                              f"{', '.join(sorted(_PRECISION_BYTES))}")
+    return name
 
 
 def _int_list(config: dict, key: str, where: Path) -> list:
@@ -566,14 +501,6 @@ def _norm(obj):
     return obj
 
 
-def _sampling_class(root: Path, pipeline_class: str) -> str:
-    name = root.name.lower()
-    for model_id in sorted(_MODEL_ID_SAMPLING, key=len, reverse=True):
-        if model_id.lower() in name:
-            return _MODEL_ID_SAMPLING[model_id]
-    return _PIPELINE_SAMPLING[pipeline_class]
-
-
 def _components(root: Path, index_path: Path, index: dict) -> dict[str, tuple[str, str]]:
     """Component folder name -> (library, class) from model_index.json; every folder inside `root`."""
     comps: dict[str, tuple[str, str]] = {}
@@ -582,9 +509,6 @@ def _components(root: Path, index_path: Path, index: dict) -> dict[str, tuple[st
             continue
         confined(root, k, index_path, "component folder")
         comps[k] = (str(v[0]), str(v[1]))
-    if not any(k in _DIT_COMPONENTS for k in comps):
-        raise ModelProbeError(f"{index_path}: names no {' or '.join(_DIT_COMPONENTS)}; expected the "
-                              "diffusion transformer among the components")
     return comps
 
 
@@ -622,23 +546,35 @@ def _check_layer_counts(config, where: Path) -> None:
                 raise ModelProbeError(f"{where}: {k} is {v}; expected at most {MAX_LAYERS} layers")
 
 
-def _component_precision(name: str, prec: _Precisions) -> str:
+def _component_precision(name: str, model: SglangModel) -> str:
+    """sglang's run-time precision of a component (its PipelineConfig's *_precision fields)."""
     if name in _DIT_COMPONENTS:
-        return prec.dit
+        return model.dit_precision
     if name == "vae":
-        return prec.vae
+        return model.vae_precision
     if name.startswith("text_encoder"):
         suffix = name[len("text_encoder"):].lstrip("_")
         text_idx = int(suffix) - 1 if suffix.isdigit() else 0
-        return prec.text_encoders[min(text_idx, len(prec.text_encoders) - 1)]
+        precisions = model.text_encoder_precisions or (model.dit_precision,)
+        return precisions[min(text_idx, len(precisions) - 1)]
     if name == "image_encoder":
-        return prec.image_encoder
-    return prec.dit
+        return model.image_encoder_precision
+    return model.dit_precision
 
 
-def probe_model(path: str | os.PathLike) -> ModelProfile:
-    """Profile a diffusers-layout model folder from its configs and safetensors headers alone."""
-    root = Path(path)
+def _resolve(index_path: Path, index_class: str, model_id: str | None, backend: str | None) -> SglangModel:
+    """sglang's answer for the folder; a diffusers-backend answer is a NotNativeError."""
+    try:
+        resolved = resolve_model(str(index_path.parent), index_class, model_id=model_id, backend=backend)
+    except (ImportError, MemoryError) as e:
+        raise ModelProbeError(f"{index_path}: cannot read sglang's model registry ({type(e).__name__}: "
+                              f"{' '.join(str(e).split())})") from None
+    if not resolved.native:
+        raise NotNativeError(f"{index_path}: {resolved.backend_reason}", resolved)
+    return resolved
+
+
+def _read_index(root: Path) -> tuple[Path, dict]:
     if not root.is_dir():
         raise ModelProbeError(f"{root}: no such folder; expected a diffusers model folder")
     index_path = root / "model_index.json"
@@ -646,23 +582,13 @@ def probe_model(path: str | os.PathLike) -> ModelProfile:
     if "_diffusers_version" not in index or "_class_name" not in index:
         raise ModelProbeError(
             f"{index_path}: no _diffusers_version/_class_name; expected a diffusers model_index.json")
-    pipeline_class = str(index["_class_name"])
-    if pipeline_class not in _PIPELINES:
-        raise ModelProbeError(
-            f"{index_path}: pipeline class {pipeline_class!r} is not a known family; expected one of "
-            + ", ".join(sorted(_PIPELINES)))
-    family, task = _PIPELINES[pipeline_class]
-    is_video = "video" in task
-    prec = _PRECISIONS[family]
+    return index_path, index
 
-    comps = _components(root, index_path, index)
-    fp_parts: dict = {"model_index": _norm(index), "components": {}}
-    configs = _configs(root, comps, fp_parts)
-    vae_cfg = configs.get("vae")
-    if vae_cfg is None:
-        raise ModelProbeError(f"{root / 'vae' / 'config.json'}: missing; expected the VAE config")
-    spatial, temporal, latent = _vae_geometry(vae_cfg, root / "vae" / "config.json", is_video)
 
+def _profile_components(root: Path, comps: dict[str, tuple[str, str]], configs: dict[str, dict],
+                        model: SglangModel, latent: int, fp_parts: dict
+                        ) -> tuple[dict[str, ComponentProfile], dict[str, DitProfile]]:
+    """Each component with a config: its bytes at sglang's run-time precision; each DiT's blocks."""
     components: dict[str, ComponentProfile] = {}
     dits: dict[str, DitProfile] = {}
     for name, (lib, cls) in sorted(comps.items()):
@@ -670,35 +596,53 @@ def probe_model(path: str | os.PathLike) -> ModelProfile:
             continue  # tokenizers, schedulers, processors: no weights
         d = root / name
         files = _weight_files(d)
-        if not files:  # built on the meta device: bound its size first
-            _check_layer_counts(configs[name], d / "config.json")
         tensors = _tensors_from_weights(files) if files else _tensors_from_config(d, lib, cls, configs[name])
-        precision = _component_precision(name, prec)
-        nbytes = sum(_runtime_bytes(t, precision) for t in tensors.values())
+        precision = _precision(_component_precision(name, model), d / "config.json")
         components[name] = ComponentProfile(
             name=name, library=lib, class_name=cls, params=sum(t.numel for t in tensors.values()),
-            dtype=_PRECISION_NAMES[precision], bytes=nbytes,
+            dtype=_PRECISION_NAMES[precision], bytes=sum(_runtime_bytes(t, precision) for t in tensors.values()),
             source="weights" if files else "config")
         if name in _DIT_COMPONENTS:
-            dits[name] = _dit_profile(name, cls, family, configs[name], d / "config.json", tensors, latent,
-                                      is_video)
+            dits[name] = _dit_profile(name, cls, model, configs[name], d / "config.json", tensors, latent,
+                                      "video" in model.task)
         fp_parts["components"][name] = {
             "config": _norm(configs[name]),
             "tensors": sorted((k, t.dtype, list(t.shape)) for k, t in tensors.items()),
         }
+    return components, dits
 
-    sampling = SAMPLING_DEFAULTS[_sampling_class(root, pipeline_class)]
-    cfg_default = (family in TRUE_CFG_FAMILIES and sampling.guidance_scale > 1.0
-                   and sampling.has_negative_prompt)
+
+def probe_model(path: str | os.PathLike, model_id: str | None = None, backend: str | None = None) -> ModelProfile:
+    """Profile a diffusers-layout model folder from its configs and safetensors headers alone, with
+    what sglang's registry says about it (`model_id`, `backend`: sglang's --model-id and --backend).
+    A folder sglang would run with its diffusers backend raises NotNativeError."""
+    root = Path(path)
+    index_path, index = _read_index(root)
+    comps = _components(root, index_path, index)
+    fp_parts: dict = {"model_index": _norm(index), "components": {}}
+    configs = _configs(root, comps, fp_parts)
+    for name in configs:  # a config-only component is built on the meta device: bound its size first
+        if not _weight_files(root / name):
+            _check_layer_counts(configs[name], root / name / "config.json")
+    model = _resolve(index_path, str(index["_class_name"]), model_id, backend)
+    if not any(k in _DIT_COMPONENTS for k in comps):
+        raise ModelProbeError(f"{index_path}: names no {' or '.join(_DIT_COMPONENTS)}; expected the "
+                              "diffusion transformer among the components")
+    vae_cfg = configs.get("vae")
+    if vae_cfg is None:
+        raise ModelProbeError(f"{root / 'vae' / 'config.json'}: missing; expected the VAE config")
+    spatial, temporal, latent = _vae_geometry(vae_cfg, root / "vae" / "config.json", "video" in model.task)
+    components, dits = _profile_components(root, comps, configs, model, latent, fp_parts)
     blob = json.dumps(fp_parts, sort_keys=True, separators=(",", ":")).encode()
     dit = dits.get("transformer") or (next(iter(dits.values())) if dits else None)
     return ModelProfile(
-        path=str(root.resolve()), pipeline_class=pipeline_class, family=family, task=task,
-        components=components, dit=dit, dits=dits, cfg_default=cfg_default,
-        default_guidance_scale=sampling.guidance_scale, vae_spatial_compression=spatial,
+        path=str(root.resolve()), pipeline_class=model.pipeline_class, family=model.family, task=model.task,
+        components=components, dit=dit, dits=dits, cfg_default=model.cfg_default,
+        default_guidance_scale=model.default_guidance_scale, vae_spatial_compression=spatial,
         vae_temporal_compression=temporal, latent_channels=latent,
-        fingerprint=hashlib.sha256(blob).hexdigest(), default_steps=sampling.steps,
-        text_tokens=TEXT_TOKENS[family],
+        fingerprint=hashlib.sha256(blob).hexdigest(), default_steps=model.default_steps,
+        text_tokens=model.text_tokens, guidance_is_cfg=model.guidance_is_cfg,
+        pipeline_config_class=model.pipeline_config_class, sampling_class=model.sampling_class,
     )
 
 
