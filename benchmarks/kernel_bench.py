@@ -5,8 +5,8 @@ double and single blocks, Wan2.1-14B and -1.3B blocks), drawn in-process the way
 them (`random_tensor`, N(0, 0.02) matrices, zero biases, unit norms), each block also as one flat
 tensor (how a layer would stream); plus synthetic heavy-tailed and outlier-rich tensors and one of
 uniform random bits (which must stay raw). Per tensor: compression ratio, escape rate, exponent
-entropy, encode time, decode GB/s of output (CUDA events, median of repeats), bit-exactness of the
-round trip. Decode launch configurations are timed first on the flat FLUX double block and the
+entropy, encode time, decode GB/s of output (CUDA events, median of repeats, launches queued behind
+a GPU spin so host launch cost is apart: decode_host_us), bit-exactness of the round trip. Decode launch configurations are timed first on the flat FLUX double block and the
 fastest is used for the rest. The pinned H2D copy of the same bytes gives the link's GB/s and the
 streamed time per block, raw against compressed + decode.
 
@@ -108,19 +108,36 @@ def synthetic_tensors(gen: torch.Generator, shape=(3072, 12288)) -> dict:
 
 # --------------------------------------------------------------------------- timing
 
+QUEUE_AHEAD_CYCLES = 2_000_000  # ~1 ms of GPU spin at 1.98 GHz, longer than queuing a decode's two launches
+
+
 def cuda_ms(fn, repeats: int = 20, warmup: int = 3) -> float:
-    """Median of `repeats` CUDA-event timings of fn() on the current stream."""
+    """Median GPU time of fn() over `repeats` (CUDA events). The GPU spins first while fn's launches
+    are queued behind it, so the host's launch cost is left out, as on a copy stream whose copy is
+    still running when the decode is launched; `host_us` measures that cost apart."""
     for _ in range(warmup):
         fn()
     times = []
     for _ in range(repeats):
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        torch.cuda._sleep(QUEUE_AHEAD_CYCLES)
         start.record()
         fn()
         end.record()
         end.synchronize()
         times.append(start.elapsed_time(end))
     return statistics.median(times)
+
+
+def host_us(fn, calls: int = 50) -> float:
+    """Host time of one fn() call (its launches), averaged over `calls` queued back to back."""
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    elapsed = time.perf_counter() - t0
+    torch.cuda.synchronize()
+    return elapsed / calls * 1e6
 
 
 def encode_timed(t: torch.Tensor):
@@ -158,7 +175,8 @@ def tensor_row(name: str, t: torch.Tensor, config: dict, timed: bool) -> dict:
     row["compressed_bytes"] = rec.nbytes
     if timed:
         ms = cuda_ms(lambda: codec.decode_into(rec, out, **config))
-        row.update(decode_ms=ms, decode_gb_s=stats.raw_nbytes / ms / 1e6)
+        row.update(decode_ms=ms, decode_gb_s=stats.raw_nbytes / ms / 1e6,
+                   decode_host_us=host_us(lambda: codec.decode_into(rec, out, **config)))
     return row
 
 
@@ -222,13 +240,15 @@ def folder_rows(folder: Path, max_tensors: int) -> list[dict]:
 
 
 def print_table(rows: list[dict]) -> None:
-    print(f"{'tensor':66} {'shape':>18} {'ratio':>6} {'esc %':>7} {'H bits':>6} {'enc ms':>7} {'dec GB/s':>9} exact")
+    print(f"{'tensor':66} {'shape':>18} {'ratio':>6} {'esc %':>7} {'H bits':>6} {'enc ms':>7} {'dec GB/s':>9} "
+          f"{'host us':>7} exact")
     for r in rows:
         gbs = f"{r['decode_gb_s']:9.0f}" if "decode_gb_s" in r else f"{'-':>9}"
         enc = f"{r['encode_ms']:7.2f}" if "encode_ms" in r else f"{'-':>7}"
         exact = "raw" if "kept_raw" in r else str(r.get("bit_exact", "-"))
+        launch = f"{r['decode_host_us']:7.1f}" if "decode_host_us" in r else f"{'-':>7}"
         print(f"{r['name'][-66:]:66} {'x'.join(map(str, r['shape'])):>18} {r['ratio']:6.3f} "
-              f"{100 * r['escape_rate']:7.3f} {r['exponent_entropy_bits']:6.2f} {enc} {gbs} {exact}")
+              f"{100 * r['escape_rate']:7.3f} {r['exponent_entropy_bits']:6.2f} {enc} {gbs} {launch} {exact}")
 
 
 def gpu_summary(seed: int) -> dict:
