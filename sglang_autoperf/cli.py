@@ -3,7 +3,6 @@ fit the VRAM budget."""
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import sys
@@ -64,24 +63,17 @@ def _cmd_probe(args) -> int:
     return 0
 
 
-def _workload(args, model):
-    """The request the plan is for, and where each of its numbers came from."""
-    from sglang_autoperf.probe.workload import workload_for
-
-    # Omitted sizes take the family's usual request (0 and negatives are refused by the parser).
-    video = model.is_video
-    sizes = {"width": (args.width, 832 if video else 1024), "height": (args.height, 480 if video else 1024),
-             "frames": (args.num_frames if video else 1, 81 if video else 1)}
-    width, height, frames = (given or default for given, default in sizes.values())
-    workload = workload_for(model, width, height, num_frames=frames, steps=args.steps)
-    origin = {k: "from you" if given else "default" for k, (given, _) in sizes.items()}
-    if not video:
+def _workload_origin(args, model) -> dict:
+    """Where each number of the planned request came from (the numbers are startup's own defaults)."""
+    origin = {k: "from you" if given else "default"
+              for k, given in (("width", args.width), ("height", args.height), ("frames", args.num_frames))}
+    if not model.is_video:
         origin["frames"] = "an image model"
     origin["steps"] = "from you" if args.steps else "the model's default"
     origin["batch"] = "default"
     guidance = "" if model.default_guidance_scale is None else f"guidance {model.default_guidance_scale}, "
     origin["cfg"] = f"the model's default: {guidance}CFG {'on' if model.cfg_default else 'off'}"
-    return workload, origin
+    return origin
 
 
 def _count(n: int, one: str, many: str) -> str:
@@ -110,31 +102,50 @@ def _verdict(plan, budget_text: str | None) -> tuple[bool, str]:
     return True, f"verdict: fits: {need:.1f} of {budget:.1f} GiB ({whose})"
 
 
+def _dry_run_context(args):
+    """The RunContext a run of `sglang generate` with these values and no other flag would hand
+    startup (the CLI does not build sglang's ServerArgs: ~20 s of imports)."""
+    from sglang_autoperf.startup import RunContext
+
+    num_gpus = args.num_gpus or 1
+    return RunContext(model_path=args.model_path, platform="cuda", num_gpus=num_gpus, base_gpu_id=0,
+                      performance_mode=args.performance_mode, pinned={}, current={"num_gpus": num_gpus},
+                      width=args.width, height=args.height, num_frames=args.num_frames, steps=args.steps,
+                      expected_requests=1)
+
+
 def _cmd_plan(args) -> int:
-    from sglang_autoperf.plan.budget import parse_vram_budget
-    from sglang_autoperf.plan.planner import format_plan, make_plan
+    """The plan a real run would make (startup's own planning, with the tuning cache decision)."""
+    from sglang_autoperf.plan.planner import Plan, format_plan
     from sglang_autoperf.probe.model import probe_model
+    from sglang_autoperf.probe.workload import Workload
+    from sglang_autoperf.settings import Settings, default_cache_dir
+    from sglang_autoperf.sglang_contract import dry_run_identity
+    from sglang_autoperf.startup import apply_cached_tuning, plan_startup
 
     gpu = _gpu_profile(args)
-    model = probe_model(args.model_path)
     if not gpu.has_gpu:
         raise _InputError(f"no GPU to plan for ({gpu.no_gpu_reason}); pass --gpu-snapshot NAME "
                           f"(bundled: {_bundled_names()}) or a snapshot file")
-    num_gpus = args.num_gpus or 1
-    if num_gpus > len(gpu.devices):
-        raise _InputError(f"--num-gpus {num_gpus}: the GPU profile ({gpu.source}) has {len(gpu.devices)} GPU(s)")
-    free = min(d.memory_free_bytes for d in gpu.devices)
-    budget = parse_vram_budget(args.vram_budget, free) if args.vram_budget else None
-    workload, origin = _workload(args, model)
-    plan = make_plan(
-        gpu=gpu, model=model, workload=workload, pinned={}, current={"num_gpus": num_gpus},
-        budget_bytes=budget, lossy=args.lossy, allow_compile=args.compile,
-        performance_mode=args.performance_mode, num_gpus=num_gpus, platform="cuda",
-    )
+    model = probe_model(args.model_path)  # its errors are the CLI's one line, exit 2
+    ctx = _dry_run_context(args)
+    settings = Settings(enabled=True, lossy=args.lossy, compile=args.compile, vram_budget=args.vram_budget,
+                        cache_dir=str(default_cache_dir()))
+    startup = plan_startup(ctx, settings, gpu=gpu)
+    if not startup.active:
+        raise _InputError(startup.reason)
+    identity = dry_run_identity(ctx.num_gpus, ctx.performance_mode)
+    if identity is not None:
+        apply_cached_tuning(startup, ctx, settings, identity)
+    else:
+        startup.plan["notes"].append("tuning cache not consulted: on several GPUs the layout it is keyed by is "
+                                     "sglang's derivation at startup")
+    plan, workload = Plan.from_dict(startup.plan), Workload(**startup.workload)
     fits, verdict = _verdict(plan, args.vram_budget)
+    origin = _workload_origin(args, model)
     if args.json:
         doc = {"verdict": "fits" if fits else "does not fit the budget", "verdict_line": verdict,
-               "workload": {**dataclasses.asdict(workload), "origin": origin}, **plan.to_dict()}
+               "workload": {**startup.workload, "origin": origin}, **plan.to_dict()}
         print(json.dumps(doc, indent=1, default=str))
     else:
         print(verdict)

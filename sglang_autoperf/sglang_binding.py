@@ -22,10 +22,17 @@ from sglang_autoperf.startup import RunContext, StartupPlan, apply_cached_tuning
 PLAN_ATTR = "autoperf_plan"
 
 
-_settings: Settings | None = None
+class PluginRun:
+    """This process's plugin state: the user's settings (set once, by register_hooks), whether
+    the CPU fallbacks are registered, and what the worker measures (measure/live.LiveRun)."""
+
+    def __init__(self) -> None:
+        self.settings: Settings | None = None
+        self.cpu_fallbacks_registered = False
+        self.live = live.LiveRun()
 
 
-_cpu_fallbacks_registered = False
+RUN = PluginRun()  # one per process: sglang's HookRegistry calls module-level hooks
 
 
 def _guarded(what: str, fallback: Any = None) -> Callable:
@@ -47,16 +54,15 @@ def _guarded(what: str, fallback: Any = None) -> Callable:
 
 def register_hooks(settings: Settings) -> None:
     """Called from the plugin callback in every process: registration only, nothing resolved."""
-    global _settings
-    _settings = settings
+    RUN.settings = settings
     from sglang.multimodal_gen.runtime.platforms.plugins import HookRegistry, HookType
 
     HookRegistry.register(sc.TARGET_LAUNCH, _before_launch_server, HookType.BEFORE)
     HookRegistry.register(sc.TARGET_WORKER_INIT, _after_worker_init, HookType.AFTER)
     register_cpu_fallbacks()
     if settings.calibrate:
-        HookRegistry.register(sc.TARGET_DENOISE_LOOP, live.around_denoising_loop, HookType.AROUND)
-        HookRegistry.register(sc.TARGET_DENOISE_STEP, live.around_denoising_step, HookType.AROUND)
+        HookRegistry.register(sc.TARGET_DENOISE_LOOP, RUN.live.around_denoising_loop, HookType.AROUND)
+        HookRegistry.register(sc.TARGET_DENOISE_STEP, RUN.live.around_denoising_step, HookType.AROUND)
 
 
 def register_cpu_fallbacks() -> None:
@@ -65,10 +71,9 @@ def register_cpu_fallbacks() -> None:
     Each wrapper calls the original first; only if that raises on CPU tensors does it switch,
     once and for good, to the native implementation. A run that works without us is unchanged.
     """
-    global _cpu_fallbacks_registered
-    if _cpu_fallbacks_registered:  # the test-support plugin may ask too, in the same process
+    if RUN.cpu_fallbacks_registered:  # the test-support plugin may ask too, in the same process
         return
-    _cpu_fallbacks_registered = True
+    RUN.cpu_fallbacks_registered = True
     from sglang.multimodal_gen.runtime.platforms.plugins import HookRegistry, HookType
 
     for target, kind in sc.CPU_FALLBACKS:
@@ -164,8 +169,9 @@ def _before_launch_server(server_args, *args, **kwargs):
 
 
 def _plan_and_apply(server_args):
-    assert _settings is not None
-    _settings.maybe_fail("apply")
+    settings = RUN.settings
+    assert settings is not None
+    settings.maybe_fail("apply")
     ctx = run_context(server_args, sc.generate_cmd_request())
     log = logger()
     log.info(
@@ -176,7 +182,7 @@ def _plan_and_apply(server_args):
         _describe_request(ctx),
         ", ".join(f"--{k.replace('_', '-')}" for k in ctx.pinned) or "none",
     )
-    startup = plan_startup(ctx, _settings)
+    startup = plan_startup(ctx, settings)
     if not startup.active:
         log.warning("[autoperf] %s; sglang's own settings are in effect", startup.reason)
         return startup
@@ -184,7 +190,7 @@ def _plan_and_apply(server_args):
     # so the key is taken from a copy with the plan applied: startup and workers build one key.
     preview = copy.deepcopy(server_args)
     sc.apply_changes(preview, startup.changes, pinned=set(ctx.pinned))
-    apply_cached_tuning(startup, ctx, _settings, sc.worker_identity(preview))
+    apply_cached_tuning(startup, ctx, settings, sc.worker_identity(preview))
     applied = sc.apply_changes(server_args, startup.changes, pinned=set(ctx.pinned))
     startup.changes = applied
     for change in applied:
@@ -204,15 +210,16 @@ def received_plan(server_args):
 
 @_guarded("the worker's plan check")
 def _after_worker_init(result, worker, *args, **kwargs):
-    assert _settings is not None
-    _settings.maybe_fail("worker")
+    settings = RUN.settings
+    assert settings is not None
+    settings.maybe_fail("worker")
     plan = received_plan(worker.server_args)
     rank = getattr(worker, "rank", "?")
     if plan is None:
         logger().info("[autoperf] worker rank %s received no plan; sglang's own settings are in effect", rank)
         return None
     logger().info("[autoperf] worker rank %s received plan: %s", rank, plan.summary())
-    if plan.active and _settings.calibrate:
-        live.attach_worker(worker, plan, _settings)
+    if plan.active and settings.calibrate:
+        RUN.live.attach_worker(worker, plan, settings)
     return None
 

@@ -641,27 +641,48 @@ def worker_rank(worker) -> int:
     return int(getattr(worker, "rank", 0) or 0)
 
 
+def layout_text(*, tp: int, ulysses: int, ring: int, cfg: int, dp: int) -> str:
+    """The parallel layout as a tuning key holds it."""
+    return f"tp{tp}-ulysses{ulysses}-ring{ring}-cfg{cfg}-dp{dp}"
+
+
+def installed_versions() -> dict[str, str]:
+    """sglang's and torch's versions as the installed packages declare them (no import of either:
+    the dry-run CLI reads them too)."""
+    from importlib import metadata
+
+    return {"sglang_version": metadata.version("sglang"), "torch_version": metadata.version("torch")}
+
+
 def worker_identity(args, rank: int = 0) -> dict[str, Any]:
     """What of ServerArgs keys a tuning result (layout, LoRA, versions, pinned placement flags),
     in main or worker: the same ServerArgs give the same identity but for `rank`."""
-    import torch
-    from importlib import metadata
-
     lora = getattr(args, "lora_path", None)
     explicit = explicit_flags(args)
     return {
         "rank": rank,
         "num_gpus": int(args.num_gpus or 1),
-        "layout": (
-            f"tp{args.tp_size}-ulysses{args.ulysses_degree}-ring{args.ring_degree}"
-            f"-cfg{args.cfg_parallel_degree or 1}-dp{args.dp_size}"
-        ),
+        "layout": layout_text(tp=args.tp_size, ulysses=args.ulysses_degree, ring=args.ring_degree,
+                              cfg=args.cfg_parallel_degree or 1, dp=args.dp_size),
         "lora": tuple(sorted([lora] if isinstance(lora, str) else (lora or []))),
-        "sglang_version": metadata.version("sglang"),
-        "torch_version": torch.__version__,
+        **installed_versions(),
         "performance_mode": str(args.performance_mode),
         "pinned": sorted(explicit),
         "pinned_placement": _pinned_placement_text(args, explicit),
+    }
+
+
+def dry_run_identity(num_gpus: int, performance_mode: str) -> dict[str, Any] | None:
+    """worker_identity of a run started with no flags but these, without building sglang's
+    ServerArgs (~20 s of imports): what `sglang-autoperf plan` looks the tuning cache up with.
+    Only on one GPU, where sglang derives no layout; on several, its derivation after the plan
+    (e.g. 2 GPUs with CFG-parallel off run Ulysses 2) is sglang's alone: None."""
+    if int(num_gpus) != 1:
+        return None
+    return {
+        "rank": 0, "num_gpus": 1, "layout": layout_text(tp=1, ulysses=1, ring=1, cfg=1, dp=1),
+        "lora": (), **installed_versions(), "performance_mode": str(performance_mode),
+        "pinned": [], "pinned_placement": "",
     }
 
 

@@ -4,10 +4,21 @@ read from ServerArgs and gets back a StartupPlan to write into them.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
+from sglang_autoperf.cache import COMPILE_OBJECTIVE, TuningCache, format_when, shape_bucket, tuning_key
+from sglang_autoperf.plan.budget import BudgetError, parse_vram_budget
+from sglang_autoperf.plan.objective import placement_objective
+from sglang_autoperf.plan.planner import make_plan
+from sglang_autoperf.probe.gpu import probe_gpus
+from sglang_autoperf.probe.model import ModelProbeError, probe_model
+from sglang_autoperf.probe.workload import workload_for
+from sglang_autoperf.retune.schedule import (
+    BASELINE_STEPS, MAX_WARMUP_S, STEPS_PER_TRIAL, calibration_steps, warmup_candidates)
 from sglang_autoperf.settings import Settings
+from sglang_autoperf.sglang_contract import PLACEMENT_KNOB_FLAGS
+from sglang_autoperf.trace import PLACEMENT_KNOBS, placement_problem
 
 
 @dataclass(frozen=True)
@@ -71,8 +82,10 @@ class StartupPlan:
 TUNED_PLATFORMS = ("cuda",)
 
 
-def plan_startup(ctx: RunContext, settings: Settings) -> StartupPlan:
-    """probe -> plan. Raises only on internal bugs; expected problems become an inactive plan."""
+def plan_startup(ctx: RunContext, settings: Settings, gpu=None) -> StartupPlan:
+    """probe -> plan. Raises only on internal bugs; expected problems become an inactive plan.
+    `gpu`: a GPU profile to plan for instead of the live one (`sglang-autoperf plan --gpu-snapshot`),
+    so the dry run and a real run plan by the same code."""
     pinned = sorted(ctx.pinned)
     base = dict(model_path=ctx.model_path, platform=ctx.platform, pinned=pinned)
     if ctx.performance_mode == "manual":
@@ -88,7 +101,10 @@ def plan_startup(ctx: RunContext, settings: Settings) -> StartupPlan:
             reason=f"platform {ctx.platform!r} is not tuned yet (only {', '.join(TUNED_PLATFORMS)})",
             **base,
         )
-    return _plan_cuda(ctx, settings, base)
+    probed = _probe(ctx, settings, gpu)
+    if isinstance(probed, str):
+        return StartupPlan(active=False, reason=probed, **base)
+    return _plan_cuda(ctx, settings, base, *probed)
 
 
 def _bad_request_sizes(ctx: RunContext) -> str | None:
@@ -107,60 +123,43 @@ def request_shape(ctx: RunContext, is_video: bool) -> tuple[int, int, int]:
     return ctx.width or 1024, ctx.height or 1024, 1
 
 
-def _plan_cuda(ctx: RunContext, settings: Settings, base: dict[str, Any]) -> StartupPlan:
-    from sglang_autoperf.probe.gpu import probe_gpus
-    from sglang_autoperf.probe.model import ModelProbeError, probe_model
-    from sglang_autoperf.probe.workload import workload_for
-    from sglang_autoperf.plan.budget import BudgetError, parse_vram_budget
-    from sglang_autoperf.plan.planner import make_plan
-
-    gpu = probe_gpus(base_gpu_id=ctx.base_gpu_id, num_gpus=ctx.num_gpus)
+def _probe(ctx: RunContext, settings: Settings, gpu=None) -> tuple[Any, Any, int | None] | str:
+    """(GPU profile, model profile, budget bytes), or why there is nothing to plan."""
+    if gpu is None:
+        gpu = probe_gpus(base_gpu_id=ctx.base_gpu_id, num_gpus=ctx.num_gpus)
     if not gpu.has_gpu:
-        return StartupPlan(active=False, reason=f"no GPU visible to NVML: {gpu.no_gpu_reason}", **base)
+        return f"no GPU visible to NVML: {gpu.no_gpu_reason}"
     mig = [d.index for d in gpu.devices if d.mig_enabled]
     if mig:
-        return StartupPlan(active=False, reason=f"MIG is enabled on GPU {mig}: slices are not tuned yet", **base)
+        return f"MIG is enabled on GPU {mig}: slices are not tuned yet"
+    if ctx.num_gpus > len(gpu.devices):
+        return f"--num-gpus {ctx.num_gpus}: the GPU profile ({gpu.source}) has {len(gpu.devices)} GPU(s)"
     try:
         model = probe_model(ctx.model_path)
     except ModelProbeError as exc:
-        return StartupPlan(active=False, reason=f"cannot profile the model: {exc}", **base)
+        return f"cannot profile the model: {exc}"
     free = min(d.memory_free_bytes for d in gpu.devices)
     budget = None
     if settings.vram_budget:
         try:
             budget = parse_vram_budget(settings.vram_budget, free)
         except BudgetError as exc:
-            return StartupPlan(active=False, reason=str(exc), **base)
-    bad = _bad_request_sizes(ctx)
-    if bad:
-        return StartupPlan(active=False, reason=bad, **base)
+            return str(exc)
+    return _bad_request_sizes(ctx) or (gpu, model, budget)
+
+
+def _plan_cuda(ctx: RunContext, settings: Settings, base: dict[str, Any], gpu, model, budget: int | None) -> StartupPlan:
     width, height, frames = request_shape(ctx, model.is_video)
     workload = workload_for(
         model, width, height, num_frames=frames, steps=ctx.steps, guidance_scale=ctx.guidance_scale
     )
     plan = make_plan(
-        gpu=gpu,
-        model=model,
-        workload=workload,
-        pinned=ctx.pinned,
-        current=ctx.current,
-        budget_bytes=budget,
-        lossy=settings.lossy,
-        allow_compile=settings.compile,
-        performance_mode=ctx.performance_mode,
-        num_gpus=ctx.num_gpus,
-        platform=ctx.platform,
-        expected_requests=ctx.expected_requests,
+        gpu=gpu, model=model, workload=workload, pinned=ctx.pinned, current=ctx.current, budget_bytes=budget,
+        lossy=settings.lossy, allow_compile=settings.compile, performance_mode=ctx.performance_mode,
+        num_gpus=ctx.num_gpus, platform=ctx.platform, expected_requests=ctx.expected_requests,
     )
     plan_dict = plan.to_dict()
     first = gpu.devices[0]
-    gpu_key = {
-        "name": first.name,
-        "memory_total_bytes": first.memory_total_bytes,
-        "link": f"pcie{first.pcie_generation}x{first.pcie_width}",
-    }
-    from sglang_autoperf.cache import shape_bucket
-
     return StartupPlan(
         active=True,
         reason="planned from probes" + (f" within a {budget / 2**30:.1f} GiB budget" if budget else ""),
@@ -169,7 +168,8 @@ def _plan_cuda(ctx: RunContext, settings: Settings, base: dict[str, Any]) -> Sta
         plan=plan_dict,
         model_fingerprint=model.fingerprint,
         workload=asdict(workload),
-        gpu_key=gpu_key,
+        gpu_key={"name": first.name, "memory_total_bytes": first.memory_total_bytes,
+                 "link": f"pcie{first.pcie_generation}x{first.pcie_width}"},
         budget_bytes=budget,
         bucket=shape_bucket(width, height, frames, 1, workload.cfg_passes > 1),
         shape_known=bool(ctx.width and ctx.height),
@@ -207,8 +207,6 @@ def _set_change(plan_dict: dict[str, Any], ctx: RunContext, setting: str, after:
 
 def _startup_key(startup: StartupPlan, ctx: RunContext, settings: Settings, identity: dict[str, Any],
                  objective: str):
-    from sglang_autoperf.cache import tuning_key
-
     return tuning_key(fingerprint=startup.model_fingerprint or "", gpu_key=startup.gpu_key or {}, identity=identity,
                       bucket=startup.bucket or "", batch_size=1, budget=settings.vram_budget, objective=objective)
 
@@ -216,17 +214,12 @@ def _startup_key(startup: StartupPlan, ctx: RunContext, settings: Settings, iden
 def _cached_placement(plan_dict: dict[str, Any], ctx: RunContext, cached, bucket: str) -> bool:
     """Apply a cached placement's free knobs (pinned ones stay as the user set them); False, with a
     note, when the entry does not fit this model (then it is a miss)."""
-    from sglang_autoperf.cache import format_when
-    from sglang_autoperf.trace import placement_problem
-
     p = cached.placement
     problem = placement_problem(p, [int((plan_dict.get("dit") or {}).get("total_layers") or 0)], ctx.policies)
     if problem:
         plan_dict["notes"].append(f"ignoring the tuning cache entry for {bucket}: {problem}")
         return False
     why = f"measured by an earlier calibration of {bucket} ({format_when(cached.created_at)}): {cached.reason}"
-    from sglang_autoperf.sglang_contract import PLACEMENT_KNOB_FLAGS
-
     for knob, (dit_flag, _per_component) in PLACEMENT_KNOB_FLAGS.items():
         if knob not in ctx.fixed_knobs:
             _set_change(plan_dict, ctx, dit_flag, getattr(p, knob), why)
@@ -242,10 +235,6 @@ def _calibration_changes(ctx: RunContext, settings: Settings, plan_dict: dict[st
     bucket above is a guess: a miss on it proves nothing, so a warmup is scheduled only on a first
     start (no entry for this model, GPU and layout at all); otherwise each worker looks its
     buckets up per request and calibrates a new shape across its first requests."""
-    from sglang_autoperf.cache import TuningCache
-    from sglang_autoperf.plan.objective import placement_objective
-    from sglang_autoperf.trace import PLACEMENT_KNOBS
-
     bucket = startup.bucket or ""
     if ctx.live_blocker or set(PLACEMENT_KNOBS) <= set(ctx.fixed_knobs):
         plan_dict["notes"].append(
@@ -267,9 +256,6 @@ def _calibration_changes(ctx: RunContext, settings: Settings, plan_dict: dict[st
 
 def _schedule_warmup(ctx: RunContext, plan_dict: dict[str, Any], bucket: str) -> None:
     """A warmup request to calibrate on (its output is discarded), bounded in time."""
-    from sglang_autoperf.retune.schedule import (
-        BASELINE_STEPS, MAX_WARMUP_S, STEPS_PER_TRIAL, calibration_steps, warmup_candidates)
-
     if ctx.current.get("warmup_mode") not in (None, "off"):
         plan_dict["notes"].append(f"calibrating during the warmup the user configured ({ctx.current.get('warmup_mode')})")
         return
@@ -305,8 +291,6 @@ def _compile_from_cache(ctx: RunContext, settings: Settings, plan_dict: dict[str
                         identity: dict[str, Any]) -> None:
     """Where this plan turns torch.compile on and an earlier run measured eager faster at this
     shape (measure/compile_check.py), do not compile at all: the compile time is saved too."""
-    from sglang_autoperf.cache import COMPILE_OBJECTIVE, TuningCache, format_when
-
     change = next((c for c in plan_dict["changes"] if c["setting"] == "enable_torch_compile" and c["after"] is True), None)
     if change is None:
         return
@@ -321,6 +305,4 @@ def _compile_from_cache(ctx: RunContext, settings: Settings, plan_dict: dict[str
 
 def _same_setup(a, b) -> bool:
     """Same model, GPU, layout and versions: everything in a key but the request shape."""
-    from dataclasses import replace
-
     return replace(a, shape_bucket="", batch_size=0) == replace(b, shape_bucket="", batch_size=0)

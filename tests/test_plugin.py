@@ -16,7 +16,7 @@ def registry(monkeypatch):
 
     saved = {k: list(v) for k, v in HookRegistry._hooks.items()}
     HookRegistry._hooks.clear()
-    monkeypatch.setattr(sglang_binding, "_cpu_fallbacks_registered", False)
+    monkeypatch.setattr(sglang_binding.RUN, "cpu_fallbacks_registered", False)
     monkeypatch.delenv("_SGLANG_AUTOPERF_ANNOUNCED", raising=False)
     for name in ("SGLANG_AUTOPERF", "SGLANG_AUTOPERF_LOSSY", "SGLANG_AUTOPERF_VRAM_BUDGET", "SGLANG_AUTOPERF_FAIL_AT",
                  "SGLANG_AUTOPERF_COMPILE"):

@@ -63,6 +63,30 @@ def test_the_manager_has_what_the_live_path_reads_and_writes():
     assert sa.residency_policies() == ("leading", "strided")
 
 
+@pytest.mark.parametrize("mode", ["auto", "memory", "speed"])
+def test_the_dry_run_identity_is_the_one_a_real_run_builds(server_args, mode):
+    """`sglang-autoperf plan` keys the tuning cache without building ServerArgs: on one GPU its
+    identity must be what a run with the same flags builds; on two, sglang's own derivation decides
+    the layout (CFG-parallel off runs Ulysses 2), so the dry run must not guess it."""
+    real = sa.worker_identity(server_args("--performance-mode", mode))
+    assert sa.dry_run_identity(1, mode) == dict(real, pinned=[])
+    args = server_args("--num-gpus", "2")
+    sa.apply_changes(args, [{"setting": "enable_cfg_parallel", "before": True, "after": False, "reason": "t"}],
+                     pinned=set())
+    assert sa.worker_identity(args)["layout"] != sa.layout_text(tp=1, ulysses=1, ring=1, cfg=1, dp=1)
+    assert sa.dry_run_identity(2, mode) is None
+
+
+def test_the_streamed_order_copied_for_the_cli_is_sglangs():
+    from sglang.multimodal_gen.runtime.managers.memory_managers import layerwise_offload as lo
+
+    for n in range(1, 70):
+        for resident in range(-1, n + 2):
+            for policy in sa.residency_policies():
+                assert sa.streamed_layers_without_sglang(n, resident, policy) == tuple(
+                    lo.compute_streamed_layers(num_layers=n, resident_layers=resident, policy=policy)), (n, resident)
+
+
 def _two_list_dit():
     """A FLUX-shaped pair of ModuleLists (19 double, 38 single blocks) on sglang's own mixin."""
     import torch
@@ -142,7 +166,7 @@ def test_startup_and_worker_build_the_same_key(server_args, tmp_path, monkeypatc
     monkeypatch.setattr(binding, "plan_startup", lambda ctx, settings: plan)
     monkeypatch.setattr(binding, "apply_cached_tuning",
                         lambda startup, ctx, settings, identity: seen.setdefault("identity", identity))
-    monkeypatch.setattr(binding, "_settings", Settings(enabled=True, cache_dir=str(tmp_path)))
+    monkeypatch.setattr(binding.RUN, "settings", Settings(enabled=True, cache_dir=str(tmp_path)))
     before = sa.worker_identity(args)
     binding._plan_and_apply(args)
     worker_args = pickle.loads(pickle.dumps(args))  # as sglang ships ServerArgs to a worker
@@ -307,9 +331,10 @@ def test_the_tuner_on_the_real_manager_keeps_pinned_knobs_and_restores_on_failur
     assert tuner.placement() == Placement(5, 2, "leading") and forward_matches()
     # an error of ours mid-calibration: _disable puts sglang's start placement back
     tuner.calibration = SimpleNamespace(baseline=start)
-    monkeypatch.setattr(live, "_state", tuner)
-    live._disable("test", RuntimeError("ours"))
-    assert live._state is None and tuner.placement() == start and forward_matches()
+    run = live.LiveRun()
+    run.install(tuner)
+    run.disable("test", RuntimeError("ours"))
+    assert run.tuner is None and tuner.placement() == start and forward_matches()
 
 
 def test_a_permanent_manager_refuses_live_changes_and_is_detected_first(real_manager):

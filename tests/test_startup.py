@@ -182,7 +182,7 @@ def test_apply_changes_rejects_unknown_fields(server_args):
 
 
 @pytest.mark.parametrize("field, value", [("width", -64), ("height", 0), ("num_frames", 0), ("steps", -1)])
-def test_a_nonpositive_request_size_steps_aside_with_one_reason(tmp_path, monkeypatch, demo_model, field, value):
+def test_a_nonpositive_request_size_steps_aside_with_one_reason(tmp_path, demo_model, field, value):
     """A request size no plan can serve (sglang's own parser let it through): the plugin steps aside
     and says why, instead of defaulting a 0 or raising from the workload model."""
     from pathlib import Path
@@ -190,6 +190,6 @@ def test_a_nonpositive_request_size_steps_aside_with_one_reason(tmp_path, monkey
     from sglang_autoperf.probe import gpu as gpu_mod
 
     snapshot = sorted((Path(__file__).parent / "fixtures" / "nvml").glob("*.json"))[0]
-    monkeypatch.setattr(gpu_mod, "probe_gpus", lambda **kw: gpu_mod.profile_from_snapshot(snapshot))
-    plan = plan_startup(ctx(model_path=str(demo_model), **{field: value}), settings(tmp_path))
+    plan = plan_startup(ctx(model_path=str(demo_model), **{field: value}), settings(tmp_path),
+                        gpu=gpu_mod.profile_from_snapshot(snapshot))
     assert plan.active is False and f"{field} {value}" in plan.reason and plan.changes == []

@@ -119,28 +119,30 @@ def test_the_retuner_never_proposes_a_pinned_knob_off_its_value(knob, objective)
 # --- no failure of ours reaches a request ------------------------------------------------------------
 
 class DenoisingStage:
-    """What sglang's DenoisingStage does around our hooks: a loop of steps, each through the step hook."""
+    """What sglang's DenoisingStage does around our hooks (a LiveRun's two methods, as the binding
+    registers them): a loop of steps, each through the step hook."""
 
-    def __init__(self, steps: int, step_fn=None):
-        self.steps, self.step_fn = steps, step_fn or (lambda i: i)
+    def __init__(self, run: live.LiveRun, steps: int, step_fn=None):
+        self.live, self.steps, self.step_fn = run, steps, step_fn or (lambda i: i)
 
     def loop(self, stage, ctx, batch):
-        return [live.around_denoising_step(self.step_fn, i) for i in range(self.steps)]
+        return [self.live.around_denoising_step(self.step_fn, i) for i in range(self.steps)]
 
     def run(self, warmup=True):
         ctx = SimpleNamespace(is_warmup=warmup, num_inference_steps=self.steps)
         batch = SimpleNamespace(width=832, height=480, num_frames=17, batch_size=1, do_classifier_free_guidance=True)
-        return live.around_denoising_loop(self.loop, self, ctx, batch)
+        return self.live.around_denoising_loop(self.loop, self, ctx, batch)
 
 
 def _warnings(caplog):
     return [r for r in caplog.records if r.levelno >= logging.WARNING and r.name == "sglang.autoperf"]
 
 
-def _install(monkeypatch, tuner):
-    monkeypatch.setattr(live, "_state", tuner)
-    monkeypatch.setattr(live, "_compile", None)
+def _install(monkeypatch, tuner) -> live.LiveRun:
+    run = live.LiveRun()
+    run.install(tuner)
     monkeypatch.setattr("torch.cuda.empty_cache", lambda: None)
+    return run
 
 
 def test_a_placement_change_that_raises_never_fails_the_request(tmp_path, monkeypatch, caplog):
@@ -150,15 +152,15 @@ def test_a_placement_change_that_raises_never_fails_the_request(tmp_path, monkey
     manager = tuner.primary[0]
     manager.residency_lifetime = "permanent"
     tuner.set_placement = sa.set_manager_placement  # the real adapter function
-    _install(monkeypatch, tuner)
+    run = _install(monkeypatch, tuner)
     with caplog.at_level(logging.DEBUG, logger="sglang.autoperf"):
-        out = DenoisingStage(WARMUP_STEPS).run()
+        out = DenoisingStage(run, WARMUP_STEPS).run()
     assert out == list(range(WARMUP_STEPS))
-    assert live._state is None  # stepped aside for the rest of the process
+    assert run.tuner is None  # stepped aside for the rest of the process
     [warning] = _warnings(caplog)
     assert "live tuning (step measurement) failed (RuntimeError: live residency changes need" in warning.getMessage()
     assert (manager.resident_layers, manager.prefetch_size, manager.residency_policy) == (1, 2, "strided")
-    assert DenoisingStage(4).run(warmup=False) == [0, 1, 2, 3]  # later requests: sglang's own
+    assert DenoisingStage(run, 4).run(warmup=False) == [0, 1, 2, 3]  # later requests: sglang's own
 
 
 def test_a_restore_that_raises_too_is_one_warning_and_the_request_goes_on(tmp_path, monkeypatch, caplog):
@@ -170,10 +172,10 @@ def test_a_restore_that_raises_too_is_one_warning_and_the_request_goes_on(tmp_pa
         m.resident_layers = resident_layers  # a change left half done
         raise RuntimeError("device busy")
     tuner.set_placement = half_applies_then_raises
-    _install(monkeypatch, tuner)
+    run = _install(monkeypatch, tuner)
     with caplog.at_level(logging.INFO, logger="sglang.autoperf"):
-        out = DenoisingStage(WARMUP_STEPS).run()
-    assert out == list(range(WARMUP_STEPS)) and live._state is None
+        out = DenoisingStage(run, WARMUP_STEPS).run()
+    assert out == list(range(WARMUP_STEPS)) and run.tuner is None
     assert calls == [3, 1]  # the candidate, then the restore of the start point
     [warning] = _warnings(caplog)
     assert "restoring the start placement failed too (RuntimeError: device busy)" in warning.getMessage()
@@ -189,11 +191,11 @@ def test_a_candidate_whose_step_fails_is_rolled_back_and_the_step_runs_again(tmp
             raise RuntimeError("sglang cannot run this placement")
         ran.append(i)
         return i
-    _install(monkeypatch, tuner)
+    run = _install(monkeypatch, tuner)
     with caplog.at_level(logging.INFO, logger="sglang.autoperf"):
-        out = DenoisingStage(WARMUP_STEPS, step).run()
+        out = DenoisingStage(run, WARMUP_STEPS, step).run()
     assert out == list(range(WARMUP_STEPS)) and ran == list(range(WARMUP_STEPS))
-    assert tuner.placement() == START and live._state is tuner
+    assert tuner.placement() == START and run.tuner is tuner
     [warning] = _warnings(caplog)
     assert "resident=3 prefetch=3 leading failed (RuntimeError: sglang cannot run" in warning.getMessage()
     assert "rolled back to resident=1 prefetch=2 strided" in warning.getMessage()
@@ -204,11 +206,11 @@ def test_a_compile_restore_that_raises_never_fails_the_request(monkeypatch, capl
         raise RuntimeError("ours")
     checker = SimpleNamespace(begin_request=broken, end_request=broken, request=None,
                               switch=SimpleNamespace(set=broken, __bool__=lambda self: True))
-    monkeypatch.setattr(live, "_state", None)
-    monkeypatch.setattr(live, "_compile", checker)
+    run = live.LiveRun()
+    run.compile_check = checker
     with caplog.at_level(logging.INFO, logger="sglang.autoperf"):
-        out = DenoisingStage(3).run(warmup=False)
-    assert out == [0, 1, 2] and live._compile is None
+        out = DenoisingStage(run, 3).run(warmup=False)
+    assert out == [0, 1, 2] and run.compile_check is None
     [warning] = _warnings(caplog)
     assert "torch.compile check (request start) failed (RuntimeError: ours)" in warning.getMessage()
 
@@ -230,11 +232,11 @@ def test_permanent_lifetime_is_detected_when_the_worker_attaches(monkeypatch, ca
     permanent.enabled = True  # as on a GPU worker
     pipeline = SimpleNamespace(modules={"transformer": SimpleNamespace(layerwise_offload_managers=[permanent])})
     worker = SimpleNamespace(pipeline=pipeline, server_args=None, rank=0)
-    monkeypatch.setattr(live, "_state", None)
+    run = live.LiveRun()
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     with caplog.at_level(logging.INFO, logger="sglang.autoperf"):
-        live.attach_worker(worker, SimpleNamespace(changes=[]), SimpleNamespace())
-    assert live._state is None
+        run.attach_worker(worker, SimpleNamespace(changes=[]), SimpleNamespace())
+    assert run.tuner is None
     [line] = [r.getMessage() for r in caplog.records if r.name == "sglang.autoperf"]
     assert line.startswith("[autoperf] live retuning steps aside: --dit-layerwise-residency-lifetime permanent")
 
@@ -251,11 +253,11 @@ def test_a_compile_timer_that_raises_never_fails_the_request(monkeypatch, caplog
     checker.request = {"step": 0}  # mid-request, as begin_request leaves it
     checker.timer = SimpleNamespace(start=broken, stop=broken)
     checker.switch = SimpleNamespace(set=restored.append)
-    monkeypatch.setattr(live, "_state", None)
-    monkeypatch.setattr(live, "_compile", checker)
+    run = live.LiveRun()
+    run.compile_check = checker
     with caplog.at_level(logging.INFO, logger="sglang.autoperf"):
-        assert [live.around_denoising_step(lambda i: i, i) for i in range(3)] == [0, 1, 2]
-    assert live._compile is None and restored == [True]
+        assert [run.around_denoising_step(lambda i: i, i) for i in range(3)] == [0, 1, 2]
+    assert run.compile_check is None and restored == [True]
     [warning] = _warnings(caplog)
     assert "torch.compile check (step start) failed (RuntimeError: event record failed)" in warning.getMessage()
 

@@ -11,12 +11,20 @@ free), the start placement again; a candidate is kept only if measured faster be
 """
 from __future__ import annotations
 
+import json
+import os
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from importlib import metadata
+from typing import Any, Callable
 
 from sglang_autoperf import sglang_contract as sa
-from sglang_autoperf.cache import format_when
+from sglang_autoperf.cache import COMPILE_OBJECTIVE, TuningCache, TuningResult, format_when, shape_bucket, tuning_key
+from sglang_autoperf.measure.compile_check import CompileChecker
+from sglang_autoperf.measure.monitor import OverlapMonitor
+from sglang_autoperf.plan.objective import placement_objective
+from sglang_autoperf.report import format_calibration_table
+from sglang_autoperf.retune.retuner import all_resident_note, decide, layer_lists, propose
 from sglang_autoperf.trace import PLACEMENT_KNOBS, Placement, StepTrace, TraceRecording, placement_problem
 from sglang_autoperf.retune.schedule import (
     MAX_CALIBRATION_S,
@@ -29,21 +37,13 @@ from sglang_autoperf.log import logger, step_aside
 
 VRAM_SAFETY_BYTES = 1 << 30  # fragmentation and allocator slack beyond what the traces showed
 
-_state: "WorkerTuner | None" = None
-_compile = None  # measure.compile_check.CompileChecker, when the plan turned torch.compile on
-
-
 def request_bucket(shape: dict[str, Any]) -> str:
-    from sglang_autoperf.cache import shape_bucket
-
     return shape_bucket(shape["width"], shape["height"], shape["num_frames"], shape["batch_size"], shape["cfg"])
 
 
 def worker_tuning_key(plan, identity: dict[str, Any], bucket: str, batch_size: int, objective: str,
                       budget: str | None):
     """The cache key of a result measured in this worker (what the startup plan looked up)."""
-    from sglang_autoperf.cache import tuning_key
-
     return tuning_key(fingerprint=plan.model_fingerprint or "", gpu_key=plan.gpu_key or {}, identity=identity,
                       bucket=bucket, batch_size=batch_size, budget=budget, objective=objective)
 
@@ -56,7 +56,7 @@ class Calibration:
     baseline: Placement
     objective: str
     max_candidates: int
-    started: float = field(default_factory=time.perf_counter)
+    started: float  # the tuner's clock at the start
     trials: list[Placement] = field(default_factory=list)
     trial: int = 0
     skip_next: bool = True
@@ -84,10 +84,8 @@ class WorkerTuner:
 
     def __init__(self, plan, settings, managers: dict[str, list], identity: dict[str, Any], *,
                  monitor=None, cache=None, fixed: frozenset[str] = frozenset(), policies: tuple[str, ...] = (),
-                 set_placement=None):
-        from sglang_autoperf.cache import TuningCache
-        from sglang_autoperf.measure.monitor import OverlapMonitor
-
+                 set_placement=None, clock: Callable[[], float] = time.perf_counter,
+                 give_up: Callable[[str, BaseException], None] | None = None):
         self.plan = plan
         self.settings = settings
         self.managers = managers
@@ -99,6 +97,9 @@ class WorkerTuner:
         self.set_placement = set_placement or sa.set_manager_placement
         self.monitor = monitor if monitor is not None else OverlapMonitor(managers)
         self.cache = cache if cache is not None else TuningCache(settings.cache_dir)
+        self.clock = clock  # calibration's time limit and the time it reports
+        # what an error of ours calls: the owning LiveRun steps aside (restore, stop, one line)
+        self.give_up = give_up or (lambda what, exc: step_aside(f"live tuning ({what})", exc))
         self.results: dict[str, Any] = {}  # bucket -> TuningResult
         self.calibration: Calibration | None = None
         self.request: dict[str, Any] | None = None
@@ -140,8 +141,6 @@ class WorkerTuner:
     def layer_bytes(self, steps: list[StepTrace] | None = None) -> list[int]:
         """Bytes of every offloaded layer, list after list: in the order the traces met the lists
         (the retuner's contract), else in manager order. FLUX: 19 double then 38 single blocks."""
-        from sglang_autoperf.retune.retuner import layer_lists
-
         per_list = {
             (component, sa.manager_layer_list_name(m)): [
                 sa.manager_layer_bytes(m, i) for i in range(sa.manager_setting(m)["num_layers"])]
@@ -162,8 +161,6 @@ class WorkerTuner:
         return max(0, int(headroom))
 
     def objective(self) -> str:
-        from sglang_autoperf.plan.objective import placement_objective
-
         # Where a DiT is streamed at all, a pinned --dit-layerwise-offload can only be on.
         pinned_offload = True if "dit_layerwise_offload" in self.identity["pinned"] else None
         return placement_objective(self.identity["performance_mode"], pinned_offload)
@@ -239,7 +236,7 @@ class WorkerTuner:
         self.monitor.attach()
         self.calibration = Calibration(
             bucket=bucket, batch_size=shape["batch_size"], step_mode=step_mode, baseline=self.placement(),
-            objective=self.objective(), max_candidates=min(MAX_CANDIDATES, usable),
+            objective=self.objective(), max_candidates=min(MAX_CANDIDATES, usable), started=self.clock(),
         )
         pinned = f"; pinned by the user: {', '.join(sorted(self.fixed))}" if self.fixed else ""
         logger().info(
@@ -268,7 +265,7 @@ class WorkerTuner:
         try:
             self.recorded.extend(self.monitor.resolve(p) for p in unread if p is not None)
         except Exception as exc:
-            _disable("step trace", exc)
+            self.give_up("step trace", exc)
 
     # -- step boundaries ---------------------------------------------------------------------
 
@@ -277,14 +274,14 @@ class WorkerTuner:
         try:
             cal, trace_it = self._before_step()
         except Exception as exc:
-            _disable("step start", exc)
+            self.give_up("step start", exc)
             return original(*args, **kwargs)
         if cal is None:
             result = original(*args, **kwargs)
             try:
                 self._after_served_step(trace_it)
             except Exception as exc:
-                _disable("step trace", exc)
+                self.give_up("step trace", exc)
             return result
         try:
             result = original(*args, **kwargs)
@@ -297,7 +294,7 @@ class WorkerTuner:
         try:
             self._after_calibration_step(cal, trace_it)
         except Exception as exc:
-            _disable("step measurement", exc)
+            self.give_up("step measurement", exc)
         return result
 
     def _before_step(self) -> tuple["Calibration | None", bool]:
@@ -340,21 +337,17 @@ class WorkerTuner:
     def _trial_failed(self, cal: "Calibration", exc: BaseException) -> None:
         """A candidate's step raised (out of memory, or anything sglang could not run with it): back
         to the start placement for the rest of the calibration, so the step runs again as sglang
-        would have run it. If even that fails, tuning steps aside (_disable restores what it can)."""
+        would have run it. If even that fails, tuning steps aside (the owner's give_up restores what it can)."""
         try:
             _quietly(self.monitor.end_step)
             self._rollback(cal, exc)
         except Exception as ours:
-            _disable("rolling back a failed trial", ours)
+            self.give_up("rolling back a failed trial", ours)
         if self.request is not None:
             self.request["step"] += 1
 
     def _write_traces(self, request: dict[str, Any]) -> None:
-        import json
-        import os
-
         import torch
-        from importlib import metadata
 
         steps, self.recorded = self.recorded, []
         rec = TraceRecording(
@@ -386,7 +379,7 @@ class WorkerTuner:
         remaining_steps = (self.request["steps"] - self.request["step"]) if cal.step_mode else None
         # Clocks differ between ranks: one rank alone stopping early would leave the others
         # waiting in the next collective, so the ranks agree (any rank out of time stops all).
-        out_of_time = _agree_any(time.perf_counter() - cal.started > MAX_CALIBRATION_S)
+        out_of_time = _agree_any(self.clock() - cal.started > MAX_CALIBRATION_S)
         if (
             cal.trial >= len(cal.trials)
             or out_of_time
@@ -415,8 +408,6 @@ class WorkerTuner:
         cal.skip_next = True  # step 0 of a request is never measured
 
     def _propose(self, cal: Calibration) -> list[Placement]:
-        from sglang_autoperf.retune.retuner import propose
-
         if cal.max_candidates < 1:
             return []
         candidates = propose(
@@ -448,10 +439,6 @@ class WorkerTuner:
         torch.cuda.empty_cache()
 
     def _finish(self, cal: Calibration) -> None:
-        from sglang_autoperf.cache import TuningResult
-        from sglang_autoperf.report import format_calibration_table
-        from sglang_autoperf.retune.retuner import all_resident_note, decide, layer_lists
-
         self.calibration = None
         self.monitor.detach()  # served steps run without our per-layer hooks (a sampled step attaches its own)
         measured = {p: _agree_on_times(cal.measured.get(p, [])) for p in cal.trials}
@@ -470,7 +457,7 @@ class WorkerTuner:
             objective=cal.objective,
             reason=decision.reason,
             stats=decision.stats,
-            calibration_s=time.perf_counter() - cal.started,
+            calibration_s=self.clock() - cal.started,
             steps_used=cal.steps_used,
             before=before,
             after=after,
@@ -548,51 +535,6 @@ def _agree_on_times(times: list[float]) -> list[float]:
 # ---------------------------------------------------------------------------- hooks
 
 
-def attach_worker(worker, plan, settings) -> None:
-    global _state
-    import torch
-
-    if not torch.cuda.is_available():
-        return
-    managers = sa.offload_managers(sa.worker_pipeline(worker))
-    if not managers:
-        if _attach_compile_check(worker, plan, settings):
-            return
-        logger().info("[autoperf] no layerwise-offloaded DiT in this worker: nothing to measure")
-        return
-    blocker = sa.managers_live_blocker(managers)
-    if blocker:  # detected here, not by a placement change raising mid-request
-        logger().info("[autoperf] live retuning steps aside: %s; sglang's placement stands", blocker)
-        return
-    _state = WorkerTuner.for_worker(worker, plan, settings, managers)
-    logger().info(
-        "[autoperf] overlap monitor ready for %s (%s); its layer hooks run only while calibrating or tracing",
-        ", ".join(f"{name} ({len(group)} layer list(s))" for name, group in managers.items()),
-        _state.placement().label(),
-    )
-
-
-def _attach_compile_check(worker, plan, settings) -> bool:
-    """Measure torch.compile where this plugin turned it on (never where the user pinned it)."""
-    global _compile
-    planned = any(c.get("setting") == "enable_torch_compile" and c.get("after") is True for c in plan.changes)
-    if not planned:
-        return False
-    from sglang_autoperf.cache import COMPILE_OBJECTIVE, TuningCache
-    from sglang_autoperf.measure.compile_check import CompileChecker
-
-    identity = sa.worker_identity(worker.server_args, rank=sa.worker_rank(worker))
-    _compile = CompileChecker(
-        lambda: sa.CompileSwitch(sa.compiled_dit_modules(sa.worker_pipeline(worker))),
-        lambda bucket, batch_size: worker_tuning_key(plan, identity, bucket, batch_size, COMPILE_OBJECTIVE,
-                                                     settings.vram_budget),
-        TuningCache(settings.cache_dir), rank=identity["rank"], agree=_agree_on_times,
-    )
-    logger().info("[autoperf] torch.compile check attached: per shape, one request compiled and one eager; "
-                  "the faster stays")
-    return True
-
-
 def _guarded_around(what: str, begin, end, give_up, original, *args, **kwargs):
     """sglang's `original(*args, **kwargs)` with our `begin()` before it and `end(token)` after it.
     A failure of ours in either calls `give_up(what, exc)` (which steps aside) and never stops the
@@ -610,30 +552,6 @@ def _guarded_around(what: str, begin, end, give_up, original, *args, **kwargs):
     return result
 
 
-def _drop_compile_check(what: str, exc: BaseException) -> None:
-    """The torch.compile check's own failure: leave the DiT as sglang compiled it, stop checking."""
-    global _compile
-    checker, _compile = _compile, None
-    if checker is not None:
-        _restore_compiled(checker)
-    step_aside(f"torch.compile check ({what})", exc)
-
-
-def _compile_loop(checker, original, stage, ctx, batch, *args, **kwargs):
-    def begin():
-        shape = sa.request_shape(ctx, batch)
-        checker.begin_request(shape, request_bucket(shape))
-
-    return _guarded_around("request", begin, lambda _: checker.end_request(), _drop_compile_check,
-                           original, stage, ctx, batch, *args, **kwargs)
-
-
-def _compile_step(checker, original, args, kwargs):
-    """One step of a request the torch.compile check times."""
-    return _guarded_around("step", checker.begin_step, checker.end_step, _drop_compile_check,
-                           original, *args, **kwargs)
-
-
 def _restore_compiled(checker) -> None:
     """On our own failure, leave the DiT as sglang compiled it (a failure here too is only logged:
     the request goes on)."""
@@ -644,41 +562,112 @@ def _restore_compiled(checker) -> None:
         logger().debug("[autoperf] restoring the compiled DiT failed too: %s: %s", type(exc).__name__, exc)
 
 
-def around_denoising_loop(original, stage, ctx, batch, *args, **kwargs):
-    tuner = _state
-    if tuner is None:
-        if _compile is not None:
-            return _compile_loop(_compile, original, stage, ctx, batch, *args, **kwargs)
-        return original(stage, ctx, batch, *args, **kwargs)
-    def begin():
-        tuner.settings.maybe_fail("measure")
-        tuner.begin_request(sa.request_shape(ctx, batch))
+class LiveRun:
+    """What one worker process measures: a WorkerTuner (offloaded DiT), or a CompileChecker (a
+    compile this plugin turned on), or nothing. sglang_binding owns the process's instance and
+    registers its two `around_*` methods; after an error of ours, both are None for good."""
 
-    return _guarded_around("request", begin, lambda _: tuner.end_request(), _disable,
-                           original, stage, ctx, batch, *args, **kwargs)
+    def __init__(self) -> None:
+        self.tuner: WorkerTuner | None = None
+        self.compile_check: CompileChecker | None = None
 
+    def install(self, tuner: "WorkerTuner") -> None:
+        tuner.give_up = self.disable
+        self.tuner = tuner
 
-def around_denoising_step(original, *args, **kwargs):
-    tuner = _state
-    if tuner is None and _compile is not None and _compile.request is not None:
-        return _compile_step(_compile, original, args, kwargs)
-    if tuner is None or (tuner.calibration is None and not tuner.settings.trace_dir):
-        return original(*args, **kwargs)
-    return tuner.run_step(original, args, kwargs)
+    def attach_worker(self, worker, plan, settings) -> None:
+        import torch
 
+        if not torch.cuda.is_available():
+            return
+        managers = sa.offload_managers(sa.worker_pipeline(worker))
+        if not managers:
+            if self._attach_compile_check(worker, plan, settings):
+                return
+            logger().info("[autoperf] no layerwise-offloaded DiT in this worker: nothing to measure")
+            return
+        blocker = sa.managers_live_blocker(managers)
+        if blocker:  # detected here, not by a placement change raising mid-request
+            logger().info("[autoperf] live retuning steps aside: %s; sglang's placement stands", blocker)
+            return
+        self.install(WorkerTuner.for_worker(worker, plan, settings, managers))
+        logger().info(
+            "[autoperf] overlap monitor ready for %s (%s); its layer hooks run only while calibrating or tracing",
+            ", ".join(f"{name} ({len(group)} layer list(s))" for name, group in managers.items()),
+            self.tuner.placement().label(),
+        )
 
-def _disable(what: str, exc: BaseException) -> None:
-    """An error of ours: restore the placement sglang started with, stop measuring, say so in one
-    line. Nothing here raises: the request goes on with sglang's settings."""
-    global _state
-    tuner, _state = _state, None
-    note = ""
-    if tuner is not None:
-        try:
-            tuner.monitor.detach()
-            if tuner.calibration is not None and tuner.placement() != tuner.calibration.baseline:
-                tuner.apply(tuner.calibration.baseline)
-        except Exception as restore_exc:
-            note = (f"; restoring the start placement failed too ({type(restore_exc).__name__}: "
-                    f"{str(restore_exc)[:200]})")
-    step_aside(f"live tuning ({what})", exc, note)
+    def _attach_compile_check(self, worker, plan, settings) -> bool:
+        """Measure torch.compile where this plugin turned it on (never where the user pinned it)."""
+        planned = any(c.get("setting") == "enable_torch_compile" and c.get("after") is True for c in plan.changes)
+        if not planned:
+            return False
+        identity = sa.worker_identity(worker.server_args, rank=sa.worker_rank(worker))
+        self.compile_check = CompileChecker(
+            lambda: sa.CompileSwitch(sa.compiled_dit_modules(sa.worker_pipeline(worker))),
+            lambda bucket, batch_size: worker_tuning_key(plan, identity, bucket, batch_size, COMPILE_OBJECTIVE,
+                                                         settings.vram_budget),
+            TuningCache(settings.cache_dir), rank=identity["rank"], agree=_agree_on_times,
+        )
+        logger().info("[autoperf] torch.compile check attached: per shape, one request compiled and one eager; "
+                      "the faster stays")
+        return True
+
+    # -- sglang's hooks ------------------------------------------------------------------------
+
+    def around_denoising_loop(self, original, stage, ctx, batch, *args, **kwargs):
+        tuner = self.tuner
+        if tuner is None:
+            if self.compile_check is not None:
+                return self._compile_loop(original, stage, ctx, batch, *args, **kwargs)
+            return original(stage, ctx, batch, *args, **kwargs)
+
+        def begin():
+            tuner.settings.maybe_fail("measure")
+            tuner.begin_request(sa.request_shape(ctx, batch))
+
+        return _guarded_around("request", begin, lambda _: tuner.end_request(), self.disable,
+                               original, stage, ctx, batch, *args, **kwargs)
+
+    def around_denoising_step(self, original, *args, **kwargs):
+        tuner, checker = self.tuner, self.compile_check
+        if tuner is None and checker is not None and checker.request is not None:
+            return _guarded_around("step", checker.begin_step, checker.end_step, self.drop_compile_check,
+                                   original, *args, **kwargs)
+        if tuner is None or (tuner.calibration is None and not tuner.settings.trace_dir):
+            return original(*args, **kwargs)
+        return tuner.run_step(original, args, kwargs)
+
+    def _compile_loop(self, original, stage, ctx, batch, *args, **kwargs):
+        checker = self.compile_check
+
+        def begin():
+            shape = sa.request_shape(ctx, batch)
+            checker.begin_request(shape, request_bucket(shape))
+
+        return _guarded_around("request", begin, lambda _: checker.end_request(), self.drop_compile_check,
+                               original, stage, ctx, batch, *args, **kwargs)
+
+    # -- stepping aside --------------------------------------------------------------------------
+
+    def disable(self, what: str, exc: BaseException) -> None:
+        """An error of ours: restore the placement sglang started with, stop measuring, say so in
+        one line. Nothing here raises: the request goes on with sglang's settings."""
+        tuner, self.tuner = self.tuner, None
+        note = ""
+        if tuner is not None:
+            try:
+                tuner.monitor.detach()
+                if tuner.calibration is not None and tuner.placement() != tuner.calibration.baseline:
+                    tuner.apply(tuner.calibration.baseline)
+            except Exception as restore_exc:
+                note = (f"; restoring the start placement failed too ({type(restore_exc).__name__}: "
+                        f"{str(restore_exc)[:200]})")
+        step_aside(f"live tuning ({what})", exc, note)
+
+    def drop_compile_check(self, what: str, exc: BaseException) -> None:
+        """The torch.compile check's own failure: leave the DiT as sglang compiled it, stop checking."""
+        checker, self.compile_check = self.compile_check, None
+        if checker is not None:
+            _restore_compiled(checker)
+        step_aside(f"torch.compile check ({what})", exc)

@@ -15,11 +15,6 @@ class Workload:
     tokens_per_pass: int  # DiT sequence length (image/video tokens) of one forward pass
     text_tokens: int  # encoder tokens attended to (cross-attention or joint attention)
 
-    @property
-    def shape_bucket(self) -> str:
-        """Key for tuning results: requests in one bucket share a tuned setting."""
-        return f"{self.width}x{self.height}x{self.num_frames}f_b{self.batch_size}_cfg{self.cfg_passes}"
-
 
 def workload_for(model, width: int, height: int, num_frames: int = 1, steps: int | None = None,
                  batch_size: int = 1, guidance_scale: float | None = None,

@@ -75,9 +75,10 @@ def test_pinned_knobs_hold_and_disable_restores_on_the_gpu(tmp_path, monkeypatch
     tuner.apply(Placement(6, 6, "leading"))
     assert tuner.placement() == Placement(1, 2, "leading") and forward_matches()
     tuner.calibration = SimpleNamespace(baseline=start)
-    monkeypatch.setattr(live, "_state", tuner)
-    live._disable("test", RuntimeError("ours"))
-    assert live._state is None and tuner.placement() == start and forward_matches()
+    run = live.LiveRun()
+    run.install(tuner)
+    run.disable("test", RuntimeError("ours"))
+    assert run.tuner is None and tuner.placement() == start and forward_matches()
 
 
 def test_permanent_lifetime_is_refused_before_any_change():
