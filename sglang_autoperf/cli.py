@@ -89,7 +89,7 @@ def _workload_line(w, origin: dict) -> str:
 
 def _verdict(plan, budget_text: str | None) -> tuple[bool, str]:
     """Whether the plan fits its budget, decided from the plan's own numbers, and the line saying so."""
-    from sglang_autoperf.plan.cost import GiB
+    from sglang_autoperf.units import GiB
 
     p = plan.predicted
     if not p.budget_bytes:  # the planner placed nothing (no DiT); its notes say why

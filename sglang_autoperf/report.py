@@ -5,11 +5,12 @@ import json
 import sys
 from typing import TYPE_CHECKING
 
+from sglang_autoperf.units import gib
+
 if TYPE_CHECKING:
     from sglang_autoperf.cache import StepSummary, TuningKey, TuningResult
     from sglang_autoperf.trace import StepTrace
 
-GiB = 1024**3
 
 
 def _ms(v: float | None) -> str:
@@ -21,10 +22,6 @@ def _share(summary: "StepSummary | None") -> str:
     if summary is None or summary.step_ms <= 0:
         return "-"
     return f"{summary.monitor_ms:.2f} ({summary.monitor_ms / summary.step_ms:.1%})"
-
-
-def _gib(v: int | None) -> str:
-    return "-" if v is None else f"{v / GiB:.2f} GiB"
 
 
 def format_compile_check(result: "TuningResult") -> str:
@@ -53,7 +50,7 @@ def format_calibration_table(result: "TuningResult") -> str:
         ("compute ms", _ms(b and b.compute_ms), _ms(a and a.compute_ms)),
         ("copy ms", _ms(b and b.copy_ms), _ms(a and a.copy_ms)),
         ("exposed copy ms", _ms(b and b.exposed_ms), _ms(a and a.exposed_ms)),
-        ("peak VRAM in a step", _gib(result.baseline_vram_bytes), _gib(result.vram_bytes)),
+        ("peak VRAM in a step", gib(result.baseline_vram_bytes, 2, missing='-'), gib(result.vram_bytes, 2, missing='-')),
         ("monitor's own host ms", _share(b), _share(a)),
     ]
     w0 = max(len(r[0]) for r in rows)
@@ -77,10 +74,10 @@ def format_calibration_table(result: "TuningResult") -> str:
 def _format_key(key: "TuningKey") -> str:
     budget = key.budget or "none"
     if budget.endswith(" bytes"):
-        budget = _gib(int(budget.split()[0]))
+        budget = gib(int(budget.split()[0]), 2)
     pinned = key.pinned_placement or "none"
     lora = ",".join(key.lora_adapters) or "none"
-    return (f"  key: {key.gpu_name} x{key.gpu_count} ({_gib(key.gpu_total_memory_bytes)}, {key.link}), "
+    return (f"  key: {key.gpu_name} x{key.gpu_count} ({gib(key.gpu_total_memory_bytes, 2, missing='-')}, {key.link}), "
             f"{key.layout}, model {key.model_fingerprint[:12]}, shape {key.shape_bucket}, batch "
             f"{key.batch_size}, budget {budget}, pinned {pinned}, LoRA {lora}, sglang {key.sglang_version}, "
             f"torch {key.torch_version}, autoperf {key.plugin_version} (cost model {key.cost_model_version})")

@@ -19,6 +19,7 @@ from sglang_autoperf.retune.schedule import (
 from sglang_autoperf.settings import Settings
 from sglang_autoperf.sglang_contract import PLACEMENT_KNOB_FLAGS
 from sglang_autoperf.trace import PLACEMENT_KNOBS, placement_problem
+from sglang_autoperf.units import gib
 
 
 @dataclass(frozen=True)
@@ -162,7 +163,7 @@ def _plan_cuda(ctx: RunContext, settings: Settings, base: dict[str, Any], gpu, m
     first = gpu.devices[0]
     return StartupPlan(
         active=True,
-        reason="planned from probes" + (f" within a {budget / 2**30:.1f} GiB budget" if budget else ""),
+        reason="planned from probes" + (f" within a {gib(budget)} budget" if budget else ""),
         changes=[dict(c) for c in plan_dict.get("changes", [])],
         notes=list(plan_dict.get("notes", [])),
         plan=plan_dict,

@@ -26,7 +26,7 @@ FLOORS = [  # most specific first
     ("sglang_autoperf.cache", 3), ("sglang_autoperf.report", 3),
     ("sglang_autoperf.plan", 2), ("sglang_autoperf.retune", 2),
     ("sglang_autoperf.probe", 1), ("sglang_autoperf.demo_model", 1), ("sglang_autoperf.kernels", 1),
-    ("sglang_autoperf.settings", 0), ("sglang_autoperf.log", 0), ("sglang_autoperf.trace", 0),
+    ("sglang_autoperf.settings", 0), ("sglang_autoperf.log", 0), ("sglang_autoperf.units", 0), ("sglang_autoperf.trace", 0),
     ("sglang_autoperf.sglang_contract", 0), ("sglang_autoperf.sglang_models", 0), ("sglang_autoperf", 0),
 ]
 

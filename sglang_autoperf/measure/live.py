@@ -34,6 +34,7 @@ from sglang_autoperf.retune.schedule import (
     calibration_steps,
 )
 from sglang_autoperf.log import logger, step_aside
+from sglang_autoperf.units import gib
 
 VRAM_SAFETY_BYTES = 1 << 30  # fragmentation and allocator slack beyond what the traces showed
 
@@ -417,8 +418,8 @@ class WorkerTuner:
         placements = _agree_on_placements([c.placement for c in candidates])
         for c in candidates:
             logger().info(
-                "[autoperf] candidate %s: predicted %.1f ms/step, +%.2f GiB: %s",
-                c.placement.label(), c.predicted_step_ms, c.extra_vram_bytes / 2**30, c.reason,
+                "[autoperf] candidate %s: predicted %.1f ms/step, %s: %s",
+                c.placement.label(), c.predicted_step_ms, gib(c.extra_vram_bytes, 2, signed=True), c.reason,
             )
         if not placements:
             logger().info("[autoperf] no candidate predicted faster within the free VRAM; keeping %s", cal.baseline.label())

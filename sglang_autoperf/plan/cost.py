@@ -11,12 +11,12 @@ from dataclasses import dataclass
 from typing import Iterable, Sequence
 
 from sglang_autoperf.sglang_contract import prefetch_per_group, resident_per_group, streamed_layers
+from sglang_autoperf.units import GiB
 
 # Part of every tuning cache key: bump when a prediction changes for the same inputs, so that
 # placements chosen under the old model are measured again instead of reused.
 COST_MODEL_VERSION = 1
 
-GiB = 1024**3
 
 # --- compute efficiency ---------------------------------------------------------------------
 # Fraction of the card's dense bf16 rate reached, fit to docs/measured.md §1 (H200, eager, SDPA flash):

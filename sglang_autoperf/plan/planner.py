@@ -17,6 +17,7 @@ from sglang_autoperf.plan import cost
 from sglang_autoperf.plan import layout as layout_model
 from sglang_autoperf.plan.objective import placement_objective
 from sglang_autoperf.sglang_contract import prefetch_per_group, resident_per_group
+from sglang_autoperf.units import gib
 
 # torch.compile: families with measured eager->compiled wins at served shapes (SGLang Diffusion
 # performance guide; Qwen-Image 502 -> 190 ms/step #13641). Z-Image-Turbo lost (0.79 s eager vs
@@ -120,10 +121,6 @@ class Plan:
 
 def plan_to_json_dict(plan: Plan) -> dict:
     return plan.to_dict()
-
-
-def _gib(n: float) -> str:
-    return f"{n / cost.GiB:.1f}"
 
 
 # --- internal candidate ---------------------------------------------------------------------
@@ -337,7 +334,7 @@ def _dit_search(st: _Stage, layout: _Layout, comps: _Components):
     if best is None:  # nothing fits: least memory, and say so
         best = min(all_c, key=lambda c: c.vram)
         st.plan.notes.append(
-            f"nothing fits the {_gib(st.budget)} GiB budget; least-memory plan needs {_gib(best.vram)} GiB")
+            f"nothing fits the {gib(st.budget)} budget; least-memory plan needs {gib(best.vram)}")
     return best, free_best, layers, res_sim, acts
 
 
@@ -374,13 +371,13 @@ def _dit_settings(st: _Stage, comps: _Components, best: "_Cand", layers, res_sim
             f"{best.sim.exposed_s * ms:.0f} ms exposed"
         reasons["dit_layerwise_offload"] = (
             f"streamed the DiT layer by layer: fully resident needs "
-            f"{_gib(_resident_vram(dits, acts, comps.flag_bytes, comps.forced_cpu))} GiB, over the {_gib(budget)} GiB budget")
+            f"{gib(_resident_vram(dits, acts, comps.flag_bytes, comps.forced_cpu))}, over the {gib(budget)} budget")
         reasons["dit_cpu_offload"] = (
             f"layerwise streaming replaces whole-DiT offload, which would move all "
-            f"{_gib(sum(d.total_bytes for d in dits))} GiB of DiT weights every use")
+            f"{gib(sum(d.total_bytes for d in dits))} of DiT weights every use")
         reasons["dit_layerwise_resident_layers"] = (
-            f"kept {sum(best.resident_per_group)} of {len(layers)} DiT layers resident ({_gib(best.vram)} of "
-            f"{_gib(budget)} GiB budget): predicted copy {best.sim.copy_s * ms:.0f} ms vs compute "
+            f"kept {sum(best.resident_per_group)} of {len(layers)} DiT layers resident ({gib(best.vram, unit=False)} of "
+            f"{gib(budget)} budget): predicted copy {best.sim.copy_s * ms:.0f} ms vs compute "
             f"{best.sim.compute_s * ms:.0f} ms per step {hidden}")
         reasons["dit_offload_prefetch_size"] = (
             f"prefetch {best.prefetch} layer(s): predicted step {best.sim.step_s * ms:.0f} ms "
@@ -388,19 +385,19 @@ def _dit_settings(st: _Stage, comps: _Components, best: "_Cand", layers, res_sim
         reasons["dit_layerwise_residency_policy"] = (
             f"{best.policy} residency: predicted step {best.sim.step_s * ms:.0f} ms, the faster layout in the simulation")
     else:
-        fits = (f"kept the whole DiT resident ({_gib(best.vram)} of {_gib(budget)} GiB budget)" if best.vram <= budget
-                else f"nothing fits the {_gib(budget)} GiB budget; the least memory, {_gib(best.vram)} GiB, is the whole "
+        fits = (f"kept the whole DiT resident ({gib(best.vram, unit=False)} of {gib(budget)} budget)" if best.vram <= budget
+                else f"nothing fits the {gib(budget)} budget; the least memory, {gib(best.vram)}, is the whole "
                      "DiT resident")
         reasons["dit_layerwise_offload"] = reasons["dit_cpu_offload"] = (
             f"{fits}: predicted step {res_sim.step_s * ms:.0f} ms with no copies")
     for flag, names in comps.flag_names.items():
         to_cpu = flag in best.offloaded
-        label, size = "+".join(names), _gib(comps.flag_bytes[flag])
+        label, size = "+".join(names), gib(comps.flag_bytes[flag], unit=False)
         want[flag] = to_cpu
         reasons[flag] = (
             f"moved {label} ({size} GiB) to the CPU: it runs once per request "
             f"({comps.flag_bytes[flag] / st.h2d * ms:.0f} ms to bring back) and its room goes to the DiT"
-            if to_cpu else f"kept {label} ({size} GiB) on the GPU: the plan fits in {_gib(best.vram)} of {_gib(budget)} GiB")
+            if to_cpu else f"kept {label} ({size} GiB) on the GPU: the plan fits in {gib(best.vram, unit=False)} of {gib(budget)}")
 
 
 def _compile_setting(st: _Stage, layout: _Layout, best: "_Cand", expected_requests, allow_compile: bool) -> None:
@@ -574,14 +571,14 @@ def _pinned_notes(plan: Plan, pinned: dict, want: dict, best: _Cand, free_best: 
             f"pinned DiT flags: would have chosen {what}; predicted cost "
             f"{(best.sim.step_s - free_best.sim.step_s) * ms:+.0f} ms per step "
             f"({best.sim.step_s * ms:.0f} vs {free_best.sim.step_s * ms:.0f} ms), "
-            f"{(best.vram - free_best.vram) / cost.GiB:+.1f} GiB")
+            f"{gib(best.vram - free_best.vram, signed=True)}")
 
 
 def format_plan(plan: Plan) -> str:
     p = plan.predicted
     lines = [f"autoperf plan ({plan.objective}): predicted step {p.step_ms:.0f} ms "
              f"(compute {p.compute_ms:.0f}, copy {p.copy_ms:.0f}, exposed {p.exposed_copy_ms:.0f}; "
-             f"resident would be {p.resident_step_ms:.0f}), VRAM {_gib(p.vram_bytes)} of {_gib(p.budget_bytes)} GiB"]
+             f"resident would be {p.resident_step_ms:.0f}), VRAM {gib(p.vram_bytes, unit=False)} of {gib(p.budget_bytes)}"]
     d = plan.dit
     if d.offload:
         lines.append(f"  DiT: layerwise, {sum(d.resident_per_group)}/{d.total_layers} layers resident "

@@ -20,6 +20,7 @@ from typing import Any, Mapping, Sequence
 from . import hardware
 from .host import HostMemory, probe_host
 from .files import read_json_file
+from ..units import gib
 
 # Bundled GPU profiles: snapshots recorded on real cards (H100, H200) and ones written from vendor
 # datasheets for cards not recorded; `--gpu-snapshot h200` finds them by name (bundled_profile_path).
@@ -405,10 +406,6 @@ def gpu_profile_to_dict(profile: GpuProfile) -> dict:
     return d
 
 
-def _gib(b: int | None) -> str:
-    return "?" if b is None else f"{b / 2**30:.1f}"
-
-
 def _link(gen: int | None, width: int | None) -> str:
     return "?" if gen is None and width is None else f"Gen{gen or '?'} x{width or '?'}"
 
@@ -435,7 +432,7 @@ def format_gpu_table(profile: GpuProfile) -> str:
         for d in profile.devices:
             cc = "?" if d.compute_capability is None else "%d.%d" % d.compute_capability
             rows.append((
-                str(d.index), d.name, f"{_gib(d.memory_free_bytes)} / {_gib(d.memory_total_bytes)}",
+                str(d.index), d.name, f"{gib(d.memory_free_bytes, unit=False)} / {gib(d.memory_total_bytes, unit=False)}",
                 f"{_link(d.pcie_generation, d.pcie_width)} ({_link(d.pcie_current_generation, d.pcie_current_width)})",
                 f"{d.h2d_bytes_per_s / 1e9:.1f}" if d.h2d_bytes_per_s else "?",
                 f"{d.bf16_dense_flops / 1e12:.0f}" if d.bf16_dense_flops else "?",
@@ -447,9 +444,9 @@ def format_gpu_table(profile: GpuProfile) -> str:
         lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
     h = profile.host
     if h is not None:
-        lim = "none" if h.cgroup_limit_bytes is None else f"{_gib(h.cgroup_limit_bytes)} GiB"
-        lines.append(f"host: RAM {_gib(h.ram_total_bytes)} GiB, available {_gib(h.ram_available_bytes)} GiB, "
-                     f"cgroup limit {lim}, pinnable {_gib(h.pinnable_bytes)} GiB")
+        lim = "none" if h.cgroup_limit_bytes is None else f"{gib(h.cgroup_limit_bytes)}"
+        lines.append(f"host: RAM {gib(h.ram_total_bytes)}, available {gib(h.ram_available_bytes)}, "
+                     f"cgroup limit {lim}, pinnable {gib(h.pinnable_bytes)}")
     src = profile.source + (f" ({profile.snapshot_label})" if profile.snapshot_label else "")
     lines.append(f"driver {profile.driver_version or '?'}; source {src}")
     lines += [f"warning: {w}" for w in profile.warnings]

@@ -22,6 +22,7 @@ from sglang_autoperf.plan.cost import (
     simulate_step,
 )
 from sglang_autoperf.sglang_contract import prefetch_per_group, resident_per_group
+from sglang_autoperf.units import gib
 
 OBJECTIVES = ("speed", "memory")
 POLICIES = ("leading", "strided")
@@ -212,10 +213,6 @@ def _anchor(steps: Sequence[StepTrace], layers: Sequence[LayerCost], passes: int
     return 1.0, 0.0, 0.0  # measured below its own compute: inconsistent trace, use the simulation as is
 
 
-def _fmt_bytes(n: float) -> str:
-    return f"{n / 1024**3:+.2f} GiB"
-
-
 def _describe_change(cur: Placement, new: Placement) -> str:
     parts = []
     if new.resident_layers != cur.resident_layers:
@@ -284,7 +281,7 @@ def _candidate(pool: _Pool, o: _Option, why: str) -> Candidate:
     return Candidate(o.placement, o.ms, o.vram - cur.vram, (
         f"{_describe_change(cur.placement, o.placement)}: predicted {cur.ms:.1f} -> {o.ms:.1f} ms/step "
         f"({gain:+.1f}% faster; exposed copy {cur.sim.exposed_s * 1e3:.1f} -> {o.sim.exposed_s * 1e3:.1f} ms), "
-        f"VRAM {_fmt_bytes(o.vram - cur.vram)}{why}"))
+        f"VRAM {gib(o.vram - cur.vram, 2, signed=True)}{why}"))
 
 
 def _fastest(pool: _Pool, max_candidates: int) -> list[Candidate]:
@@ -413,7 +410,7 @@ def _decide_memory(baseline: Placement, base: StepStats, ok: list[Placement], st
     chosen = min(eligible, key=lambda p: (vram.get(p, inf), stats[p.label()].median_ms, p != baseline))
     s = stats[chosen.label()]
     v = vram.get(chosen)
-    vtxt = f"{v / 1024**3:.2f} GiB" if v is not None else "VRAM unknown"
+    vtxt = gib(v, 2, missing="VRAM unknown")
     if chosen == baseline and s.median_ms > limit:
         return Decision(baseline, False, (
             f"kept {baseline.label()} ({s.median_ms:.1f} ms/step, {vtxt}): "
@@ -426,7 +423,7 @@ def _decide_memory(baseline: Placement, base: StepStats, ok: list[Placement], st
             f"{MEMORY_TOLERANCE:.0%} of the fastest measured ({fastest:.1f} ms) uses less VRAM" + failed_note),
             stats)
     bv = vram.get(baseline)
-    btxt = f"{bv / 1024**3:.2f} GiB" if bv is not None else "VRAM unknown"
+    btxt = gib(bv, 2, missing="VRAM unknown")
     return Decision(chosen, True, (
         f"kept {chosen.label()}: {vtxt} vs baseline {btxt}, median {s.median_ms:.1f} ms/step vs "
         f"{base.median_ms:.1f} ms, within {MEMORY_TOLERANCE:.0%} of the fastest measured ({fastest:.1f} ms)"
