@@ -409,30 +409,18 @@ def sweep_points(model_path: str, workload: dict, free_gib: float | None = None,
 
 
 def card_info() -> dict:
+    """The card the arms ran on, from the plugin's own NVML probe (every GPU, not only the visible)."""
     info: dict = {"name": None, "driver": None, "memory_total_mib": None, "count": 0, "source": None}
     try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total",
-                              "--format=csv,noheader,nounits"], capture_output=True, text=True, timeout=20)
-        rows = [r.split(", ") for r in out.stdout.strip().splitlines() if r.strip()]
-        if out.returncode == 0 and rows:
-            info.update(name=rows[0][0], driver=rows[0][1], memory_total_mib=int(float(rows[0][2])),
-                        count=len(rows), source="nvidia-smi")
-            return info
-    except (OSError, subprocess.SubprocessError, ValueError, IndexError):
-        pass
-    try:
-        import pynvml
+        from sglang_autoperf.probe.gpu import probe_gpus
 
-        pynvml.nvmlInit()
-        h = pynvml.nvmlDeviceGetHandleByIndex(0)
-        name = pynvml.nvmlDeviceGetName(h)
-        drv = pynvml.nvmlSystemGetDriverVersion()
-        info.update(name=name.decode() if isinstance(name, bytes) else name,
-                    driver=drv.decode() if isinstance(drv, bytes) else drv,
-                    memory_total_mib=pynvml.nvmlDeviceGetMemoryInfo(h).total // 2**20,
-                    count=pynvml.nvmlDeviceGetCount(), source="pynvml")
-    except Exception:  # noqa: BLE001 - no GPU is a valid answer
-        pass
+        gpu = probe_gpus(use_env=False)
+    except Exception as e:  # noqa: BLE001 - the plugin not importable here: the card stays unnamed
+        return dict(info, source=f"probe unavailable ({type(e).__name__})")
+    if gpu.devices:
+        first = gpu.devices[0]
+        info.update(name=first.name, driver=gpu.driver_version, memory_total_mib=first.memory_total_bytes // 2**20,
+                    count=len(gpu.devices), source=gpu.source)
     return info
 
 
