@@ -66,6 +66,7 @@ class DitLayout:
     class_name: str  # sglang's class (after its aliases and the pipeline's override)
     layer_names: tuple[str, ...]  # module lists sglang's layerwise offload streams, in execution order
     to_sglang_name: Callable[[str], str]  # checkpoint tensor name -> the class's parameter name
+    arch_geometry: dict = field(default_factory=dict)  # sglang's arch config: width, heads, input channels
 
 
 def _registry():
@@ -143,9 +144,12 @@ def dit_layout(model: SglangModel, component: str, config: dict) -> DitLayout:
                                f"({type(e).__name__})") from None
     dit_config = model.pipeline_config.dit_config
     dit_config.update_model_arch({k: v for k, v in config.items() if k != "_class_name"})
-    mapping = get_param_names_mapping(dict(dit_config.arch_config.param_names_mapping))
+    arch = dit_config.arch_config
+    mapping = get_param_names_mapping(dict(arch.param_names_mapping))
+    geometry = {k: getattr(arch, k, None) for k in ("hidden_size", "num_attention_heads", "in_channels")}
     return DitLayout(class_name=cls.__name__, layer_names=declared_layer_names(cls),
-                     to_sglang_name=lambda name: mapping(name)[0])
+                     to_sglang_name=lambda name: mapping(name)[0],
+                     arch_geometry={k: v for k, v in geometry.items() if isinstance(v, int) and v > 0})
 
 
 def declared_layer_names(cls) -> tuple[str, ...]:

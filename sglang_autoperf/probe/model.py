@@ -382,7 +382,8 @@ def _dit_geometry(config: dict, where: Path, latent_channels: int, is_video: boo
         raise ModelProbeError(f"{where}: no attention_head_dim, hidden_size or dim; expected the width of the DiT")
     head_dim = head_dim or hidden // heads
     in_channels = _config_int(config, "in_channels", where)
-    patch_raw = 1 if config.get("patch_size") is None else config["patch_size"]
+    patch_key = _first_key(config, "patch_size", "all_patch_size")  # Z-Image: all_patch_size
+    patch_raw = 1 if config.get(patch_key) is None else config[patch_key]
     patch_list = patch_raw if isinstance(patch_raw, list) else [patch_raw]
     if not patch_list or len(patch_list) > 3:
         raise ModelProbeError(f"{where}: patch_size is {patch_raw!r}; expected a positive integer or 2-3 of them")
@@ -446,7 +447,9 @@ def _dit_profile(component: str, class_name: str, model: SglangModel, config: di
         component=component, class_name=class_name, dtype=_PRECISION_NAMES[precision],
         block_groups=tuple(groups), layer_bytes=layer_bytes, layer_params=layer_params,
         non_block_bytes=total - sum(layer_bytes), total_bytes=total,
-        **_dit_geometry(config, where, latent_channels, is_video), sglang_class=layout.class_name,
+        # the config's own fields first; sglang's arch config fills what a family names differently
+        **_dit_geometry({**layout.arch_geometry, **config}, where, latent_channels, is_video),
+        sglang_class=layout.class_name,
     )
 
 
