@@ -22,7 +22,7 @@
 # R (work folder, /tmp/layout), MODEL (checkpoint folder; built by make_checkpoints.py when missing),
 # GPU_SNAPSHOT (plan and predict from a recorded NVML snapshot instead of the live GPUs), GEN (the
 # request runner, default gen_api.py; the CPU test puts a stand-in there).
-# Writes $OUT/: arms.jsonl, table.md, layouts.svg, winner.json, predicted.json, plan.json,
+# Writes $OUT/: arms.jsonl, table.md, layouts.svg, winner.json, predicted.json, plan.json, prepare.txt,
 # autoperf_lines.txt, logs.tar.gz.
 set -uo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -57,7 +57,7 @@ M=${MODEL:-$($PY "$HERE/make_checkpoints.py" wan2.1-t2v-14b --print-path | tail 
 # One probe: every valid layout (plan/layout.py's rules) and the extra arms, the prediction for each
 # layout, and the plugin's plan for this count (the planner the plugin runs, with the same pins).
 $PY "$HERE/layout_table.py" prepare "$M" "$N" "$R" --attention-backend "$ATTN" --frames "$FRAMES" --steps "$STEPS" \
-  "${SNAP[@]}" 2> "$R/prepare.err" | tail -1 || { tail -5 "$R/prepare.err"; exit 4; }
+  "${SNAP[@]}" 2> "$R/prepare.err" | tee "$OUT/prepare.txt" || { tail -5 "$R/prepare.err"; exit 4; }
 cp "$R/predicted.json" "$R/plan.json" "$OUT/" 2>/dev/null || { tail -5 "$R/prepare.err"; exit 4; }
 mv "$R/arms.tsv" "$R/all_arms.tsv"
 if [ -n "${ARMS:-}" ]; then

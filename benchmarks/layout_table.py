@@ -59,8 +59,11 @@ def prepare(model_path: str, num_gpus: int, attention_backend: str | None, snaps
     arms = [(c.layout.label, c.layout.label, 0, layout_args(c.layout, num_gpus, attention_backend)) for c in costs]
     arms += [("sglang-default", "default", 0, free), ("plugin", chosen.label, 1, free),
              ("plugin-pinned", chosen.label, 1, layout_args(chosen, num_gpus, attention_backend))]
+    left_out = {lay.label: L.layout_problem(lay, num_gpus, m.dit.num_heads, runs_cfg, attention_backend)
+                for lay in L.enumerate_layouts(num_gpus)}
     return {"arms": arms, "predicted": {c.layout.label: round(c.step_s * 1e3, 1) for c in costs},
-            "plan": {**plan.to_dict(), "layout": chosen.label}}
+            "plan": {**plan.to_dict(), "layout": chosen.label},
+            "left_out": {k: v for k, v in left_out.items() if v is not None}}
 
 
 def process_step_ms(record: dict) -> float | None:
@@ -194,6 +197,8 @@ def main(argv: list[str] | None = None) -> int:
         for name in ("predicted", "plan"):
             with open(os.path.join(args.outdir, f"{name}.json"), "w") as f:
                 json.dump(got[name], f, indent=1, default=str)
+        for label, why in got["left_out"].items():
+            print(f"left out {label}: {why}")
         print(f"plugin's layout {got['plan']['layout']}; predicted ms {json.dumps(got['predicted'])}")
         return 0
     records = []

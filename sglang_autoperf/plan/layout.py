@@ -212,8 +212,9 @@ def layout_problem(lay: Layout, num_gpus: int, num_heads: int, runs_cfg: bool,
     if lay.ulysses > 1 and num_heads % lay.ulysses:
         return f"{num_heads} attention heads do not split over Ulysses degree {lay.ulysses} (layers/usp.py)"
     if lay.ring > 1 and attention_backend not in RING_ATTENTION_BACKENDS:
-        return (f"ring attention runs on {'/'.join(RING_ATTENTION_BACKENDS)} only, and sglang picks the backend "
-                f"before a plan could ({attention_backend or 'left to sglang'})")
+        # sglang picks a ring-capable backend in ServerArgs.__post_init__, before a plan could set ring
+        return (f"ring attention runs on {'/'.join(RING_ATTENTION_BACKENDS)} only; the attention backend is "
+                f"{attention_backend or 'left to sglang'}")
     if lay.fsdp and num_gpus < 2:
         return "FSDP inference needs 2 or more GPUs"
     return None
