@@ -39,6 +39,11 @@
 #   tax                 one GPU: case wan13b-17f-tax (sglang's own per-layer hook cost vs offload off)
 #   compile-default+check  one GPU: arms K0 K with SGLANG_TORCH_COMPILE_MODE=default (Inductor without
 #                       max-autotune: the first compiled request fits a call), then case wan13b-17f-check
+#   sweep               one GPU: the FLUX.1-dev-shaped checkpoint, then benchmarks/inprocess_sweep.py at the
+#                       16 and 24 GiB limits in one sglang process (issue 17): grid, planner choices, neighbours
+#   sweep-focus         one GPU: the same with the points of FOCUS (default: the 2026-11-29 page's
+#                       focus_points.json), each twice; then, while time is left, LIMIT_POINTS (limit_points.json)
+#                       in a second process beside a ballast that leaves 16 GiB free: which points really fit
 # Env: BUDGET_S (seconds for the whole call, default 570); PIN_CPUS (see below).
 # Writes under $OUT: one .tar.gz per part, summary.txt (the parts' tables and key lines).
 set -uo pipefail
@@ -53,6 +58,17 @@ left() { echo $(( BUDGET_S - ($(date +%s) - T0) - 20 )); }  # 20 s to pack resul
 say() { echo "[device-call $(( $(date +%s) - T0 ))s] $*"; }
 NGPU=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU')
 say "plan $PLAN on $NGPU GPU(s): $(nvidia-smi --query-gpu=name --format=csv,noheader | sort | uniq -c | xargs)"
+
+inprocess_sweep() {  # [name [flags]]: FLUX.1-dev 1024x1024, one process, many per-list placements (issue 17)
+  local d=$W/${1:-sweep}; shift; mkdir -p "$d"
+  local m; m=$(python3 benchmarks/make_checkpoints.py flux.1-dev --root /tmp/models --print-path | tail -1)
+  [ -f "$m/_source.json" ] || python3 benchmarks/make_checkpoints.py flux.1-dev --root /tmp/models > "$d/build.log" 2>&1
+  say "checkpoint: $(tail -1 "$d/build.log" 2>/dev/null)"
+  CUDA_VISIBLE_DEVICES=0 $PIN python3 benchmarks/inprocess_sweep.py --model-path "$m" --model-id FLUX.1-dev \
+    --budgets 16GiB,24GiB --out "$d" --time-budget "$(left)" "$@" > "$d/run.log" 2>&1
+  say "sweep $(basename "$d") rc=$?: $(grep -c . "$d/points.jsonl" 2>/dev/null) blocks"
+  { echo "## $(basename "$d")"; grep '^\[sweep\]' "$d/run.log"; tail -5 "$d/worker.log" 2>/dev/null; } >> "$W/summary.txt"
+}
 
 probes() {  # every visible GPU: NVML snapshot, CLI probe (table + JSON), live checks vs nvidia-smi
   local d=$W/probes; mkdir -p "$d"
@@ -138,6 +154,11 @@ case $PLAN in
   overhead+check) REQS=6 calib 0 calib-1gpu "O"; case_run 0 wan13b-17f-check ;;
   cost+overhead+check) cost; REQS=4 calib 0 calib-1gpu "O"; case_run 0 wan13b-17f-check ;;
   compile-default+check) SGLANG_TORCH_COMPILE_MODE=default calib 0 calib-compile "K0 K"; case_run 0 wan13b-17f-check ;;
+  sweep) inprocess_sweep sweep ;;
+  sweep-focus) R17=benchmarks/results/2026-11-29-h200-sweep
+    inprocess_sweep sweep-focus --focus "${FOCUS:-$R17/focus_points.json}" --repeat 2
+    [ "$(left)" -gt 110 ] && inprocess_sweep sweep-limit16 --focus "${LIMIT_POINTS:-$R17/limit_points.json}" --repeat 1 \
+      --reference-every 100 --free-gib 16 ;;
   wan14b+wan13b81) side_by_side 'case_run 0 wan14b-81f-24g' 'case_run $G1 wan13b-81f' ;;
   *) echo "unknown plan $PLAN"; exit 2 ;;
 esac
