@@ -96,8 +96,9 @@ def buffer_bytes(lists: Sequence[LayerList], placement: ListPlacement) -> int:
     biggest streamed blocks, plan/cost.prefetch_buffer_layers of them) and every other streaming
     list holds the head of its next pass (prefetch_layers blocks), which sglang's pre-hooks issue
     at the end of that list's previous pass (the wrap-around). The H200 sweep of 2026-11-29
-    (benchmarks/results/2026-11-29-h200-sweep) measured the head: FLUX.1 with 15 doubles resident,
-    singles at prefetch 6 instead of 2, peaked 1.2 GiB higher where windows alone predicted 0."""
+    (benchmarks/results/2026-11-29-h200-sweep) measured the head: FLUX.1 with 15 doubles resident
+    and the singles streamed at prefetch 6 instead of 2 peaked 1.07 GiB higher, where the windows
+    alone predicted no change."""
     window, head = {}, {}
     for ll in lists:
         p = placement.get(ll.key)
@@ -162,11 +163,8 @@ def simulate_lists(layers: Sequence[LayerCost], lists: Sequence[LayerList], plac
 def _anchored(layers: list[LayerCost], lists: Sequence[LayerList], current: ListPlacement, passes: int,
               measured_ms: float) -> tuple[list[LayerCost], float]:
     """(layers, offset_ms) so that the simulation of `current` plus the offset is its measured step.
-    A simulated step above the measured one means the traced copies ran slower one by one than the
-    link ran them all (FLUX.1 at 9 per list, H200: 293.5 simulated, 271.6 measured, at the copy
-    floor 272.6 of the sweep's measured 55.1 GB/s: benchmarks/results/2026-11-29-h200-sweep), so
-    the copies are scaled to the measured step, not the step shifted: a shift would carry the
-    copies' error into placements that copy nothing."""
+    A simulated step above the measured one is put on the copies (scaled), not shifted: a shift
+    would carry the copies' error into placements that copy nothing."""
     sim = simulate_lists(layers, lists, current, passes)
     if sim.copy_s > 0 and measured_ms < sim.step_s * 1e3:
         scale = max(measured_ms / 1e3, sim.compute_s) / sim.step_s
@@ -191,6 +189,11 @@ class StepPredictor:
                     fallback_h2d_bytes_per_s: float | None = None) -> "StepPredictor":
         lists = layer_lists_of(steps, layer_bytes)
         layers = measured_layer_costs(list(steps), list(layer_bytes), fallback_h2d_bytes_per_s=fallback_h2d_bytes_per_s)
+        # One link rate for every block: the copies share one link, and a block's own traced rate can
+        # be far off (FLUX.1 at 9 per list, H200: one block at 11.5 GB/s, the median 55.2 GB/s, as the
+        # sweep's pinned copy measured 55.1: benchmarks/results/2026-11-29-h200-sweep).
+        link = statistics.median(lc.bytes / lc.copy_s for lc in layers if lc.copy_s > 0)
+        layers = [replace(lc, copy_s=lc.bytes / link) for lc in layers]
         passes = passes_per_step(steps)
         measured = statistics.median(s.wall_ms for s in steps)
         anchored, offset = _anchored(layers, lists, current, passes, measured)
