@@ -9,10 +9,10 @@ peak is that plus its own placed bytes. The safety margin is measured too: the a
 fragmentation at the reading (reserved peak - allocated peak).
 
 Why this is enough, measured (benchmarks/results/2026-11-29-h200-sweep, H200, FLUX.1-dev-shaped,
-1024x1024): predicting the peak of each of ~170 measured blocks (57 placements: resident counts
-per list, prefetch 1-12, both policies) from the one reading of the 16 GiB start placement missed
-by -0.23 to +0.44 GiB; the fragmentation at that reading was 0.81 GiB. The startup model had
-predicted 15.9 GiB for a placement that peaked at 13.8 GiB.
+1024x1024): from the one reading of the 16 GiB start placement, the peaks of all 98 placements the
+sweep measured (resident counts per list, prefetch 1-12, both policies) came out within -0.20 to
++0.44 GiB (measured minus predicted); the fragmentation at that reading was 0.81 GiB. The startup
+model had predicted 15.9 GiB for a placement that peaked at 13.8 GiB.
 """
 from __future__ import annotations
 
