@@ -57,7 +57,7 @@ def test_probe_matches_nvidia_smi():
 
 
 def measure_pinned_h2d(nbytes: int = 256 << 20, reps: int = 10) -> float:
-    """Median pinned host->device bytes/s on a side stream, timed with CUDA events (as facts.md §1)."""
+    """Median pinned host->device bytes/s on a side stream, timed with CUDA events (as docs/measured.md §1)."""
     import torch
 
     host = torch.randint(0, 256, (nbytes,), dtype=torch.uint8).pin_memory()
