@@ -160,3 +160,17 @@ def test_list_placement_round_trip_and_unknown_list():
     assert ListPlacement.from_dict(json.loads(json.dumps(p.to_dict()))) == p
     with pytest.raises(KeyError):
         p.with_list("transformer.blocks", Placement(1, 1))
+
+
+def test_the_retuners_decision_rule_takes_list_placements_as_they_are():
+    """retune/retuner.decide reads only label() and equality of a placement: the live tuner can keep
+    or roll back per-list candidates with the same noise rule. Samples: the sweep's per-block
+    medians of the 16 GiB start and of the first candidate (test_memory_correction)."""
+    from sglang_autoperf.retune.retuner import decide
+
+    by_key = {json.dumps(p["lists"], sort_keys=True): p for p in sweep_points()}
+    start, candidate = pl(9, 9), pl(15, 2, 1, 2)
+    measured = {p: by_key[json.dumps(p.to_dict(), sort_keys=True)]["raw_ms"] for p in (start, candidate)}
+    decision = decide(start, measured, {}, "speed")
+    assert decision.placement == candidate and decision.kept_new
+    assert decide(start, {start: measured[start], candidate: []}, {}, "speed").placement == start  # failed trial
