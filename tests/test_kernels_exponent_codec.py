@@ -182,6 +182,15 @@ def test_a_wrong_output_buffer_is_refused_and_left_alone(codec):
         with pytest.raises(ValueError, match="decode_into needs"):
             codec.decode_into(rec, out)
         assert torch.equal(out, before)
+    out = torch.zeros(8, dtype=torch.bfloat16)
+    with pytest.raises(ValueError, match="decode variant"):
+        codec.decode_into(rec, out, variant="huffman")
+    assert torch.equal(out, torch.zeros(8, dtype=torch.bfloat16))
+
+
+def test_an_empty_tensor_stays_raw(codec):
+    kept = codec.encode(torch.empty(0, 4, dtype=torch.bfloat16))
+    assert isinstance(kept, codec.KeptRaw) and kept.nbytes == 0 and kept.shape == (0, 4)
 
 
 def test_statistics_from_known_histograms(codec):
