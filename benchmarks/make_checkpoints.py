@@ -6,6 +6,8 @@ bytes per block, tokens) is exactly the real model's; what is produced (pixels) 
     python3 benchmarks/make_checkpoints.py wan2.1-t2v-1.3b --root /tmp/models
     python3 benchmarks/make_checkpoints.py wan2.1-t2v-14b  --root /tmp/models
     python3 benchmarks/make_checkpoints.py flux.1-dev      --root /tmp/models
+    python3 benchmarks/make_checkpoints.py z-image-turbo   --root /tmp/models
+    python3 benchmarks/make_checkpoints.py flux.2-klein-4b --root /tmp/models
     python3 benchmarks/make_checkpoints.py wan2.1-t2v-1.3b --tiny --device cpu   # CPU smoke test
 
 The folder is named after the real model (`Wan2.1-T2V-14B-Diffusers-random`, `FLUX.1-dev-random`):
@@ -24,8 +26,11 @@ How the DiT is written (the part that has to be fast: 28.6 GB for Wan2.1-14B):
 Everything else (VAE, text encoders, tokenizers, scheduler) is small and built with the libraries'
 own save_pretrained. Text encoders are SMALL stand-ins (2 layers) with the real output widths, so
 the DiT's text projections get the shapes they expect; the tokenizers are built locally
-(word-level for T5/UMT5, byte-level BPE without merges for CLIP). The folder gets `_source.json`
-and `README.md` saying all this.
+(word-level for T5/UMT5, byte-level BPE without merges for CLIP and Qwen, the latter with a
+Qwen-style chat template, which sglang's Z-Image and FLUX.2-Klein prompt encoding applies). The
+Qwen3 stand-in keeps the layers sglang reads hidden states from (Z-Image: the second to last;
+FLUX.2-Klein: layers 9, 18 and 27, stacked into the DiT's 7680-wide text input), with a narrow MLP.
+The folder gets `_source.json` and `README.md` saying all this.
 """
 from __future__ import annotations
 
@@ -58,13 +63,33 @@ FLUX_TINY = dict(
     pooled_projection_dim=32, guidance_embeds=True, axes_dims_rope=(8, 12, 12),
 )
 
+# Z-Image-Turbo (Tongyi-MAI/Z-Image-Turbo): diffusers' ZImageTransformer2DModel defaults, which are
+# sglang 0.5.23's ZImageArchConfig defaults too (6.15 B params; sglang streams its 30 `layers`).
+Z_IMAGE_TURBO = dict(
+    all_patch_size=(2,), all_f_patch_size=(1,), in_channels=16, dim=3840, n_layers=30, n_refiner_layers=2,
+    n_heads=30, n_kv_heads=30, norm_eps=1e-5, qk_norm=True, cap_feat_dim=2560, rope_theta=256.0,
+    t_scale=1000.0, axes_dims=(32, 48, 48), axes_lens=(1024, 512, 512),
+)
+Z_IMAGE_TINY = dict(Z_IMAGE_TURBO, dim=64, n_layers=2, n_refiner_layers=1, n_heads=2, n_kv_heads=2, cap_feat_dim=64,
+                    axes_dims=(8, 12, 12))
+# FLUX.2-klein-4B: 5 double- and 20 single-stream blocks of width 3072 (3.88 B params). The text
+# width is fixed by sglang's flux2_klein_postprocess_text: 3 Qwen3-4B layers x 2560 = 7680.
+FLUX_2_KLEIN_4B = dict(
+    patch_size=1, in_channels=128, num_layers=5, num_single_layers=20, attention_head_dim=128,
+    num_attention_heads=24, joint_attention_dim=7680, timestep_guidance_channels=256, mlp_ratio=3.0,
+    axes_dims_rope=(32, 32, 32, 32), rope_theta=2000, eps=1e-6, guidance_embeds=False,
+)
+FLUX_2_KLEIN_TINY = dict(FLUX_2_KLEIN_4B, num_layers=1, num_single_layers=2, attention_head_dim=32,
+                         num_attention_heads=2, joint_attention_dim=3 * 64, axes_dims_rope=(8, 8, 8, 8))
+QWEN3_4B_HIDDEN = 2560
+
 
 @dataclass(frozen=True)
 class Spec:
     key: str  # what the user types
     folder: str  # named after the real model id, see the module docstring
     real_id: str  # the Hugging Face id whose architecture is copied
-    family: str  # "wan" or "flux"
+    family: str  # "wan", "flux", "zimage" or "flux2_klein"
     dit: dict = field(default_factory=dict)
 
 
@@ -74,8 +99,12 @@ SPECS = {
     "wan2.1-t2v-14b": Spec("wan2.1-t2v-14b", "Wan2.1-T2V-14B-Diffusers", "Wan-AI/Wan2.1-T2V-14B-Diffusers",
                            "wan", {**WAN_COMMON, **WAN_T2V_14B}),
     "flux.1-dev": Spec("flux.1-dev", "FLUX.1-dev", "black-forest-labs/FLUX.1-dev", "flux", dict(FLUX_1_DEV)),
+    "z-image-turbo": Spec("z-image-turbo", "Z-Image-Turbo", "Tongyi-MAI/Z-Image-Turbo", "zimage", dict(Z_IMAGE_TURBO)),
+    "flux.2-klein-4b": Spec("flux.2-klein-4b", "FLUX.2-klein-4B", "black-forest-labs/FLUX.2-klein-4B", "flux2_klein",
+                            dict(FLUX_2_KLEIN_4B)),
 }
-TINY_DIT = {"wan": {**WAN_COMMON, **WAN_TINY}, "flux": dict(FLUX_TINY)}
+TINY_DIT = {"wan": {**WAN_COMMON, **WAN_TINY}, "flux": dict(FLUX_TINY), "zimage": dict(Z_IMAGE_TINY),
+            "flux2_klein": dict(FLUX_2_KLEIN_TINY)}
 
 DONE_MARKER = "_source.json"  # written last: a folder without it is an interrupted build
 
@@ -332,7 +361,7 @@ def build_wan(spec: Spec, out: str, a, device, t0: float) -> dict:
 
 def build_flux(spec: Spec, out: str, a, device, t0: float) -> dict:
     import torch
-    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
 
     dit_cfg = TINY_DIT["flux"] if a.tiny else spec.dit
     info = {"transformer": write_random_dit(
@@ -340,18 +369,7 @@ def build_flux(spec: Spec, out: str, a, device, t0: float) -> dict:
         std=a.std, seed=a.seed, max_shard_gb=a.shard_gb, writers=a.writers, t0=t0)}
     log(t0, "transformer written")
 
-    blocks = (32, 32, 32, 32) if a.tiny else (128, 256, 512, 512)
-    with torch.device(device):  # the published FLUX.1 VAE config
-        vae = AutoencoderKL(
-            in_channels=3, out_channels=3, latent_channels=16,
-            down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-            block_out_channels=blocks, layers_per_block=1 if a.tiny else 2, act_fn="silu",
-            norm_num_groups=32, sample_size=1024, scaling_factor=0.3611, shift_factor=0.1159,
-            latents_mean=None, latents_std=None, force_upcast=True, use_quant_conv=False,
-            use_post_quant_conv=False, mid_block_add_attention=True)
-    vae.to(torch.float32).save_pretrained(os.path.join(out, "vae"), safe_serialization=True)
-    info["vae"] = {"class": "AutoencoderKL", "params": sum(p.numel() for p in vae.parameters())}
-    del vae
+    info["vae"] = save_flux1_vae(out, a.tiny, device)
     log(t0, "vae written")
 
     clip_vocab, bos, eos = save_clip_tokenizer(os.path.join(out, "tokenizer"))
@@ -381,6 +399,133 @@ def build_flux(spec: Spec, out: str, a, device, t0: float) -> dict:
         "vae": ["diffusers", "AutoencoderKL"],
     })
     return info
+
+
+def save_flux1_vae(out: str, tiny: bool, device) -> dict:
+    """The published FLUX.1 VAE config (Z-Image uses the same VAE), fp32, library default init."""
+    import torch
+    from diffusers import AutoencoderKL
+
+    blocks = (32, 32, 32, 32) if tiny else (128, 256, 512, 512)
+    with torch.device(device):
+        vae = AutoencoderKL(
+            in_channels=3, out_channels=3, latent_channels=16,
+            down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+            block_out_channels=blocks, layers_per_block=1 if tiny else 2, act_fn="silu",
+            norm_num_groups=32, sample_size=1024, scaling_factor=0.3611, shift_factor=0.1159,
+            latents_mean=None, latents_std=None, force_upcast=True, use_quant_conv=False,
+            use_post_quant_conv=False, mid_block_add_attention=True)
+    vae.to(torch.float32).save_pretrained(os.path.join(out, "vae"), safe_serialization=True)
+    return {"class": "AutoencoderKL", "params": sum(p.numel() for p in vae.parameters())}
+
+
+QWEN_CHAT_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n"
+    "{% if enable_thinking is defined and not enable_thinking %}<think>\n\n</think>\n\n{% endif %}{% endif %}")
+
+
+def save_qwen_tokenizer(out_dir: str, max_len: int = 512) -> int:
+    """A byte-level BPE tokenizer without merges (one token per byte) with Qwen's special tokens and
+    chat template, standing in for Qwen3's; returns the vocabulary size."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>"]
+    vocab = {t: i for i, t in enumerate(_byte_symbols() + specials)}
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.add_special_tokens(specials)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<|endoftext|>", eos_token="<|im_end|>",
+                                   model_max_length=max_len, chat_template=QWEN_CHAT_TEMPLATE)
+    fast.save_pretrained(out_dir)
+    return len(vocab)
+
+
+def build_small_qwen3(hidden: int, layers: int, vocab: int, out_dir: str, device, dtype) -> int:
+    """A Qwen3ForCausalLM stand-in: the real width, `layers` layers, 4 heads of 128 (tiny: 2 of 32), MLP 512."""
+    import torch
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    head_dim = 128 if hidden >= 512 else 32
+    cfg = Qwen3Config(vocab_size=vocab, hidden_size=hidden, intermediate_size=512, num_hidden_layers=layers,
+                      num_attention_heads=4 if hidden >= 512 else 2, num_key_value_heads=2, head_dim=head_dim,
+                      max_position_embeddings=4096, rope_theta=1_000_000.0, rms_norm_eps=1e-6,
+                      tie_word_embeddings=True, pad_token_id=vocab - 5, eos_token_id=vocab - 3)
+    with torch.device(device):
+        model = Qwen3ForCausalLM(cfg)
+    model.to(dtype).save_pretrained(out_dir, safe_serialization=True)
+    return sum(p.numel() for p in model.parameters())
+
+
+def _qwen_text_encoder(out: str, hidden: int, layers: int, device) -> dict:
+    import torch
+
+    vocab = save_qwen_tokenizer(os.path.join(out, "tokenizer"))
+    params = build_small_qwen3(hidden, layers, vocab, os.path.join(out, "text_encoder"), device, torch.bfloat16)
+    return {"class": "Qwen3ForCausalLM", "params": params, "stand_in": True, "layers": layers, "hidden": hidden}
+
+
+def build_zimage(spec: Spec, out: str, a, device, t0: float) -> dict:
+    import torch
+    from diffusers import FlowMatchEulerDiscreteScheduler, ZImageTransformer2DModel
+
+    dit_cfg = TINY_DIT["zimage"] if a.tiny else spec.dit
+    info = {"transformer": write_random_dit(
+        ZImageTransformer2DModel, dit_cfg, os.path.join(out, "transformer"), device=device, dtype=torch.bfloat16,
+        std=a.std, seed=a.seed, max_shard_gb=a.shard_gb, writers=a.writers, t0=t0)}
+    info["vae"] = save_flux1_vae(out, a.tiny, device)
+    # sglang's zimage_postprocess_text reads hidden_states[-2]: any depth >= 2 works
+    info["text_encoder"] = _qwen_text_encoder(out, dit_cfg["cap_feat_dim"], max(2, a.te_layers), device)
+    log(t0, "vae, tokenizer and text encoder written")
+    FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0,
+                                    use_dynamic_shifting=False).save_pretrained(os.path.join(out, "scheduler"))
+    write_model_index(out, "ZImagePipeline", {
+        "scheduler": ["diffusers", "FlowMatchEulerDiscreteScheduler"],
+        "text_encoder": ["transformers", "Qwen3ForCausalLM"],
+        "tokenizer": ["transformers", "Qwen2TokenizerFast"],
+        "transformer": ["diffusers", "ZImageTransformer2DModel"],
+        "vae": ["diffusers", "AutoencoderKL"],
+    })
+    return info
+
+
+# sglang's flux2_klein_postprocess_text stacks these hidden states (embeddings are index 0)
+KLEIN_TEXT_LAYERS = (9, 18, 27)
+
+
+def build_flux2_klein(spec: Spec, out: str, a, device, t0: float) -> dict:
+    import torch
+    from diffusers import AutoencoderKLFlux2, FlowMatchEulerDiscreteScheduler, Flux2Transformer2DModel
+
+    dit_cfg = TINY_DIT["flux2_klein"] if a.tiny else spec.dit
+    info = {"transformer": write_random_dit(
+        Flux2Transformer2DModel, dit_cfg, os.path.join(out, "transformer"), device=device, dtype=torch.bfloat16,
+        std=a.std, seed=a.seed, max_shard_gb=a.shard_gb, writers=a.writers, t0=t0)}
+    with torch.device(device):  # diffusers' AutoencoderKLFlux2 defaults: 32 latent channels, /8, 2x2 patches
+        vae = AutoencoderKLFlux2(**({"block_out_channels": (32, 32, 32, 32), "layers_per_block": 1} if a.tiny else {}))
+    vae.to(torch.float32).save_pretrained(os.path.join(out, "vae"), safe_serialization=True)
+    info["vae"] = {"class": "AutoencoderKLFlux2", "params": sum(p.numel() for p in vae.parameters())}
+    del vae
+    hidden = dit_cfg["joint_attention_dim"] // len(KLEIN_TEXT_LAYERS)
+    info["text_encoder"] = _qwen_text_encoder(out, hidden, max(KLEIN_TEXT_LAYERS), device)
+    log(t0, "vae, tokenizer and text encoder written")
+    FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0, use_dynamic_shifting=True,
+                                    base_shift=0.5, max_shift=1.15, base_image_seq_len=256,
+                                    max_image_seq_len=4096).save_pretrained(os.path.join(out, "scheduler"))
+    write_model_index(out, "Flux2KleinPipeline", {
+        "is_distilled": True,
+        "scheduler": ["diffusers", "FlowMatchEulerDiscreteScheduler"],
+        "text_encoder": ["transformers", "Qwen3ForCausalLM"],
+        "tokenizer": ["transformers", "Qwen2TokenizerFast"],
+        "transformer": ["diffusers", "Flux2Transformer2DModel"],
+        "vae": ["diffusers", "AutoencoderKLFlux2"],
+    })
+    return info
+
+
+BUILDERS = {"wan": build_wan, "flux": build_flux, "zimage": build_zimage, "flux2_klein": build_flux2_klein}
 
 
 def write_model_index(out: str, class_name: str, components: dict) -> None:
@@ -460,7 +605,7 @@ def main(argv: list[str] | None = None) -> int:
     os.makedirs(out)
     log(t0, f"building {spec.key}{' (tiny)' if a.tiny else ''} -> {out} on {device}")
     with torch.no_grad():
-        info = (build_wan if spec.family == "wan" else build_flux)(spec, out, a, torch.device(device), t0)
+        info = BUILDERS[spec.family](spec, out, a, torch.device(device), t0)
     if device.startswith("cuda"):
         torch.cuda.synchronize()
     secs = time.time() - t0
