@@ -1,0 +1,55 @@
+"""sglang_models against the real sglang 0.5.23: layer_names as sglang's classes declare them, the
+registry's resolution (model ids, Hugging Face cache paths, --model-id) and the diffusers-backend gate."""
+from __future__ import annotations
+
+import pytest
+
+from sglang_autoperf import sglang_models as sm
+
+pytest.importorskip("sglang.multimodal_gen.registry")
+
+
+@pytest.mark.parametrize("dit_class, lists", [
+    ("SD3Transformer2DModel", ("transformer_blocks",)),  # a class attribute
+    ("WanTransformer3DModel", ("blocks",)),  # self.layer_names = [...] in __init__
+    ("MiniMaxH3DiTModel", ("blocks", "token_refiner.blocks")),  # a nested list, in execution order
+    ("Kandinsky6SRTransformer3DModel", ("visual_transformer_blocks",)),  # list(_BLOCK_CONTAINERS)
+    ("MingImageTransformer2DModel", ("noise_refiner", "context_refiner", "layers")),  # its own, not Z-Image's
+    ("LongLive2Transformer3DModel", ("blocks",)),  # inherited from CausalWanTransformer3DModel.__init__
+])
+def test_declared_layer_names(dit_class, lists):
+    """Each expectation read by hand from the class's source in sglang 0.5.23."""
+    assert sm.declared_layer_names(sm.dit_class(dit_class)) == lists
+
+
+def test_every_registered_dit_class_gives_strings_or_nothing():
+    for name in sm.dit_classes():
+        names = sm.declared_layer_names(sm.dit_class(name))
+        assert isinstance(names, tuple) and all(isinstance(n, str) and n for n in names), name
+
+
+def test_layer_index_pattern_is_anchored_and_literal():
+    p = sm.layer_index_pattern("token_refiner.blocks")
+    assert p.match("token_refiner.blocks.3.attn.qkv.weight").group(1) == "3"
+    assert p.match("blocks.3.attn.weight") is None
+    assert p.match("token_refinerXblocks.3.attn.weight") is None  # the dot is literal
+    assert sm.layer_index_pattern("blocks").match("double_blocks.0.x") is None
+
+
+def test_resolution_follows_sglang_registry():
+    flux = sm.resolve_model("/models/FLUX.1-dev", "FluxPipeline")
+    assert (flux.native, flux.family, flux.sampling_class, flux.default_steps) == (True, "flux", "FluxSamplingParams", 50)
+    # a Hugging Face cache snapshot: the folder is a hash, the repo is in the path (sglang's step 2b)
+    cached = sm.resolve_model("/hf/models--Tongyi-MAI--Z-Image-Turbo/snapshots/0123abcd", "ZImagePipeline")
+    assert (cached.family, cached.sampling_class) == ("zimage", "ZImageTurboSamplingParams")
+    # --model-id wins over the folder name
+    chosen = sm.resolve_model("/models/my-model", "ZImagePipeline", model_id="Z-Image")
+    assert chosen.sampling_class == "ZImageSamplingParams"
+
+
+def test_diffusers_backend_gate():
+    assert sm.resolve_model("/models/FLUX.1-dev", "FluxPipeline", backend="diffusers").native is False
+    quantized = sm.resolve_model("/models/FLUX.1-dev-4bit", "FluxPipeline")
+    assert not quantized.native and "quantized" in quantized.backend_reason
+    unknown = sm.resolve_model("/models/x", "NoSuchPipeline")
+    assert not unknown.native and unknown.backend_reason.startswith("sglang runs NoSuchPipeline with its diffusers")
