@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from sglang_autoperf import log
+from sglang_autoperf.retune.lists import ListPlacement
+from sglang_autoperf.retune.memory import MemoryCorrection
 from sglang_autoperf.trace import Placement, StepStats, StepTrace
 
 logger = log.logger()
@@ -127,6 +129,21 @@ COMPILE_OBJECTIVE = "compile"
 OBJECTIVES = ("speed", "memory", COMPILE_OBJECTIVE)
 
 
+def _list_placement(pairs: Any, what: str) -> list[list[Any]] | None:
+    """[list key, placement] pairs, strictly (ListPlacement.from_dict checks keys and placements)."""
+    if pairs is None:
+        return None
+    if not isinstance(pairs, list) or not all(isinstance(p, list) and len(p) == 2 for p in pairs):
+        raise ValueError(f"{what} {pairs!r} is not a list of [layer list, placement] pairs")
+    try:
+        placement = ListPlacement.from_dict(dict(pairs))
+    except (TypeError, ValueError, KeyError) as exc:
+        raise ValueError(f"{what}: {exc}") from None
+    if len(placement.lists) != len(pairs):
+        raise ValueError(f"{what} names a layer list twice")
+    return [list(pair) for pair in placement.to_dict().items()]
+
+
 def format_when(created_at) -> str:
     """A cache entry's creation time for log lines (local time, minutes)."""
     try:
@@ -155,6 +172,26 @@ class TuningResult:
     # None: a placement calibration. True/False: a torch.compile check (keep compiled / run eager),
     # stored under objective "compile"; `placement` is then the resident DiT (RESIDENT_DIT).
     compiled: bool | None = None
+    # A DiT with several layer lists (FLUX.1 double + single blocks): the chosen and start placement
+    # per list as [list key, placement] pairs in execution order (a map would lose the order in the
+    # cache's sorted JSON; `placement`/`baseline` then hold the first list's), and the memory
+    # measured at the start placement (retune/memory.MemoryCorrection.to_dict).
+    list_placement: list[list[Any]] | None = None
+    list_baseline: list[list[Any]] | None = None
+    memory: dict[str, Any] | None = None
+
+    def chosen(self) -> "Placement | ListPlacement":
+        """What a worker applies: the per-list placement where there is one."""
+        return ListPlacement.from_dict(dict(self.list_placement)) if self.list_placement else self.placement
+
+    def started(self) -> "Placement | ListPlacement":
+        """The placement the calibration started from, per list where there is one."""
+        return ListPlacement.from_dict(dict(self.list_baseline)) if self.list_baseline else self.baseline
+
+    def set_lists(self, chosen: ListPlacement, started: ListPlacement, memory: dict[str, Any] | None) -> None:
+        self.list_placement = [list(pair) for pair in chosen.to_dict().items()]
+        self.list_baseline = [list(pair) for pair in started.to_dict().items()]
+        self.memory = memory
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -172,6 +209,9 @@ class TuningResult:
             "traces": list(self.traces),
             "created_at": self.created_at,
             "compiled": self.compiled,
+            "list_placement": self.list_placement,
+            "list_baseline": self.list_baseline,
+            "memory": self.memory,
         }
 
     @classmethod
@@ -200,6 +240,9 @@ class TuningResult:
             traces=[_of_type(t, dict, "traces") for t in _of_type(d.get("traces") or [], list, "traces")],
             created_at=_number(d.get("created_at", 0.0), "created_at"),
             compiled=compiled,
+            list_placement=_list_placement(d.get("list_placement"), "list_placement"),
+            list_baseline=_list_placement(d.get("list_baseline"), "list_baseline"),
+            memory=None if d.get("memory") is None else MemoryCorrection.from_dict(d["memory"]).to_dict(),
         )
 
     @classmethod

@@ -42,10 +42,11 @@ def format_calibration_table(result: "TuningResult") -> str:
         return format_compile_check(result)
     b: StepSummary | None = result.before
     a: StepSummary | None = result.after
-    changed = result.placement != result.baseline
+    chosen, started = result.chosen(), result.started()
+    changed = chosen != started
     rows = [
         ("", "before", "after"),
-        ("setting", result.baseline.label(), result.placement.label()),
+        ("setting", started.label(), chosen.label()),
         ("step ms", _ms(b and b.step_ms), _ms(a and a.step_ms)),
         ("compute ms", _ms(b and b.compute_ms), _ms(a and a.compute_ms)),
         ("copy ms", _ms(b and b.copy_ms), _ms(a and a.copy_ms)),
@@ -57,13 +58,13 @@ def format_calibration_table(result: "TuningResult") -> str:
     w1 = max(len(r[1]) for r in rows)
     w2 = max(len(r[2]) for r in rows)
     lines = [f"[autoperf] calibration ({result.objective}): "
-             f"{'switched to' if changed else 'kept'} {result.placement.label()}"]
+             f"{'switched to' if changed else 'kept'} {chosen.label()}"]
     for r in rows:
         lines.append(f"  {r[0]:<{w0}}  {r[1]:>{w1}}  {r[2]:>{w2}}")
     if result.stats:
         lines.append("  measured step times:")
         for label, s in result.stats.items():
-            mark = " <- chosen" if label == result.placement.label() else ""
+            mark = " <- chosen" if label == chosen.label() else ""
             lines.append(f"    {label}: median {s.median_ms:.1f} ms (min {s.min_ms:.1f}, "
                          f"max {s.max_ms:.1f}, n={s.n}){mark}")
     lines.append(f"  calibration: {result.calibration_s:.1f} s, {result.steps_used} steps")

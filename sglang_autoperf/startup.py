@@ -63,6 +63,9 @@ class StartupPlan:
     budget_bytes: int | None = None  # the user's VRAM budget per GPU (SGLANG_AUTOPERF_VRAM_BUDGET), if any
     bucket: str | None = None  # the request shape the plan assumed (cache.shape_bucket)
     shape_known: bool = False  # that shape came from the user (CLI, warmup settings), not a default
+    # the least free memory of the GPUs when the plan was made (nothing of ours on them yet): the
+    # workers' memory limit counts what other processes held then (measure/live.memory_limit_bytes)
+    free_bytes_at_start: int | None = None
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True, default=str)
@@ -172,6 +175,7 @@ def _plan_cuda(ctx: RunContext, settings: Settings, base: dict[str, Any], gpu, m
         gpu_key={"name": first.name, "memory_total_bytes": first.memory_total_bytes,
                  "link": f"pcie{first.pcie_generation}x{first.pcie_width}"},
         budget_bytes=budget,
+        free_bytes_at_start=min(d.memory_free_bytes for d in gpu.devices),
         bucket=shape_bucket(width, height, frames, 1, workload.cfg_passes > 1),
         shape_known=bool(ctx.width and ctx.height),
         **base,
@@ -220,6 +224,12 @@ def _cached_placement(plan_dict: dict[str, Any], ctx: RunContext, cached, bucket
     if problem:
         plan_dict["notes"].append(f"ignoring the tuning cache entry for {bucket}: {problem}")
         return False
+    if cached.list_placement:
+        # sglang's flags give every list one count: the plan's own (within the budget) stays, and
+        # each worker applies the measured per-list placement before its first request
+        plan_dict["notes"].append(f"tuning cache hit for {bucket}: {cached.chosen().label()} (per layer list, "
+                                  f"applied by the worker before the first request); no calibration needed")
+        return True
     why = f"measured by an earlier calibration of {bucket} ({format_when(cached.created_at)}): {cached.reason}"
     for knob, (dit_flag, _per_component) in PLACEMENT_KNOB_FLAGS.items():
         if knob not in ctx.fixed_knobs:
@@ -262,13 +272,6 @@ def _schedule_warmup(ctx: RunContext, plan_dict: dict[str, Any], bucket: str) ->
         return
     if "warmup_mode" in ctx.pinned:
         plan_dict["notes"].append("warmup is pinned off: calibrating across the first requests instead")
-        return
-    if len((plan_dict.get("dit") or {}).get("resident_per_group") or []) > 1:
-        # measure.live retunes one layer list; a warmup for FLUX-style double+single blocks would
-        # only cost steps (seen: 12 warmup steps on FLUX.1 at 24 GiB, H200, 2026-11-27)
-        plan_dict["notes"].append(
-            "no calibration warmup: live retuning covers DiTs with one offloaded layer list; this DiT has "
-            f"{len(plan_dict['dit']['resident_per_group'])}, so the startup plan stands")
         return
     step_ms = float((plan_dict.get("predicted") or {}).get("step_ms") or 0.0)
     candidates = warmup_candidates(step_ms)

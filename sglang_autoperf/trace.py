@@ -114,6 +114,12 @@ class StepTrace:
     passes: tuple[PassTrace, ...]
     dit_allocated_bytes: int = 0  # torch.cuda.memory_allocated() at the end of the step
     peak_allocated_bytes: int = 0  # max_memory_allocated during the step
+    peak_reserved_bytes: int = 0  # max_memory_reserved during the step (the caching allocator's hold)
+    # cudaMemGetInfo after the step: what every process holds on the card, and its size; with the
+    # reserved bytes above they give the use outside this allocator (retune/memory.MemoryReading)
+    reserved_bytes: int = 0  # memory_reserved() after the step
+    device_used_bytes: int = 0
+    device_total_bytes: int = 0
     monitor_host_ms: float = 0.0  # host time the monitor itself spent in this step (its direct cost)
     monitor_record_ms: float = 0.0  # of which in its per-layer and per-copy CUDA event records
 
@@ -162,6 +168,10 @@ class StepTrace:
             passes=passes,
             dit_allocated_bytes=d.get("dit_allocated_bytes", 0),
             peak_allocated_bytes=d.get("peak_allocated_bytes", 0),
+            peak_reserved_bytes=d.get("peak_reserved_bytes", 0),
+            reserved_bytes=d.get("reserved_bytes", 0),
+            device_used_bytes=d.get("device_used_bytes", 0),
+            device_total_bytes=d.get("device_total_bytes", 0),
             monitor_host_ms=d.get("monitor_host_ms", 0.0),
             monitor_record_ms=d.get("monitor_record_ms", 0.0),
         )

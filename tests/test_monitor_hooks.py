@@ -69,7 +69,7 @@ def _no_cuda(monkeypatch):
     monkeypatch.setattr(monitor_mod, "_new_event", ClockEvent)
     monkeypatch.setattr(monitor_mod, "_record_function", lambda: ClockEvent.record)
     monkeypatch.setattr(monitor_mod, "_current_stream", lambda: COMPUTE_STREAM)
-    monkeypatch.setattr(monitor_mod, "_allocated_now_and_peak", lambda: (0, 0))
+    monkeypatch.setattr(monitor_mod, "_memory_after_step", lambda: {})
     monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda: None)
 
 

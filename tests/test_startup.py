@@ -73,11 +73,36 @@ def test_warmup_is_bounded_by_the_predicted_step_time(tmp_path, step_ms, steps):
         assert steps * step_ms / 1e3 <= 20.0
 
 
-def test_no_warmup_for_a_dit_with_several_layer_lists(tmp_path):
+def test_a_dit_with_several_layer_lists_calibrates_on_a_warmup_too(tmp_path):
+    """FLUX.1 (double and single blocks): live retuning is per list now, so a cache miss
+    schedules the same bounded warmup as a one-list DiT (before: none, and the plan stood)."""
     d = plan_dict(170.0)
-    d["dit"]["resident_per_group"] = [17, 17]  # FLUX.1: double and single blocks
+    d["dit"]["resident_per_group"] = [9, 9]
     _calibration_changes(ctx(), settings(tmp_path), d, startup(), IDENTITY)
-    assert not d["changes"] and any("one offloaded layer list" in n for n in d["notes"])
+    changes = {c["setting"]: c["after"] for c in d["changes"]}
+    assert changes == {"warmup_mode": "request", "warmup_steps": calibration_steps()}
+
+
+def test_a_per_list_cache_hit_keeps_the_flags_and_schedules_nothing(tmp_path):
+    """A per-list placement has no flag form (sglang's flags give every list one count): the plan's
+    own flags stay, nothing is calibrated, and the note says the worker applies it."""
+    from sglang_autoperf.retune.lists import ListPlacement
+
+    per_list = ListPlacement((("transformer.transformer_blocks", Placement(15, 1, "strided")),
+                              ("transformer.single_transformer_blocks", Placement(2, 2, "strided"))))
+    key = tuning_key(fingerprint="fp", gpu_key=GPU_KEY, identity=IDENTITY, bucket=BUCKET, batch_size=1,
+                     budget=None, objective="speed")
+    result = TuningResult(placement=Placement(15, 1, "strided"), objective="speed", baseline=Placement(9, 2, "strided"),
+                          reason="measured", stats={}, calibration_s=9.0, steps_used=15,
+                          list_placement=[list(pair) for pair in per_list.to_dict().items()])
+    assert TuningCache(tmp_path / "cache").put(key, result)
+    d = plan_dict(170.0)
+    d["dit"]["resident_per_group"] = [9, 9]
+    _calibration_changes(ctx(), settings(tmp_path), d, startup(), IDENTITY)
+    assert d["changes"] == []
+    [note] = [n for n in d["notes"] if "tuning cache hit" in n]
+    assert ("transformer_blocks: resident=15 prefetch=1 strided; single_transformer_blocks: resident=2 prefetch=2 "
+            "strided (per layer list, applied by the worker") in note
 
 
 def test_cache_hit_applies_the_measured_placement_without_calibration(tmp_path):

@@ -24,6 +24,8 @@ from sglang_autoperf.measure.compile_check import CompileChecker
 from sglang_autoperf.measure.monitor import OverlapMonitor
 from sglang_autoperf.plan.objective import placement_objective
 from sglang_autoperf.report import format_calibration_table
+from sglang_autoperf.retune.lists import ListPlacement, layer_lists_of, list_key, propose_lists
+from sglang_autoperf.retune.memory import MemoryReading, memory_correction
 from sglang_autoperf.retune.retuner import all_resident_note, decide, layer_lists, propose
 from sglang_autoperf.trace import PLACEMENT_KNOBS, Placement, StepTrace, TraceRecording, placement_problem
 from sglang_autoperf.retune.schedule import (
@@ -54,7 +56,7 @@ class Calibration:
     bucket: str
     batch_size: int
     step_mode: bool  # True: trials switch between steps of a warmup request; False: between requests
-    baseline: Placement
+    baseline: "Placement | ListPlacement"  # a ListPlacement where the DiT has several layer lists
     objective: str
     max_candidates: int
     started: float  # the tuner's clock at the start
@@ -68,6 +70,7 @@ class Calibration:
     done: bool = False
     steps_used: int = 0
     measured_in_trial: int = 0  # per trial, not per placement: the closing baseline needs its own 2 steps
+    memory: Any = None  # retune/memory.MemoryCorrection measured at the baseline (several layer lists)
 
     def __post_init__(self):
         self.trials = [self.baseline]
@@ -104,7 +107,9 @@ class WorkerTuner:
         self.results: dict[str, Any] = {}  # bucket -> TuningResult
         self.calibration: Calibration | None = None
         self.request: dict[str, Any] | None = None
-        self.single_list = all(len(group) == 1 for group in managers.values())
+        # layer list key (component.list) -> its manager; FLUX.1: double and single blocks; Wan2.2:
+        # one list per expert. With more than one, placements are per list (retune/lists).
+        self.by_list = {list_key(c, sa.manager_layer_list_name(m)): m for c, group in managers.items() for m in group}
         self.recorded: list[StepTrace] = []  # every traced step of this request, for the trace dir
         # Sampled steps (no calibration) are read at the request's end, not after each step: reading
         # events waits for the GPU, and a host sync on the hot path takes away the host's lead over
@@ -121,20 +126,34 @@ class WorkerTuner:
 
     # -- placement ---------------------------------------------------------------------------
 
-    def placement(self) -> Placement:
-        s = sa.manager_setting(self.primary[0])
-        return Placement(s["resident_layers"], s["prefetch_layers"], s["policy"])
+    @property
+    def several_lists(self) -> bool:
+        return len(self.by_list) > 1
 
-    def apply(self, placement: Placement) -> None:
-        placement = placement.keeping(self.placement(), self.fixed)  # the last guard: pinned never moves
-        for group in self.managers.values():
-            for manager in group:
-                self.set_placement(
-                    manager,
-                    prefetch_layers=placement.prefetch_layers,
-                    resident_layers=placement.resident_layers,
-                    policy=placement.policy,
-                )
+    def placement(self) -> "Placement | ListPlacement":
+        """What the managers run now: one Placement, or one per layer list where there are several."""
+        def of(m) -> Placement:
+            s = sa.manager_setting(m)
+            return Placement(s["resident_layers"], s["prefetch_layers"], s["policy"])
+        if not self.several_lists:
+            return of(self.primary[0])
+        return ListPlacement(tuple((key, of(m)) for key, m in self.by_list.items()))
+
+    def _per_list(self, placement: "Placement | ListPlacement") -> ListPlacement:
+        if isinstance(placement, Placement):  # sglang's flags: one placement for every list
+            return ListPlacement.uniform(self.by_list, placement)
+        return placement
+
+    def apply(self, placement: "Placement | ListPlacement") -> None:
+        """Every list whose placement differs from `placement` changes (between forward passes);
+        knobs the user pinned keep their values: the last guard."""
+        current = self._per_list(self.placement())
+        target = self._per_list(placement)
+        for key, manager in self.by_list.items():
+            p = target.get(key).keeping(current.get(key), self.fixed)
+            if p != current.get(key):
+                self.set_placement(manager, prefetch_layers=p.prefetch_layers, resident_layers=p.resident_layers,
+                                   policy=p.policy)
 
     def layer_counts(self) -> list[int]:
         return [sa.manager_setting(m)["num_layers"] for group in self.managers.values() for m in group]
@@ -181,13 +200,28 @@ class WorkerTuner:
         result = self.cache.get(self.key(bucket, batch_size))
         if result is None:
             return None
-        problem = placement_problem(result.placement, self.layer_counts(), self.policies or (result.placement.policy,))
+        problem = self._result_problem(result)
         if problem:
             logger().warning("[autoperf] ignoring the tuning cache entry for %s: %s; calibrating instead", bucket, problem)
             return None
         logger().info("[autoperf] tuning cache hit for %s: %s (calibrated %s); no calibration needed",
-                      bucket, result.placement.label(), format_when(result.created_at))
+                      bucket, result.chosen().label(), format_when(result.created_at))
         return result
+
+    def _result_problem(self, result) -> str | None:
+        """Why a cached result cannot run on this DiT (None: it can)."""
+        target = result.chosen()
+        if isinstance(target, Placement):
+            return placement_problem(target, self.layer_counts(), self.policies or (target.policy,))
+        keys = sorted(key for key, _ in target.lists)  # stored as a map: the order is not kept
+        if keys != sorted(self.by_list):
+            return f"its layer lists {', '.join(keys)} are not this DiT's ({', '.join(self.by_list)})"
+        for key, p in target.lists:
+            count = sa.manager_setting(self.by_list[key])["num_layers"]
+            problem = placement_problem(p, [count], self.policies or (p.policy,))
+            if problem:
+                return f"{key}: {problem}"
+        return None
 
     # -- request boundaries ------------------------------------------------------------------
 
@@ -206,9 +240,10 @@ class WorkerTuner:
             if result is not None:
                 self.results[bucket] = result
         if result is not None:
-            target = result.placement.keeping(self.placement(), self.fixed)
-            if target != self.placement():
-                self.apply(target)
+            before = self.placement()
+            self.apply(result.chosen())  # pinned knobs stay; lists already there are not touched
+            if self.placement() != before:
+                logger().info("[autoperf] %s: applied %s before the request", bucket, self.placement().label())
             return
         why_not = self._why_not_tunable()
         if why_not:
@@ -222,8 +257,6 @@ class WorkerTuner:
             return "--performance-mode manual: live retuning reports only"
         if set(PLACEMENT_KNOBS) <= self.fixed:
             return "resident layers, prefetch and policy are all pinned: live retuning reports only"
-        if not self.single_list:
-            return "live retuning covers DiTs with one offloaded layer list"
         return None
 
     def _start_calibration(self, bucket: str, shape: dict[str, Any]) -> None:
@@ -307,11 +340,11 @@ class WorkerTuner:
             trace_it = not cal.skip_next and (cal.step_mode or self.placement() == cal.placement)
             cal.skip_next = False
             if trace_it:
-                self.monitor.begin_step(request["step"], cal.placement)
+                self.monitor.begin_step(request["step"], _first_list(cal.placement))
             return cal, trace_it
         if request is not None and self.settings.traces_step(request["step"], self.requests_seen):
             self.monitor.attach()  # a sampled step carries the hooks; the steps between do not
-            self.monitor.begin_step(request["step"], self.placement())
+            self.monitor.begin_step(request["step"], _first_list(self.placement()))
             return None, True
         return None, False
 
@@ -393,11 +426,11 @@ class WorkerTuner:
             self.apply(cal.placement)
             cal.skip_next = True
 
-    def _free_knobs_only(self, candidates: list[Placement], baseline: Placement) -> list[Placement]:
+    def _free_knobs_only(self, candidates: list, baseline) -> list:
         """The candidates as they will run (pinned knobs at the start's values), each once, the
         start itself left out: a label in the log and the cache is what was measured."""
-        out: list[Placement] = []
-        for p in (c.keeping(baseline, self.fixed) for c in candidates):
+        out: list = []
+        for p in (_keeping(c, baseline, self.fixed) for c in candidates):
             if p != baseline and p not in out:
                 out.append(p)
         return out
@@ -408,9 +441,11 @@ class WorkerTuner:
             self.apply(cal.placement)
         cal.skip_next = True  # step 0 of a request is never measured
 
-    def _propose(self, cal: Calibration) -> list[Placement]:
+    def _propose(self, cal: Calibration) -> list:
         if cal.max_candidates < 1:
             return []
+        if isinstance(cal.baseline, ListPlacement):
+            return self._propose_lists(cal)
         candidates = propose(
             cal.traces[cal.baseline], self.layer_bytes(cal.traces[cal.baseline]), cal.baseline, self.headroom_bytes(),
             objective=cal.objective, max_candidates=cal.max_candidates, fixed=self.fixed,
@@ -424,6 +459,46 @@ class WorkerTuner:
         if not placements:
             logger().info("[autoperf] no candidate predicted faster within the free VRAM; keeping %s", cal.baseline.label())
         return placements
+
+    def _propose_lists(self, cal: Calibration) -> list[ListPlacement]:
+        """Per-list candidates that fit the memory measured at the baseline (retune/memory): the
+        resident blocks and buffers a placement adds or frees are all that changes its peak."""
+        steps = cal.traces[cal.baseline]
+        layer_bytes = self.layer_bytes(steps)
+        lists = layer_lists_of(steps, layer_bytes)
+        cal.memory = memory_correction(
+            _memory_reading(steps), lists, cal.baseline, limit_bytes=self.memory_limit_bytes(steps[-1]),
+            predicted_peak_bytes=self.predicted_peak_bytes(steps[-1]))
+        m = cal.memory
+        logger().info("[autoperf] memory at %s: peak %s measured (the startup model said %s), limit %s, "
+                      "fragmentation margin %s: %s placeable in resident layers and prefetch buffers",
+                      cal.baseline.label(), gib(m.measured_peak_bytes, 2), gib(m.predicted_peak_bytes, 2),
+                      gib(m.limit_bytes, 2), gib(m.margin_bytes, 2), gib(m.placeable_bytes, 2))
+        candidates = propose_lists(steps, layer_bytes, cal.baseline, m.placeable_bytes,
+                                   max_candidates=cal.max_candidates, fixed=self.fixed)
+        placements = _agree_on_placements([c.placement for c in candidates])
+        for c in candidates:
+            logger().info("[autoperf] candidate %s: %s", c.placement.label(), c.reason)
+        if not placements:
+            logger().info("[autoperf] no per-list candidate predicted faster within the measured memory; keeping %s",
+                          cal.baseline.label())
+        return placements
+
+    def memory_limit_bytes(self, trace: StepTrace) -> int:
+        """The real limit, in the frame of the card's whole use (other processes included): the
+        card, or what other processes held when the plan was made plus the user's budget."""
+        total = trace.device_total_bytes
+        free_at_start = getattr(self.plan, "free_bytes_at_start", None)
+        budget = getattr(self.plan, "budget_bytes", None)
+        if not budget or not free_at_start:
+            return total
+        return min(total, total - int(free_at_start) + int(budget))
+
+    def predicted_peak_bytes(self, trace: StepTrace) -> int:
+        """The startup model's peak for the start placement, in the same frame as the limit."""
+        predicted = int(((getattr(self.plan, "plan", None) or {}).get("predicted") or {}).get("vram_bytes") or 0)
+        free_at_start = getattr(self.plan, "free_bytes_at_start", None)
+        return predicted + (trace.device_total_bytes - int(free_at_start) if free_at_start else 0)
 
     def _rollback(self, cal: Calibration, exc: BaseException) -> None:
         import torch
@@ -451,20 +526,7 @@ class WorkerTuner:
         if decision.placement != self.placement():
             self.apply(decision.placement)
         before = cal.traces[cal.baseline]
-        after = cal.traces.get(decision.placement) or before
-        result = TuningResult.from_calibration(
-            placement=decision.placement,
-            baseline=cal.baseline,
-            objective=cal.objective,
-            reason=decision.reason,
-            stats=decision.stats,
-            calibration_s=self.clock() - cal.started,
-            steps_used=cal.steps_used,
-            before=before,
-            after=after,
-            vram_bytes=vram.get(decision.placement, 0),
-            baseline_vram_bytes=vram.get(cal.baseline),
-        )
+        result = self._result(cal, decision, vram)
         self.results[cal.bucket] = result
         if self.identity["rank"] == 0:
             self.cache.put(self.key(cal.bucket, cal.batch_size), result)
@@ -475,11 +537,48 @@ class WorkerTuner:
         )
         for line in format_calibration_table(result).splitlines():
             logger().info("%s", line if line.startswith("[autoperf]") else f"[autoperf] {line}")
-        lists = layer_lists(before)
-        note = all_resident_note(decision.placement, measured, lists[0][2] if lists else 0, cal.objective,
-                                 self.plan.budget_bytes is not None)
-        if note:
-            logger().info("[autoperf] %s", note)
+        if isinstance(decision.placement, Placement):
+            lists = layer_lists(before)
+            note = all_resident_note(decision.placement, measured, lists[0][2] if lists else 0, cal.objective,
+                                     self.plan.budget_bytes is not None)
+            if note:
+                logger().info("[autoperf] %s", note)
+
+    def _result(self, cal: Calibration, decision, vram: dict) -> TuningResult:
+        """The calibration as it is cached: per list too where the DiT has several lists, with the
+        memory measured at the start (the next start applies it without measuring)."""
+        before = cal.traces[cal.baseline]
+        result = TuningResult.from_calibration(
+            placement=_first_list(decision.placement), baseline=_first_list(cal.baseline), objective=cal.objective,
+            reason=decision.reason, stats=decision.stats, calibration_s=self.clock() - cal.started,
+            steps_used=cal.steps_used, before=before, after=cal.traces.get(decision.placement) or before,
+            vram_bytes=vram.get(decision.placement, 0), baseline_vram_bytes=vram.get(cal.baseline),
+        )
+        if isinstance(decision.placement, ListPlacement):
+            result.set_lists(decision.placement, cal.baseline, cal.memory.to_dict() if cal.memory is not None else None)
+        return result
+
+
+def _keeping(p, baseline, fixed: frozenset):
+    """`p` with the pinned knobs at `baseline`'s values, list by list where there are several."""
+    if isinstance(p, Placement):
+        return p.keeping(baseline, fixed)
+    return ListPlacement(tuple((key, q.keeping(baseline.get(key), fixed)) for key, q in p.lists))
+
+
+def _memory_reading(steps: list[StepTrace]) -> MemoryReading:
+    """The peak of the traced steps: the allocator's reserved and allocated peaks, and the use
+    outside the allocator (context, workspaces, other processes) after the last step."""
+    last = steps[-1]
+    return MemoryReading(reserved_peak_bytes=max(s.peak_reserved_bytes for s in steps),
+                         allocated_peak_bytes=max(s.peak_allocated_bytes for s in steps),
+                         non_allocator_bytes=max(0, last.device_used_bytes - last.reserved_bytes))
+
+
+def _first_list(placement: "Placement | ListPlacement") -> Placement:
+    """A step trace names one Placement: the first list's where there are several (the lists'
+    own placements are in the calibration and the tuning result)."""
+    return placement if isinstance(placement, Placement) else placement.lists[0][1]
 
 
 def _quietly(fn) -> None:

@@ -58,13 +58,18 @@ def _current_stream():
     return torch.cuda.current_stream()
 
 
-def _allocated_now_and_peak() -> tuple[int, int]:
-    """One read of the allocator's stats: torch.cuda.memory_allocated() and max_memory_allocated()
-    each build the whole stats dict, inside the step being timed."""
+def _memory_after_step() -> dict[str, int]:
+    """One read of the allocator's stats (torch.cuda.memory_allocated() and the like each build the
+    whole stats dict, inside the step being timed) and one cudaMemGetInfo (no stream sync)."""
     import torch
 
-    allocated = torch.cuda.memory_stats_as_nested_dict().get("allocated_bytes", {}).get("all", {})
-    return int(allocated.get("current", 0)), int(allocated.get("peak", 0))
+    stats = torch.cuda.memory_stats_as_nested_dict()
+    allocated = stats.get("allocated_bytes", {}).get("all", {})
+    reserved = stats.get("reserved_bytes", {}).get("all", {})
+    free, total = torch.cuda.mem_get_info()
+    return {"allocated": int(allocated.get("current", 0)), "peak": int(allocated.get("peak", 0)),
+            "reserved": int(reserved.get("current", 0)), "peak_reserved": int(reserved.get("peak", 0)),
+            "device_used": int(total - free), "device_total": int(total)}
 
 
 @dataclass
@@ -85,8 +90,7 @@ class _PendingStep:
     # pass key = (component, layer list, num layers, pass index). Flat tuples: cheapest to append.
     layers: list = field(default_factory=list)
     ends: dict = field(default_factory=dict)  # pass key -> end event of the list's last layer
-    allocated: int = 0
-    peak: int = 0
+    memory: dict = field(default_factory=dict)  # _memory_after_step()
     host_ns: int = 0  # the monitor's own host time in this step
     record_ns: int = 0  # of which inside Event.record (a full launch queue would block there)
 
@@ -275,7 +279,7 @@ class OverlapMonitor:
             return None
         pending.end = self._event()
         pending.end.record(self._stream)
-        pending.allocated, pending.peak = _allocated_now_and_peak()
+        pending.memory = _memory_after_step()
         pending.host_ns += perf_counter_ns() - t0
         self._last_pending = pending
         return pending
@@ -331,8 +335,12 @@ class OverlapMonitor:
             wall_ms=float(t0.elapsed_time(pending.end)),
             placement=pending.placement,
             passes=tuple(passes),
-            dit_allocated_bytes=pending.allocated,
-            peak_allocated_bytes=pending.peak,
+            dit_allocated_bytes=pending.memory.get("allocated", 0),
+            peak_allocated_bytes=pending.memory.get("peak", 0),
+            peak_reserved_bytes=pending.memory.get("peak_reserved", 0),
+            reserved_bytes=pending.memory.get("reserved", 0),
+            device_used_bytes=pending.memory.get("device_used", 0),
+            device_total_bytes=pending.memory.get("device_total", 0),
             monitor_host_ms=pending.host_ns / 1e6,
             monitor_record_ms=pending.record_ns / 1e6,
         )

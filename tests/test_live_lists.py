@@ -1,0 +1,165 @@
+"""Live retuning of a DiT with several layer lists (issue 17): the worker's tuner calibrates a
+placement per list inside the memory it measured, caches it with that memory reading, and a later
+start applies it without measuring. Driven by the FLUX.1-dev traces and the memory reading the
+in-process sweep recorded on an H200 (tests/fixtures/traces, benchmarks/results/2026-11-29-h200-sweep);
+the managers are stand-ins of sglang's (no GPU here: tests/test_contract_lists.py changes
+placements on sglang's real managers), the step times come from a copy-floor model stated below."""
+from __future__ import annotations
+
+from dataclasses import replace
+from types import SimpleNamespace
+
+from sglang_autoperf.cache import TuningCache
+from sglang_autoperf.measure.live import WorkerTuner
+from sglang_autoperf.retune.lists import ListPlacement, placed_bytes, streamed_bytes
+from sglang_autoperf.settings import Settings
+from test_list_candidates import DOUBLE, GiB, START_16G, lists_of, recording, start_placement
+
+H200_TOTAL = 150_109_880_320  # bytes, as the sweep's cudaMemGetInfo reported
+RESIDENT_STEP_MS = 148.6  # everything resident, measured in the sweep (its README)
+LINK_BYTES_PER_S = 55.1e9  # pinned host-to-device, measured in the sweep's worker
+IDENTITY = {"rank": 0, "performance_mode": "auto", "pinned": [], "num_gpus": 1, "layout": "tp1", "lora": (),
+            "sglang_version": "0.5.23", "torch_version": "2.11.0"}
+SHAPE = {"width": 1024, "height": 1024, "num_frames": 1, "batch_size": 1, "cfg": False, "is_warmup": True,
+         "steps": 15}
+
+
+def _managers(start: ListPlacement) -> dict:
+    """Two offload managers as sglang builds them for FLUX.1 (19 double, 38 single blocks)."""
+    out = []
+    for key, n in ((DOUBLE, 19), ("transformer.single_transformer_blocks", 38)):
+        p = start.get(key)
+        out.append(SimpleNamespace(layers_attr_str=key.split(".", 1)[1], num_layers=n, resident_layers=p.resident_layers,
+                                   prefetch_size=p.prefetch_layers, residency_policy=p.policy,
+                                   residency_lifetime="forward"))
+    return {"transformer": out}
+
+
+class FloorMonitor:
+    """The recorded baseline trace for every step; the step time a placement gets is the sweep's
+    finding near 16 GiB ("the step sits on the copy floor"): max(resident step, streamed bytes /
+    link rate); the memory reading is the recorded one, moved by the bytes a placement places."""
+
+    def __init__(self, tuner_ref: list):
+        self.rec = recording(START_16G)
+        self.lists, self.start = lists_of(self.rec), start_placement(self.rec)
+        self.tuner_ref, self.order, self.attached = tuner_ref, [], False
+
+    def attach(self):
+        self.attached = True
+
+    def detach(self):
+        self.attached = False
+
+    def begin_step(self, step, placement):
+        self.current = (step, self.tuner_ref[0].placement())
+        self.order.append(self.current[1])
+
+    def end_step(self):
+        return self.current
+
+    def resolve(self, pending):
+        step, placement = pending
+        mem = self.rec.meta["memory"]
+        extra = placed_bytes(self.lists, placement) - placed_bytes(self.lists, self.start)
+        ms = max(RESIDENT_STEP_MS, streamed_bytes(self.lists, placement) / LINK_BYTES_PER_S * 1e3)
+        reserved = mem["reserved_peak_bytes"] + extra
+        return replace(self.rec.steps[-1], step=step, wall_ms=ms, placement=placement.lists[0][1],
+                       peak_allocated_bytes=mem["allocated_peak_bytes"] + extra, peak_reserved_bytes=reserved,
+                       reserved_bytes=reserved, device_used_bytes=reserved + mem["non_allocator_bytes"],
+                       device_total_bytes=H200_TOTAL)
+
+
+def _tuner(tmp_path, budget_gib=16) -> WorkerTuner:
+    start = start_placement(recording(START_16G))
+    managers = _managers(start)
+    plan = SimpleNamespace(model_fingerprint="fp", gpu_key={"name": "NVIDIA H200"}, budget_bytes=budget_gib * GiB,
+                           free_bytes_at_start=H200_TOTAL, plan={"predicted": {"vram_bytes": 17067336228}})
+    ref: list = []
+    tuner = WorkerTuner(plan, Settings(enabled=True, cache_dir=str(tmp_path)), managers, IDENTITY,
+                        monitor=FloorMonitor(ref), cache=TuningCache(str(tmp_path)), policies=("leading", "strided"))
+    ref.append(tuner)
+    rec = recording(START_16G)
+    tuner.layer_bytes = lambda steps=None: list(rec.layer_bytes)  # the recorded blocks' bytes, list by list
+
+    def set_placement(m, *, prefetch_layers, resident_layers, policy):
+        m.resident_layers, m.prefetch_size, m.residency_policy = resident_layers, prefetch_layers, policy
+    tuner.set_placement = set_placement
+    return tuner
+
+
+def _warmup(tuner):
+    tuner.begin_request(SHAPE)
+    for _ in range(SHAPE["steps"]):
+        tuner.run_step(lambda: None, (), {})
+    tuner.end_request()
+
+
+def test_a_flux_calibration_moves_residency_per_list_within_the_measured_memory(tmp_path):
+    tuner = _tuner(tmp_path)
+    start = tuner.placement()
+    assert isinstance(start, ListPlacement) and start == start_placement(recording(START_16G))  # 9/9, prefetch 2
+    _warmup(tuner)
+    monitor, lists = tuner.monitor, tuner.monitor.lists
+    tried = list(dict.fromkeys(monitor.order))
+    assert tried[0] == start and len(tried) > 1  # candidates were measured
+    [result] = tuner.results.values()
+    memory = result.memory
+    assert memory["limit_bytes"] == 16 * GiB and memory["measured_peak_bytes"] < memory["predicted_peak_bytes"]
+    for p in tried:  # no candidate's peak (as the reading predicts it) crosses the limit less the margin
+        assert memory["fixed_bytes"] + placed_bytes(lists, p) + memory["margin_bytes"] <= memory["limit_bytes"]
+    chosen = result.chosen()
+    assert tuner.placement() == chosen != start
+    # the double blocks (least compute per byte) got the residency; the step got faster
+    assert chosen.get(DOUBLE).resident_layers > start.get(DOUBLE).resident_layers
+    assert streamed_bytes(lists, chosen) < streamed_bytes(lists, start)
+    assert result.stats[chosen.label()].median_ms < result.stats[start.label()].median_ms
+
+
+def test_a_second_start_applies_the_cached_per_list_placement_and_measures_nothing(tmp_path):
+    first = _tuner(tmp_path)
+    _warmup(first)
+    [result] = first.results.values()
+    chosen = result.chosen()
+    second = _tuner(tmp_path)  # a new process: its managers start at the plan's 9/9 again
+    assert second.placement() != chosen
+    second.begin_request(dict(SHAPE, is_warmup=False))
+    assert second.placement() == chosen and second.calibration is None
+    for _ in range(3):
+        second.run_step(lambda: None, (), {})
+    second.end_request()
+    assert second.monitor.order == []  # nothing measured
+
+
+def test_a_pinned_prefetch_holds_on_every_list(tmp_path):
+    tuner = _tuner(tmp_path)
+    tuner.fixed = frozenset({"prefetch_layers"})
+    _warmup(tuner)
+    for p in dict.fromkeys(tuner.monitor.order):
+        assert [q.prefetch_layers for _, q in p.lists] == [2, 2]
+    assert all(m.prefetch_size == 2 for m in tuner.primary)
+
+
+def test_a_smaller_limit_shrinks_what_the_candidates_place(tmp_path):
+    tuner = _tuner(tmp_path, budget_gib=14)
+    _warmup(tuner)
+    [result] = tuner.results.values()
+    m = result.memory
+    for p in dict.fromkeys(tuner.monitor.order[1:]):
+        if p != tuner.monitor.start:
+            assert m["fixed_bytes"] + placed_bytes(tuner.monitor.lists, p) + m["margin_bytes"] <= 14 * GiB
+
+
+def test_a_cache_entry_with_a_broken_list_placement_is_a_miss_and_calibration_runs(tmp_path):
+    """A per-list entry edited by hand (negative resident count): one warning, a miss, a calibration."""
+    import json
+
+    first = _tuner(tmp_path)
+    _warmup(first)
+    [path] = list(tmp_path.glob("*.json"))
+    doc = json.loads(path.read_text())
+    doc["result"]["list_placement"][0][1]["resident_layers"] = -3
+    path.write_text(json.dumps(doc))
+    second = _tuner(tmp_path)
+    second.begin_request(SHAPE)
+    assert second.calibration is not None and second.placement() == second.calibration.baseline
