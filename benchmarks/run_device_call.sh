@@ -44,6 +44,10 @@
 #   sweep-focus         one GPU: the same with the points of FOCUS (default: the 2026-11-29 page's
 #                       focus_points.json), each twice; then, while time is left, LIMIT_POINTS (limit_points.json)
 #                       in a second process beside a ballast that leaves 16 GiB free: which points really fit
+#   lists16             one GPU: FLUX.1-dev 1024x1024, the plugin end to end beside a ballast that leaves
+#                       FREE_GIB (16) free: a cold start (calibrates per layer list on its warmup) and a warm
+#                       one (cache hit); then its cached choice as a point of an in-process sweep with the
+#                       2026-11-29 sweep's best, everything resident and the planner's start (issue 17)
 # Env: BUDGET_S (seconds for the whole call, default 570); PIN_CPUS (see below).
 # Writes under $OUT: one .tar.gz per part, summary.txt (the parts' tables and key lines).
 set -uo pipefail
@@ -68,6 +72,47 @@ inprocess_sweep() {  # [name [flags]]: FLUX.1-dev 1024x1024, one process, many p
     --budgets 16GiB,24GiB --out "$d" --time-budget "$(left)" "$@" > "$d/run.log" 2>&1
   say "sweep $(basename "$d") rc=$?: $(grep -c . "$d/points.jsonl" 2>/dev/null) blocks"
   { echo "## $(basename "$d")"; grep '^\[sweep\]' "$d/run.log"; tail -5 "$d/worker.log" 2>/dev/null; } >> "$W/summary.txt"
+}
+
+flux_checkpoint() {  # prints the FLUX.1-dev-shaped checkpoint's folder, building it once per machine
+  local m; m=$(python3 benchmarks/make_checkpoints.py flux.1-dev --root /tmp/models --print-path | tail -1)
+  [ -f "$m/_source.json" ] || python3 benchmarks/make_checkpoints.py flux.1-dev --root /tmp/models > "$W/build.log" 2>&1
+  echo "$m"
+}
+
+plugin_e2e() {  # NAME FREE_GIB STEPS: `sglang generate` with the plugin beside a ballast, cold then warm cache
+  local d=$W/$1 m; mkdir -p "$d"; m=$(flux_checkpoint)
+  python3 benchmarks/ballast.py --free-gib "$2" --ready-file "$d/ballast.json" --parent-pid $$ > "$d/ballast.log" 2>&1 &
+  local bp=$! t=0
+  while [ ! -s "$d/ballast.json" ] && [ $t -lt 120 ]; do sleep 1; t=$((t + 1)); done
+  say "ballast: $(cat "$d/ballast.json" 2>/dev/null)"
+  nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 250 > "$d/memory_used_mib.txt" 2>/dev/null &
+  local sp=$!
+  for run in cold warm; do
+    SGLANG_AUTOPERF=1 SGLANG_AUTOPERF_CACHE_DIR=$d/cache SGLANG_AUTOPERF_TRACE_DIR=$d/traces-$run \
+      SGLANG_AUTOPERF_TRACE_EVERY=5 CUDA_VISIBLE_DEVICES=0 $PIN python3 -c "from sglang.cli.main import main; main()" \
+      generate --model-path "$m" --model-id FLUX.1-dev --prompt "a red car" --width 1024 --height 1024 \
+      --num-inference-steps "$3" --seed 0 --no-save-output --attention-backend torch_sdpa \
+      --perf-dump-path "$d/perf-$run.json" > "$d/$run.log" 2>&1
+    say "$1 $run rc=$?: $(grep -c 'out of memory' "$d/$run.log") OOM lines; $(grep -E 'calibration of|cache hit|switched|candidate' "$d/$run.log" | cut -c1-220 | head -6 | tr '\n' '|')"
+    grep -F "[autoperf]" "$d/$run.log" > "$d/autoperf_lines_$run.txt"
+  done
+  kill $sp $bp 2>/dev/null; wait $bp 2>/dev/null
+  python3 - "$d" <<'PY' > "$d/focus.json"
+import glob, json, sys
+d = sys.argv[1]
+points = []
+for path in glob.glob(f"{d}/cache/*.json"):
+    result = json.load(open(path))["result"]
+    if result.get("list_placement"):
+        points.append({"label": "plugin's choice (cache)", "lists": dict(result["list_placement"]), "trace": True})
+both = lambda d_, s_, pd, ps: {"transformer.transformer_blocks": {"resident_layers": d_, "prefetch_layers": pd, "policy": "strided"},
+                               "transformer.single_transformer_blocks": {"resident_layers": s_, "prefetch_layers": ps, "policy": "strided"}}
+points += [{"label": "sweep best d15/s2 p2/2", "lists": both(15, 2, 2, 2)},
+           {"label": "all resident", "lists": both(19, 38, 2, 2)}]
+print(json.dumps(points, indent=1))
+PY
+  say "focus points: $(python3 -c "import json,sys; print([p['label'] for p in json.load(open(sys.argv[1]))])" "$d/focus.json")"
 }
 
 probes() {  # every visible GPU: NVML snapshot, CLI probe (table + JSON), live checks vs nvidia-smi
@@ -159,6 +204,8 @@ case $PLAN in
     inprocess_sweep sweep-focus --focus "${FOCUS:-$R17/focus_points.json}" --repeat 2
     [ "$(left)" -gt 110 ] && inprocess_sweep sweep-limit16 --focus "${LIMIT_POINTS:-$R17/limit_points.json}" --repeat 1 \
       --reference-every 100 --free-gib 16 ;;
+  lists16) plugin_e2e lists16-e2e "${FREE_GIB:-16}" 20
+    inprocess_sweep lists16-sweep --budgets 16GiB --focus "$W/lists16-e2e/focus.json" --repeat 3 ;;
   wan14b+wan13b81) side_by_side 'case_run 0 wan14b-81f-24g' 'case_run $G1 wan13b-81f' ;;
   *) echo "unknown plan $PLAN"; exit 2 ;;
 esac
