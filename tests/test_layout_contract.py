@@ -99,3 +99,34 @@ def test_a_user_sp_flag_pins_kv_gather(server_args):
     assert pinned["ulysses_degree"] == 2
     assert not L.matches_pins(L.Layout(1, 1, 1, 2), pinned)
     assert L.matches_pins(L.Layout(1, 2, 1, 1), pinned)
+
+
+@pytest.mark.parametrize("n,flags", [(2, []), (4, []), (2, ["--enable-cfg-parallel", "false"]),
+                                     (4, ["--ulysses-degree", "2"])])
+def test_the_plans_layout_lands_in_sglang_as_planned(server_args, demo_model, n, flags):
+    """make_plan on the demo model (2 heads) with sglang's own current values and pins, its changes
+    written through apply_changes: sglang accepts the result, it runs the planned layout, and no flag
+    the user set moved."""
+    import dataclasses as dc
+    from pathlib import Path
+
+    from sglang_autoperf.plan.planner import make_plan
+    from sglang_autoperf.probe.gpu import profile_from_snapshot
+    from sglang_autoperf.probe.model import probe_model
+    from sglang_autoperf.probe.workload import workload_for
+
+    snap = profile_from_snapshot(Path(__file__).parent / "fixtures" / "nvml" / "nvml-2x-h200-141gb-2026-11-27.json")
+    gpu = dc.replace(snap, devices=tuple(dc.replace(snap.devices[0], index=i) for i in range(n)))
+    args = server_args("--num-gpus", str(n), *flags)
+    before = {k: getattr(args, k) for k in ("enable_cfg_parallel", "ulysses_degree")}
+    m = probe_model(demo_model)
+    plan = make_plan(gpu, m, workload_for(m, 832, 480, num_frames=17), contract.pinned_flags(args),
+                     contract.current_settings(args), None, num_gpus=n)
+    contract.apply_changes(args, [dc.asdict(c) for c in plan.changes], pinned=set())
+    assert contract.layout_rejection(args) is None
+    planned = L.layout_from_settings(plan.settings, n, runs_cfg=True)
+    assert _layout_of(args) == planned
+    assert L.layout_problem(planned, n, m.dit.num_heads, runs_cfg=True) is None
+    if flags:
+        pinned_name = "enable_cfg_parallel" if "--enable-cfg-parallel" in flags else "ulysses_degree"
+        assert getattr(args, pinned_name) == before[pinned_name]

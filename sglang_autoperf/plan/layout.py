@@ -371,12 +371,12 @@ def _reason(best: LayoutCost, costs: list[LayoutCost], default: Layout, link: Li
             fitted: bool) -> str:
     ms, gib = 1e3, cost.GiB
     others = sorted((c for c in costs if c.layout != best.layout), key=lambda c: c.step_s)[:3]
-    vs = ", ".join(f"{c.layout.label} {c.step_s * ms:.0f} ms" for c in others)
+    vs = ", ".join(f"{c.layout.label} {c.step_s * ms:.1f} ms" for c in others)
     where = (f"{best.vram_bytes / gib:.1f} of {budget / gib:.1f} GiB per GPU" if fitted else
              f"no layout holds the DiT resident in {budget / gib:.1f} GiB per GPU; the DiT search streams it")
     was = "" if best.layout == default else f"; sglang's default {default.label}"
-    return (f"layout {best.layout.label}: predicted step {best.step_s * ms:.0f} ms (compute "
-            f"{best.compute_s * ms:.0f}, communication {best.exposed_comm_s * ms:.0f} ms exposed, "
+    return (f"layout {best.layout.label}: predicted step {best.step_s * ms:.1f} ms (compute "
+            f"{best.compute_s * ms:.1f}, communication {best.exposed_comm_s * ms:.1f} ms exposed, "
             f"{best.comm_bytes / 1e9:.2f} GB sent per GPU over {link.kind}), {where}; vs {vs or 'nothing else'}{was}")
 
 
