@@ -48,6 +48,7 @@
 #                       FREE_GIB (16) free: a cold start (calibrates per layer list on its warmup) and a warm
 #                       one (cache hit); then its cached choice as a point of an in-process sweep with the
 #                       2026-11-29 sweep's best, everything resident and the planner's start (issue 17)
+#   lists24             the same at 24 GiB free (12 steps a request, 2 blocks a point)
 # Env: BUDGET_S (seconds for the whole call, default 570); PIN_CPUS (see below).
 # Writes under $OUT: one .tar.gz per part, summary.txt (the parts' tables and key lines).
 set -uo pipefail
@@ -206,6 +207,8 @@ case $PLAN in
       --reference-every 100 --free-gib 16 ;;
   lists16) plugin_e2e lists16-e2e "${FREE_GIB:-16}" 20
     inprocess_sweep lists16-sweep --budgets 16GiB --focus "$W/lists16-e2e/focus.json" --repeat 3 ;;
+  lists24) plugin_e2e lists24-e2e 24 12
+    inprocess_sweep lists24-sweep --budgets 24GiB --focus "$W/lists24-e2e/focus.json" --repeat 2 ;;
   wan14b+wan13b81) side_by_side 'case_run 0 wan14b-81f-24g' 'case_run $G1 wan13b-81f' ;;
   *) echo "unknown plan $PLAN"; exit 2 ;;
 esac
