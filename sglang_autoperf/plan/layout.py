@@ -25,6 +25,7 @@ from typing import Any, Iterable, Mapping
 from sglang_autoperf.plan import cost
 from sglang_autoperf.probe.gpu import GpuProfile
 from sglang_autoperf.sglang_contract import RING_ATTENTION_BACKENDS
+from sglang_autoperf.units import gib
 
 # NVLink bandwidth per link and direction by generation (NVIDIA datasheets: A100 NVLink3 12 links
 # 600 GB/s, H100/H200 NVLink4 18 links 900 GB/s, B200 NVLink5 18 links 1.8 TB/s, both directions).
@@ -369,11 +370,11 @@ def _fastest(pool: list[LayoutCost], default: Layout) -> LayoutCost:
 
 def _reason(best: LayoutCost, costs: list[LayoutCost], default: Layout, link: Link, budget: int,
             fitted: bool) -> str:
-    ms, gib = 1e3, cost.GiB
+    ms = 1e3
     others = sorted((c for c in costs if c.layout != best.layout), key=lambda c: c.step_s)[:3]
     vs = ", ".join(f"{c.layout.label} {c.step_s * ms:.1f} ms" for c in others)
-    where = (f"{best.vram_bytes / gib:.1f} of {budget / gib:.1f} GiB per GPU" if fitted else
-             f"no layout holds the DiT resident in {budget / gib:.1f} GiB per GPU; the DiT search streams it")
+    where = (f"{gib(best.vram_bytes, unit=False)} of {gib(budget)} per GPU" if fitted else
+             f"no layout holds the DiT resident in {gib(budget)} per GPU; the DiT search streams it")
     was = "" if best.layout == default else f"; sglang's default {default.label}"
     return (f"layout {best.layout.label}: predicted step {best.step_s * ms:.1f} ms (compute "
             f"{best.compute_s * ms:.1f}, communication {best.exposed_comm_s * ms:.1f} ms exposed, "
