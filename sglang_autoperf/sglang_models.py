@@ -13,6 +13,7 @@ import ast
 import inspect
 import re
 import textwrap
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -70,7 +71,11 @@ class DitLayout:
 
 
 def _registry():
-    from sglang.multimodal_gen import registry
+    # sglang's import warns that AWQ/GGUF kernels need CUDA (sglang/srt/layers/quantization): nothing
+    # to do with reading its registry, and the CLI's error is one line
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from sglang.multimodal_gen import registry
     return registry
 
 

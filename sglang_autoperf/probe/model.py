@@ -588,8 +588,22 @@ def _read_index(root: Path) -> tuple[Path, dict]:
     return index_path, index
 
 
+def _read_weights(root: Path, configs: dict[str, dict]) -> dict[str, dict[str, TensorInfo]]:
+    """The safetensors headers of every component that has weights; a config-only component's layer
+    counts are bounded instead (it is built on the meta device later). File errors surface here,
+    before sglang is imported."""
+    read: dict[str, dict[str, TensorInfo]] = {}
+    for name in sorted(configs):
+        files = _weight_files(root / name)
+        if files:
+            read[name] = _tensors_from_weights(files)
+        else:
+            _check_layer_counts(configs[name], root / name / "config.json")
+    return read
+
+
 def _profile_components(root: Path, comps: dict[str, tuple[str, str]], configs: dict[str, dict],
-                        model: SglangModel, latent: int, fp_parts: dict
+                        read: dict[str, dict[str, TensorInfo]], model: SglangModel, latent: int, fp_parts: dict
                         ) -> tuple[dict[str, ComponentProfile], dict[str, DitProfile]]:
     """Each component with a config: its bytes at sglang's run-time precision; each DiT's blocks."""
     components: dict[str, ComponentProfile] = {}
@@ -598,8 +612,8 @@ def _profile_components(root: Path, comps: dict[str, tuple[str, str]], configs: 
         if name not in configs:
             continue  # tokenizers, schedulers, processors: no weights
         d = root / name
-        files = _weight_files(d)
-        tensors = _tensors_from_weights(files) if files else _tensors_from_config(d, lib, cls, configs[name])
+        files = name in read
+        tensors = read[name] if files else _tensors_from_config(d, lib, cls, configs[name])
         precision = _precision(_component_precision(name, model), d / "config.json")
         components[name] = ComponentProfile(
             name=name, library=lib, class_name=cls, params=sum(t.numel for t in tensors.values()),
@@ -624,9 +638,7 @@ def probe_model(path: str | os.PathLike, model_id: str | None = None, backend: s
     comps = _components(root, index_path, index)
     fp_parts: dict = {"model_index": _norm(index), "components": {}}
     configs = _configs(root, comps, fp_parts)
-    for name in configs:  # a config-only component is built on the meta device: bound its size first
-        if not _weight_files(root / name):
-            _check_layer_counts(configs[name], root / name / "config.json")
+    read = _read_weights(root, configs)
     model = _resolve(index_path, str(index["_class_name"]), model_id, backend)
     if not any(k in _DIT_COMPONENTS for k in comps):
         raise ModelProbeError(f"{index_path}: names no {' or '.join(_DIT_COMPONENTS)}; expected the "
@@ -635,7 +647,7 @@ def probe_model(path: str | os.PathLike, model_id: str | None = None, backend: s
     if vae_cfg is None:
         raise ModelProbeError(f"{root / 'vae' / 'config.json'}: missing; expected the VAE config")
     spatial, temporal, latent = _vae_geometry(vae_cfg, root / "vae" / "config.json", "video" in model.task)
-    components, dits = _profile_components(root, comps, configs, model, latent, fp_parts)
+    components, dits = _profile_components(root, comps, configs, read, model, latent, fp_parts)
     blob = json.dumps(fp_parts, sort_keys=True, separators=(",", ":")).encode()
     dit = dits.get("transformer") or (next(iter(dits.values())) if dits else None)
     return ModelProfile(
