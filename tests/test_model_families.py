@@ -119,8 +119,9 @@ def built_folder(dit_class: str, root: str) -> Path:
     fam = BUILT[dit_class]
     folder = Path(root) / fam.folder
     config = {"_class_name": dit_class, **_arch_defaults(fam.folder, getattr(diffusers, dit_class))}
-    files = {"model_index.json": {"_class_name": fam.pipeline, "_diffusers_version": "0.36.0",
-                                  "transformer": ["diffusers", dit_class], "vae": ["diffusers", fam.vae["_class_name"]]},
+    index = {"_class_name": fam.pipeline, "_diffusers_version": "0.36.0",
+             "transformer": ["diffusers", dit_class], "vae": ["diffusers", fam.vae["_class_name"]]}
+    files = {"model_index.json": index,
              "transformer/config.json": config, "vae/config.json": fam.vae}
     for name, data in files.items():
         (folder / name).parent.mkdir(parents=True, exist_ok=True)

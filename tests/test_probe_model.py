@@ -407,21 +407,22 @@ class HandRow:
     guidance_scale: float
     steps: int
     cfg: bool  # a second, negative pass by default
+    true_cfg: bool  # the old TRUE_CFG_FAMILIES: a guidance scale > 1 adds the negative pass
     precisions: tuple[str, ...]  # dit, vae, text encoders...
     text_tokens: int
     execution_order: tuple[str, ...]
 
 
 HAND_TABLE = {
-    "Wan2.1-T2V-14B-Diffusers": HandRow("WanT2V_14B_SamplingParams", 5.0, 50, True, ("bf16", "fp32", "fp32"), 512,
+    "Wan2.1-T2V-14B-Diffusers": HandRow("WanT2V_14B_SamplingParams", 5.0, 50, True, True, ("bf16", "fp32", "fp32"), 512,
                                         ("blocks",)),
-    "Wan2.2-T2V-A14B-Diffusers": HandRow("Wan2_2_T2V_A14B_SamplingParam", 4.0, 40, True, ("bf16", "fp32", "fp32"),
+    "Wan2.2-T2V-A14B-Diffusers": HandRow("Wan2_2_T2V_A14B_SamplingParam", 4.0, 40, True, True, ("bf16", "fp32", "fp32"),
                                          512, ("blocks",)),
-    "FLUX.1-dev": HandRow("FluxSamplingParams", 3.5, 50, False, ("bf16", "bf16", "bf16", "bf16"), 512,
+    "FLUX.1-dev": HandRow("FluxSamplingParams", 3.5, 50, False, False, ("bf16", "bf16", "bf16", "bf16"), 512,
                           ("transformer_blocks", "single_transformer_blocks")),
-    "Qwen-Image": HandRow("QwenImageSamplingParams", 4.0, 50, True, ("bf16", "bf16", "bf16"), 256,
+    "Qwen-Image": HandRow("QwenImageSamplingParams", 4.0, 50, True, True, ("bf16", "bf16", "bf16"), 256,
                           ("transformer_blocks",)),
-    "HunyuanVideo": HandRow("HunyuanSamplingParams", 1.0, 50, False, ("bf16", "fp16", "fp16", "fp16"), 256,
+    "HunyuanVideo": HandRow("HunyuanSamplingParams", 1.0, 50, False, False, ("bf16", "fp16", "fp16", "fp16"), 256,
                             ("transformer_blocks", "single_transformer_blocks")),
 }
 # Where sglang and the hand table differ, and what sglang says.
@@ -430,6 +431,9 @@ SGLANG_WINS = {
     ("Qwen-Image", "text_tokens"): 512,
     # sglang's HunyuanVideoTransformer3DModel streams its own module names, not the checkpoint's
     ("HunyuanVideo", "execution_order"): ("double_blocks", "single_blocks"),
+    # HunyuanSamplingParams keeps a default negative prompt, so sglang's should_use_classifier_free_guidance
+    # runs the negative pass once a request sets guidance > 1 (its default, 1.0, does not)
+    ("HunyuanVideo", "true_cfg"): True,
 }
 
 
@@ -442,7 +446,7 @@ def test_sglang_agrees_with_the_old_hand_table(name):
     p, row = probe_model(FIXTURES / name), HAND_TABLE[name]
     seen = {
         "sampling_class": p.sampling_class, "guidance_scale": p.default_guidance_scale, "steps": p.default_steps,
-        "cfg": p.cfg_default, "text_tokens": p.text_tokens,
+        "cfg": p.cfg_default, "true_cfg": p.guidance_is_cfg, "text_tokens": p.text_tokens,
         "precisions": tuple(_dtype_code(p.components[c].dtype) for c in
                             ["transformer", "vae", *sorted(c for c in p.components if c.startswith("text_encoder"))]),
         "execution_order": tuple(g.name for g in p.dit.block_groups),
