@@ -113,12 +113,25 @@ def resolve_model(path: str, index_class: str, model_id: str | None = None,
     info = _config_info(registry, path, pipeline_class, model_id)
     if info is None:
         return _diffusers_backend(pipeline_class, "no registered model id or detector matches the folder")
-    return _native_model(pipeline_class, info.pipeline_config_cls(), info.sampling_param_cls())
+    try:
+        config, sampling = info.pipeline_config_cls(), info.sampling_param_cls()
+    except Exception as e:  # a config class of sglang's that cannot be built with its defaults
+        raise SglangModelError(f"sglang's {info.pipeline_config_cls.__name__} / {info.sampling_param_cls.__name__} "
+                               f"cannot be built ({type(e).__name__}: {' '.join(str(e).split())})") from None
+    return _native_model(pipeline_class, config, sampling)
+
+
+# Where a sampling class leaves num_inference_steps to its pipeline (None: FLUX.3 image/action), the
+# probe plans for ModelProfile's nominal 50 steps.
+NOMINAL_STEPS = 50
 
 
 def _native_model(pipeline_class: str, config, sampling) -> SglangModel:
     module = type(config).__module__.rsplit(".", 1)[-1]
-    cfg_scale = sampling.true_cfg_scale if sampling.true_cfg_scale is not None else sampling.guidance_scale
+    true_cfg, guidance = getattr(sampling, "true_cfg_scale", None), getattr(sampling, "guidance_scale", None)
+    cfg_scale = true_cfg if true_cfg is not None else guidance
+    steps = getattr(sampling, "num_inference_steps", None)
+    uses_cfg = getattr(sampling, "should_use_classifier_free_guidance", lambda: False)
     text_lens = [getattr(e.arch_config, "text_len", None) for e in config.text_encoder_configs]
     text_lens = [n for n in text_lens if isinstance(n, int) and n > 0]
     return SglangModel(
@@ -129,9 +142,9 @@ def _native_model(pipeline_class: str, config, sampling) -> SglangModel:
         dit_precision=config.dit_precision, vae_precision=config.vae_precision,
         text_encoder_precisions=tuple(config.text_encoder_precisions),
         image_encoder_precision=config.image_encoder_precision,
-        default_steps=sampling.num_inference_steps, default_guidance_scale=cfg_scale,
-        cfg_default=bool(sampling.should_use_classifier_free_guidance()),
-        guidance_is_cfg=sampling.negative_prompt is not None,
+        default_steps=steps if isinstance(steps, int) and steps > 0 else NOMINAL_STEPS,
+        default_guidance_scale=cfg_scale, cfg_default=bool(uses_cfg()),
+        guidance_is_cfg=getattr(sampling, "negative_prompt", None) is not None,
         text_tokens=max(text_lens, default=512), pipeline_config=config)
 
 

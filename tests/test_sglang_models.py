@@ -54,3 +54,14 @@ def test_diffusers_backend_gate():
     assert not quantized.native and "quantized" in quantized.backend_reason
     unknown = sm.resolve_model("/models/x", "NoSuchPipeline")
     assert not unknown.native and unknown.backend_reason.startswith("sglang runs NoSuchPipeline with its diffusers")
+
+
+def test_every_registered_model_id_resolves_to_plain_data():
+    """Each model id sglang 0.5.23 registers resolves without an error, with positive steps and a task
+    (FLUX.3's sampling classes leave the steps to their pipeline: the nominal 50 then)."""
+    registry = sm._registry()
+    for hf_id in registry._MODEL_HF_PATH_TO_NAME:
+        short = hf_id.rstrip("/").split("/")[-1]
+        m = sm.resolve_model(f"/models/{short}", "WanPipeline")  # any native pipeline: ids pick the configs
+        assert m.native and m.default_steps > 0 and m.task and m.family, hf_id
+        assert m.dit_precision in ("bf16", "fp16", "fp32"), (hf_id, m.dit_precision)

@@ -572,6 +572,8 @@ def _resolve(index_path: Path, index_class: str, model_id: str | None, backend: 
     except (ImportError, MemoryError) as e:
         raise ModelProbeError(f"{index_path}: cannot read sglang's model registry ({type(e).__name__}: "
                               f"{' '.join(str(e).split())})") from None
+    except SglangModelError as e:
+        raise ModelProbeError(f"{index_path}: {e}") from None
     if not resolved.native:
         raise NotNativeError(f"{index_path}: {resolved.backend_reason}", resolved)
     return resolved
