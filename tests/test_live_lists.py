@@ -40,7 +40,8 @@ class FloorMonitor:
     finding near 16 GiB ("the step sits on the copy floor"): max(resident step, streamed bytes /
     link rate); the memory reading is the recorded one, moved by the bytes a placement places."""
 
-    def __init__(self, tuner_ref: list):
+    def __init__(self, tuner_ref: list, others_bytes: int = 0):
+        self.others_bytes = others_bytes  # what another process (a ballast) holds on the card
         self.rec = recording(START_16G)
         self.lists, self.start = lists_of(self.rec), start_placement(self.rec)
         self.tuner_ref, self.order, self.attached = tuner_ref, [], False
@@ -66,18 +67,22 @@ class FloorMonitor:
         reserved = mem["reserved_peak_bytes"] + extra
         return replace(self.rec.steps[-1], step=step, wall_ms=ms, placement=placement.lists[0][1],
                        peak_allocated_bytes=mem["allocated_peak_bytes"] + extra, peak_reserved_bytes=reserved,
-                       reserved_bytes=reserved, device_used_bytes=reserved + mem["non_allocator_bytes"],
+                       reserved_bytes=reserved,
+                       device_used_bytes=reserved + mem["non_allocator_bytes"] + self.others_bytes,
                        device_total_bytes=H200_TOTAL)
 
 
-def _tuner(tmp_path, budget_gib=16) -> WorkerTuner:
+def _tuner(tmp_path, budget_gib=16, others_bytes=0) -> WorkerTuner:
+    """`budget_gib` None: no SGLANG_AUTOPERF_VRAM_BUDGET, the limit is what was free at planning."""
     start = start_placement(recording(START_16G))
     managers = _managers(start)
-    plan = SimpleNamespace(model_fingerprint="fp", gpu_key={"name": "NVIDIA H200"}, budget_bytes=budget_gib * GiB,
-                           free_bytes_at_start=H200_TOTAL, plan={"predicted": {"vram_bytes": 17067336228}})
+    plan = SimpleNamespace(model_fingerprint="fp", gpu_key={"name": "NVIDIA H200"},
+                           budget_bytes=budget_gib * GiB if budget_gib else None,
+                           free_bytes_at_start=H200_TOTAL - others_bytes, plan={"predicted": {"vram_bytes": 17067336228}})
     ref: list = []
     tuner = WorkerTuner(plan, Settings(enabled=True, cache_dir=str(tmp_path)), managers, IDENTITY,
-                        monitor=FloorMonitor(ref), cache=TuningCache(str(tmp_path)), policies=("leading", "strided"))
+                        monitor=FloorMonitor(ref, others_bytes), cache=TuningCache(str(tmp_path)),
+                        policies=("leading", "strided"))
     ref.append(tuner)
     rec = recording(START_16G)
     tuner.layer_bytes = lambda steps=None: list(rec.layer_bytes)  # the recorded blocks' bytes, list by list
@@ -163,3 +168,19 @@ def test_a_cache_entry_with_a_broken_list_placement_is_a_miss_and_calibration_ru
     second = _tuner(tmp_path)
     second.begin_request(SHAPE)
     assert second.calibration is not None and second.placement() == second.calibration.baseline
+
+
+def test_beside_another_process_the_limit_is_what_was_free_at_planning(tmp_path):
+    """As on the H200 beside a ballast holding all but 16 GiB (benchmarks/results/2026-11-29-h200-lists):
+    no budget set, the other process's memory counts against the card, never against the DiT."""
+    others = H200_TOTAL - 16 * GiB
+    tuner = _tuner(tmp_path, budget_gib=None, others_bytes=others)
+    _warmup(tuner)
+    [result] = tuner.results.values()
+    m, lists = result.memory, tuner.monitor.lists
+    assert m["limit_bytes"] == H200_TOTAL and m["fixed_bytes"] > others  # the other process is a fixed cost
+    tried = list(dict.fromkeys(tuner.monitor.order))
+    assert len(tried) > 1
+    for p in tried:  # what this process may use: the 16 GiB that were free
+        assert m["fixed_bytes"] - others + placed_bytes(lists, p) + m["margin_bytes"] <= 16 * GiB
+    assert result.chosen() != tried[0]

@@ -469,11 +469,12 @@ class WorkerTuner:
         cal.memory = memory_correction(
             _memory_reading(steps), lists, cal.baseline, limit_bytes=self.memory_limit_bytes(steps[-1]),
             predicted_peak_bytes=self.predicted_peak_bytes(steps[-1]))
-        m = cal.memory
-        logger().info("[autoperf] memory at %s: peak %s measured (the startup model said %s), limit %s, "
-                      "fragmentation margin %s: %s placeable in resident layers and prefetch buffers",
-                      cal.baseline.label(), gib(m.measured_peak_bytes, 2), gib(m.predicted_peak_bytes, 2),
-                      gib(m.limit_bytes, 2), gib(m.margin_bytes, 2), gib(m.placeable_bytes, 2))
+        m, others = cal.memory, self.others_bytes(steps[-1])  # the log speaks of this process alone
+        logger().info("[autoperf] memory at the start placement: this process peaked at %s (the startup model "
+                      "said %s) of %s it may use; keeping the measured fragmentation %s free, %s can hold resident "
+                      "layers and prefetch buffers", gib(m.measured_peak_bytes - others, 2),
+                      gib(m.predicted_peak_bytes - others, 2), gib(m.limit_bytes - others, 2), gib(m.margin_bytes, 2),
+                      gib(m.placeable_bytes, 2))
         candidates = propose_lists(steps, layer_bytes, cal.baseline, m.placeable_bytes,
                                    max_candidates=cal.max_candidates, fixed=self.fixed)
         placements = _agree_on_placements([c.placement for c in candidates])
@@ -484,21 +485,23 @@ class WorkerTuner:
                           cal.baseline.label())
         return placements
 
+    def others_bytes(self, trace: StepTrace) -> int:
+        """What other processes held on the card when the plan was made (0 where unknown)."""
+        free_at_start = getattr(self.plan, "free_bytes_at_start", None)
+        return max(0, trace.device_total_bytes - int(free_at_start)) if free_at_start else 0
+
     def memory_limit_bytes(self, trace: StepTrace) -> int:
         """The real limit, in the frame of the card's whole use (other processes included): the
         card, or what other processes held when the plan was made plus the user's budget."""
-        total = trace.device_total_bytes
-        free_at_start = getattr(self.plan, "free_bytes_at_start", None)
         budget = getattr(self.plan, "budget_bytes", None)
-        if not budget or not free_at_start:
-            return total
-        return min(total, total - int(free_at_start) + int(budget))
+        if not budget or not getattr(self.plan, "free_bytes_at_start", None):
+            return trace.device_total_bytes
+        return min(trace.device_total_bytes, self.others_bytes(trace) + int(budget))
 
     def predicted_peak_bytes(self, trace: StepTrace) -> int:
         """The startup model's peak for the start placement, in the same frame as the limit."""
         predicted = int(((getattr(self.plan, "plan", None) or {}).get("predicted") or {}).get("vram_bytes") or 0)
-        free_at_start = getattr(self.plan, "free_bytes_at_start", None)
-        return predicted + (trace.device_total_bytes - int(free_at_start) if free_at_start else 0)
+        return predicted + self.others_bytes(trace)
 
     def _rollback(self, cal: Calibration, exc: BaseException) -> None:
         import torch
