@@ -115,9 +115,9 @@ class StepTrace:
     dit_allocated_bytes: int = 0  # torch.cuda.memory_allocated() at the end of the step
     peak_allocated_bytes: int = 0  # max_memory_allocated during the step
     peak_reserved_bytes: int = 0  # max_memory_reserved during the step (the caching allocator's hold)
-    # cudaMemGetInfo after the step: what every process holds on the card, and its size; with the
-    # reserved bytes above they give the use outside this allocator (retune/memory.MemoryReading)
     reserved_bytes: int = 0  # memory_reserved() after the step
+    # cudaMemGetInfo after the step: what every process holds on the card, and its size; less the
+    # reserved bytes, the use outside this allocator (retune/memory.MemoryReading)
     device_used_bytes: int = 0
     device_total_bytes: int = 0
     monitor_host_ms: float = 0.0  # host time the monitor itself spent in this step (its direct cost)
