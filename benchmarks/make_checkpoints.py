@@ -324,7 +324,9 @@ def build_small_clip(hidden: int, heads: int, ffn: int, layers: int, vocab: int,
 
 def build_wan(spec: Spec, out: str, a, device, t0: float) -> dict:
     import torch
-    from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanTransformer3DModel
+    from diffusers import AutoencoderKLWan, WanTransformer3DModel
+
+    from sglang_autoperf.demo_model import WAN_PIPELINE_COMPONENTS, write_wan_scheduler
 
     dit_cfg = TINY_DIT["wan"] if a.tiny else spec.dit
     info = {"transformer": write_random_dit(
@@ -346,16 +348,8 @@ def build_wan(spec: Spec, out: str, a, device, t0: float) -> dict:
                             "layers": a.te_layers, "d_model": dit_cfg["text_dim"]}
     log(t0, "tokenizer + text encoder written")
 
-    UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0,
-                            num_train_timesteps=1000, solver_order=2, predict_x0=True
-                            ).save_pretrained(os.path.join(out, "scheduler"))
-    write_model_index(out, "WanPipeline", {
-        "scheduler": ["diffusers", "UniPCMultistepScheduler"],
-        "text_encoder": ["transformers", "UMT5EncoderModel"],
-        "tokenizer": ["transformers", "T5TokenizerFast"],
-        "transformer": ["diffusers", "WanTransformer3DModel"],
-        "vae": ["diffusers", "AutoencoderKLWan"],
-    })
+    write_wan_scheduler(os.path.join(out, "scheduler"))  # the demo model's: one definition of a Wan folder
+    write_model_index(out, "WanPipeline", dict(WAN_PIPELINE_COMPONENTS))
     return info
 
 

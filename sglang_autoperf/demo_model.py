@@ -90,22 +90,34 @@ def _write_text_encoder(out: Path, shape: dict, vocab_size: int) -> None:
     UMT5EncoderModel(te_config).to(torch.bfloat16).save_pretrained(out / "text_encoder", safe_serialization=True)
 
 
-def _write_scheduler_and_index(out: Path) -> None:
+# model_index.json components of a diffusers WanPipeline (Wan2.1-T2V); benchmarks/make_checkpoints.py
+# writes its full-size Wan folders with the same components and scheduler
+WAN_PIPELINE_COMPONENTS = {
+    "scheduler": ["diffusers", "UniPCMultistepScheduler"],
+    "text_encoder": ["transformers", "UMT5EncoderModel"],
+    "tokenizer": ["transformers", "T5TokenizerFast"],
+    "transformer": ["diffusers", "WanTransformer3DModel"],
+    "vae": ["diffusers", "AutoencoderKLWan"],
+}
+
+
+def write_wan_scheduler(path: str | os.PathLike) -> None:
+    """Wan2.1-T2V's scheduler: UniPC over flow-matching sigmas, shift 3."""
     from diffusers import UniPCMultistepScheduler
 
     UniPCMultistepScheduler(
         prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0,
         num_train_timesteps=1000, solver_order=2, predict_x0=True,
-    ).save_pretrained(out / "scheduler")
+    ).save_pretrained(path)
+
+
+def _write_scheduler_and_index(out: Path) -> None:
+    write_wan_scheduler(out / "scheduler")
     model_index = {
         "_class_name": "WanPipeline",
         "_diffusers_version": "0.37.0",
         "_source": "sglang-autoperf demo-model: random weights, Wan2.1-T2V structure, tiny shapes",
-        "scheduler": ["diffusers", "UniPCMultistepScheduler"],
-        "text_encoder": ["transformers", "UMT5EncoderModel"],
-        "tokenizer": ["transformers", "T5TokenizerFast"],
-        "transformer": ["diffusers", "WanTransformer3DModel"],
-        "vae": ["diffusers", "AutoencoderKLWan"],
+        **WAN_PIPELINE_COMPONENTS,
     }
     (out / "model_index.json").write_text(json.dumps(model_index, indent=1))
 
