@@ -184,3 +184,20 @@ def test_beside_another_process_the_limit_is_what_was_free_at_planning(tmp_path)
     for p in tried:  # what this process may use: the 16 GiB that were free
         assert m["fixed_bytes"] - others + placed_bytes(lists, p) + m["margin_bytes"] <= 16 * GiB
     assert result.chosen() != tried[0]
+
+
+def test_a_list_the_traced_steps_never_ran_keeps_its_placement(tmp_path):
+    """Wan2.2-A14B: two experts, one list each, and a step runs one of them. Here a third manager
+    (a second component) is never traced: the candidates move only the traced lists."""
+    tuner = _tuner(tmp_path)
+    idle = SimpleNamespace(layers_attr_str="blocks", num_layers=40, resident_layers=3, prefetch_size=2,
+                           residency_policy="strided", residency_lifetime="forward")
+    tuner.managers["transformer_2"] = [idle]
+    tuner.by_list["transformer_2.blocks"] = idle
+    rec = recording(START_16G)
+    tuner.layer_bytes = lambda steps=None: list(rec.layer_bytes) + [100 << 20] * 40  # traced lists first
+    _warmup(tuner)
+    tried = list(dict.fromkeys(tuner.monitor.order))
+    assert len(tried) > 1
+    assert {p.get("transformer_2.blocks").resident_layers for p in tried} == {3}
+    assert (idle.resident_layers, idle.prefetch_size) == (3, 2)

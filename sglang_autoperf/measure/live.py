@@ -462,12 +462,17 @@ class WorkerTuner:
 
     def _propose_lists(self, cal: Calibration) -> list[ListPlacement]:
         """Per-list candidates that fit the memory measured at the baseline (retune/memory): the
-        resident blocks and buffers a placement adds or frees are all that changes its peak."""
+        resident blocks and buffers a placement adds or frees are all that changes its peak. Lists
+        the traced steps never ran (Wan2.2's expert for the other noise levels) keep their placement
+        and count in the measured fixed use."""
         steps = cal.traces[cal.baseline]
-        layer_bytes = self.layer_bytes(steps)
+        traced = [list_key(c, name) for c, name, _ in layer_lists(steps)]
+        counts = sum(n for _, _, n in layer_lists(steps))
+        layer_bytes = self.layer_bytes(steps)[:counts]  # traced lists come first (layer_bytes' contract)
         lists = layer_lists_of(steps, layer_bytes)
+        start = ListPlacement(tuple((key, cal.baseline.get(key)) for key in traced))
         cal.memory = memory_correction(
-            _memory_reading(steps), lists, cal.baseline, limit_bytes=self.memory_limit_bytes(steps[-1]),
+            _memory_reading(steps), lists, start, limit_bytes=self.memory_limit_bytes(steps[-1]),
             predicted_peak_bytes=self.predicted_peak_bytes(steps[-1]))
         m, others = cal.memory, self.others_bytes(steps[-1])  # the log speaks of this process alone
         logger().info("[autoperf] memory at the start placement: this process peaked at %s (the startup model "
@@ -475,9 +480,10 @@ class WorkerTuner:
                       "layers and prefetch buffers", gib(m.measured_peak_bytes - others, 2),
                       gib(m.predicted_peak_bytes - others, 2), gib(m.limit_bytes - others, 2), gib(m.margin_bytes, 2),
                       gib(m.placeable_bytes, 2))
-        candidates = propose_lists(steps, layer_bytes, cal.baseline, m.placeable_bytes,
+        candidates = propose_lists(steps, layer_bytes, start, m.placeable_bytes,
                                    max_candidates=cal.max_candidates, fixed=self.fixed)
-        placements = _agree_on_placements([c.placement for c in candidates])
+        placements = _agree_on_placements([ListPlacement(tuple(
+            (key, c.placement.get(key) if key in traced else p) for key, p in cal.baseline.lists)) for c in candidates])
         for c in candidates:
             logger().info("[autoperf] candidate %s: %s", c.placement.label(), c.reason)
         if not placements:
