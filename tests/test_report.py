@@ -105,3 +105,25 @@ def test_cli_explain_wired(cache_dir, capsys):
     rc = main(["explain", "--json", "--cache-dir", cache_dir])
     assert rc == 0
     json.loads(capsys.readouterr().out)
+
+
+def test_a_per_list_calibration_recorded_on_an_h200_reads_per_list_with_its_memory():
+    """The cache entry the worker wrote on the H200 (tests/fixtures/cache/README.md): the table names
+    every list's placement, marks the chosen row, and states the memory it sized candidates by."""
+    import json
+    from pathlib import Path
+
+    from sglang_autoperf.cache import TuningResult
+
+    doc = json.loads((Path(__file__).parent / "fixtures" / "cache" / "h200-flux1dev-1024-lists16-2026-11-29.json").read_text())
+    result = TuningResult.from_dict(doc["result"])
+    text = format_calibration_table(result)
+    chosen = ("transformer_blocks: resident=15 prefetch=1 strided; single_transformer_blocks: resident=2 "
+              "prefetch=2 strided")
+    assert text.splitlines()[0].endswith(f"switched to {chosen}")
+    [row] = [line for line in text.splitlines() if "<- chosen" in line]
+    assert row.strip().startswith(chosen) and "median 233.8 ms" in row
+    m = doc["result"]["memory"]  # as recorded; the line states it in GiB
+    [line] = [line for line in text.splitlines() if "memory at the start placement" in line]
+    assert f"margin {m['margin_bytes'] / 2**30:.2f} GiB" in line
+    assert f"at most {(m['limit_bytes'] - m['margin_bytes'] - m['fixed_bytes']) / 2**30:.2f} GiB" in line
