@@ -144,6 +144,7 @@ def run_context(server_args, request: dict[str, Any] | None = None):
         live_blocker=sc.live_placement_blocker(server_args),
         policies=sc.residency_policies(),
         **sc.workload_hints(server_args, request),
+        **sc.model_resolution(server_args),
     )
 
 

@@ -262,6 +262,13 @@ def workload_hints(server_args, request: dict[str, Any] | None) -> dict[str, Any
     return {k: v for k, v in hints.items() if v is not None}
 
 
+def model_resolution(server_args) -> dict[str, str | None]:
+    """What besides the folder decides which pipeline sglang runs: --model-id and --backend."""
+    backend = getattr(server_args, "backend", None)
+    return {"model_id": getattr(server_args, "model_id", None) or None,
+            "backend": None if backend is None else str(getattr(backend, "value", backend))}
+
+
 def one_shot_requests(request: dict[str, Any] | None) -> int | None:
     """`sglang generate` serves its prompt(s) and exits: one request (per prompt) to repay any
     start-up cost such as compile. Serving and the Python API: unknown (None)."""

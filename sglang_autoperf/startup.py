@@ -43,6 +43,9 @@ class RunContext:
     fixed_knobs: tuple[str, ...] = ()  # placement knobs the user pinned (trace.PLACEMENT_KNOBS)
     live_blocker: str | None = None  # why the placement cannot change live in this run, if it cannot
     policies: tuple[str, ...] = ("leading", "strided")  # residency policies the runtime knows
+    # how sglang resolves the folder (--model-id, --backend): the probe resolves it the same way
+    model_id: str | None = None
+    backend: str | None = None
 
 
 @dataclass
@@ -139,7 +142,7 @@ def _probe(ctx: RunContext, settings: Settings, gpu=None) -> tuple[Any, Any, int
     if ctx.num_gpus > len(gpu.devices):
         return f"--num-gpus {ctx.num_gpus}: the GPU profile ({gpu.source}) has {len(gpu.devices)} GPU(s)"
     try:
-        model = probe_model(ctx.model_path)
+        model = probe_model(ctx.model_path, model_id=ctx.model_id, backend=ctx.backend)
     except ModelProbeError as exc:
         return f"cannot profile the model: {exc}"
     free = min(d.memory_free_bytes for d in gpu.devices)

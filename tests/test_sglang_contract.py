@@ -381,3 +381,9 @@ def test_ranks_agree_on_candidates_times_and_stopping():
         placements, times, any_flag = results[rank]
         assert placements == [Placement(3, 3, "leading"), Placement(0, 8, "leading")]
         assert times == [101.0, 90.0] and any_flag is True
+
+
+def test_model_resolution_reads_model_id_and_backend_from_real_serverargs(server_args):
+    assert sa.model_resolution(server_args()) == {"model_id": None, "backend": "auto"}
+    args = server_args("--model-id", "FLUX.1-dev", "--backend", "diffusers")
+    assert sa.model_resolution(args) == {"model_id": "FLUX.1-dev", "backend": "diffusers"}

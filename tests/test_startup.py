@@ -218,3 +218,18 @@ def test_a_nonpositive_request_size_steps_aside_with_one_reason(tmp_path, demo_m
     plan = plan_startup(ctx(model_path=str(demo_model), **{field: value}), settings(tmp_path),
                         gpu=gpu_mod.profile_from_snapshot(snapshot))
     assert plan.active is False and f"{field} {value}" in plan.reason and plan.changes == []
+
+
+def test_a_model_sglang_runs_with_its_diffusers_backend_steps_aside_in_one_line(tmp_path, demo_model):
+    """--backend diffusers: no layerwise offload there, so nothing to plan; the reason is sglang's."""
+    from pathlib import Path
+
+    from sglang_autoperf.probe import gpu as gpu_mod
+
+    snapshot = sorted((Path(__file__).parent / "fixtures" / "nvml").glob("*.json"))[0]
+    gpu = gpu_mod.profile_from_snapshot(snapshot)
+    native = plan_startup(ctx(model_path=str(demo_model)), settings(tmp_path), gpu=gpu)
+    assert native.active
+    plan = plan_startup(ctx(model_path=str(demo_model), backend="diffusers"), settings(tmp_path), gpu=gpu)
+    assert plan.active is False and plan.changes == []
+    assert "diffusers backend" in plan.reason and "--backend diffusers" in plan.reason and "\n" not in plan.reason

@@ -33,7 +33,9 @@ COPY_ISSUE_LATENCY_S = 1.5e-3
 
 # Joint-attention families (MMDiT): text and image tokens share one attention; "double" blocks
 # hold separate image/text weights (half the params see each stream), "single" blocks see both.
-MMDIT_FAMILIES = frozenset({"flux", "flux2", "qwen_image", "hunyuan_video", "sd3", "hunyuan_image"})
+# Names are the module names of sglang's pipeline configs (probe/model.py family; FLUX.2 is "flux"
+# there too); Z-Image's single-stream blocks attend over text and image tokens together.
+MMDIT_FAMILIES = frozenset({"flux", "qwen_image", "hunyuan_video", "stablediffusion3", "zimage", "longcat_image"})
 
 # --- memory ---------------------------------------------------------------------------------
 # CUDA context, cuBLAS/cuDNN workspaces and NCCL buffers are outside the allocator's view.

@@ -105,11 +105,6 @@ class ModelProfile:
         return "video" in self.task
 
 
-# Guidance that is true CFG (a second, negative pass) for these families; FLUX.1-dev and
-# HunyuanVideo embed guidance in the DiT. probe/workload.py reads it; ModelProfile.guidance_is_cfg
-# is the same fact read from sglang's sampling class (a default negative prompt), for every family.
-TRUE_CFG_FAMILIES = frozenset({"wan", "qwen_image"})
-
 _DIT_COMPONENTS = DIT_COMPONENTS
 
 # Bits per element of every safetensors dtype (sub-byte ones are packed).

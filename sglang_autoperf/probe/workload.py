@@ -35,12 +35,10 @@ def workload_for(model, width: int, height: int, num_frames: int = 1, steps: int
     latent_frames = (frames - 1) // tc + 1 if tc > 1 else frames
     tokens = -(-latent_frames // pt) * (height // sc // ph) * (width // sc // pw)
 
-    from sglang_autoperf.probe.model import TRUE_CFG_FAMILIES
-
     if guidance_scale is None:
         cfg = model.cfg_default
-    else:  # guidance-distilled families embed the scale; it never adds a pass
-        cfg = model.family in TRUE_CFG_FAMILIES and guidance_scale > 1.0
+    else:  # guidance-distilled families embed the scale; it never adds a pass (sglang_models says which)
+        cfg = bool(getattr(model, "guidance_is_cfg", False)) and guidance_scale > 1.0
     passes = 2 if cfg and not cfg_parallel else 1
     return Workload(
         width=width, height=height, num_frames=frames,
