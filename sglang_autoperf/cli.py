@@ -49,7 +49,7 @@ def _cmd_probe(args) -> int:
     from sglang_autoperf.probe.model import format_model_table, model_profile_to_dict, probe_model
 
     gpu = _gpu_profile(args)
-    model = probe_model(args.model_path) if args.model_path else None
+    model = probe_model(args.model_path, model_id=args.model_id) if args.model_path else None
     if args.json:
         out = {"gpu": gpu_profile_to_dict(gpu)}
         if model is not None:
@@ -111,7 +111,7 @@ def _dry_run_context(args):
     return RunContext(model_path=args.model_path, platform="cuda", num_gpus=num_gpus, base_gpu_id=0,
                       performance_mode=args.performance_mode, pinned={}, current={"num_gpus": num_gpus},
                       width=args.width, height=args.height, num_frames=args.num_frames, steps=args.steps,
-                      expected_requests=1)
+                      expected_requests=1, model_id=args.model_id)
 
 
 def _cmd_plan(args) -> int:
@@ -127,7 +127,7 @@ def _cmd_plan(args) -> int:
     if not gpu.has_gpu:
         raise _InputError(f"no GPU to plan for ({gpu.no_gpu_reason}); pass --gpu-snapshot NAME "
                           f"(bundled: {_bundled_names()}) or a snapshot file")
-    model = probe_model(args.model_path)  # its errors are the CLI's one line, exit 2
+    model = probe_model(args.model_path, model_id=args.model_id)  # its errors: the CLI's one line, exit 2
     ctx = _dry_run_context(args)
     settings = Settings(enabled=True, lossy=args.lossy, compile=args.compile, vram_budget=args.vram_budget,
                         cache_dir=str(default_cache_dir()))
@@ -186,6 +186,10 @@ _DESCRIPTION = ("Probe the GPU and a model folder, plan SGLang Diffusion's offlo
 _EPILOG = "exit codes: 0 ok, 2 bad input (one line on stderr), 3 `plan`: nothing fits the VRAM budget"
 
 
+_MODEL_ID_HELP = ("as sglang's --model-id: the registered model a neutrally named folder is (e.g. FLUX.1-dev); "
+                  "default: what sglang matches from the folder")
+
+
 def build_parser() -> argparse.ArgumentParser:
     snapshot_help = (f"a GPU profile instead of the live GPU: a bundled name ({_bundled_names()}; "
                      "case-insensitive) or a recorded NVML snapshot file (JSON)")
@@ -200,12 +204,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model-path", metavar="DIR", help="a diffusers-layout model folder to read (configs and "
                                                       "safetensors headers only)")
     p.add_argument("--gpu-snapshot", metavar="NAME|FILE", help=snapshot_help)
+    p.add_argument("--model-id", metavar="ID", help=_MODEL_ID_HELP)
     p.add_argument("--json", action="store_true", help="print JSON instead of tables")
     p.set_defaults(func=_cmd_probe)
 
     p = sub.add_parser("plan", help="dry run: the settings the plugin would choose, with reasons "
                                     "(exit 3 when nothing fits the VRAM budget)")
     p.add_argument("--model-path", metavar="DIR", required=True, help="the diffusers-layout model folder to plan")
+    p.add_argument("--model-id", metavar="ID", help=_MODEL_ID_HELP)
     p.add_argument("--gpu-snapshot", metavar="NAME|FILE", help=snapshot_help)
     p.add_argument("--vram-budget", metavar="SIZE",
                    help="cap per GPU: 24GiB, 24000MiB, 24GB or a fraction of free memory (0.5); default: all free")

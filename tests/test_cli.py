@@ -213,3 +213,20 @@ def test_readme_commands_print_what_the_readme_says(tmp_path, monkeypatch, capsy
         out = capsys.readouterr().out.replace(demo, DEMO).replace(os.path.expanduser("~"), "~")
         assert rc in (0, 3), command
         assert _shows(shown, out.splitlines()), f"{command}\n--- README:\n" + "\n".join(shown) + f"\n--- printed:\n{out}"
+
+
+def test_model_id_resolves_a_neutrally_named_folder_as_sglang_would(tmp_path, capsys):
+    """A FLUX.1-dev folder under a name no registered id matches: sglang (and the probe) would run it
+    with the diffusers backend, one line, exit 2; with --model-id FLUX.1-dev it is FLUX, as in sglang."""
+    import shutil
+    from pathlib import Path
+
+    folder = tmp_path / "my-model"
+    shutil.copytree(Path(__file__).parent / "fixtures" / "models" / "FLUX.1-dev", folder)
+    assert main(["probe", "--model-path", str(folder)]) == 2
+    err = capsys.readouterr().err
+    assert "diffusers backend" in err and len(err.strip().splitlines()) == 1
+    assert main(["plan", "--model-path", str(folder), "--gpu-snapshot", "h200", "--model-id", "FLUX.1-dev",
+                 "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["dit"]["total_layers"] == 57  # 19 double + 38 single blocks
