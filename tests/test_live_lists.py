@@ -82,7 +82,7 @@ def _tuner(tmp_path, budget_gib=16, others_bytes=0) -> WorkerTuner:
     ref: list = []
     tuner = WorkerTuner(plan, Settings(enabled=True, cache_dir=str(tmp_path)), managers, IDENTITY,
                         monitor=FloorMonitor(ref, others_bytes), cache=TuningCache(str(tmp_path)),
-                        policies=("leading", "strided"))
+                        policies=("leading", "strided"), device_total=lambda: H200_TOTAL)
     ref.append(tuner)
     rec = recording(START_16G)
     tuner.layer_bytes = lambda steps=None: list(rec.layer_bytes)  # the recorded blocks' bytes, list by list
@@ -201,3 +201,24 @@ def test_a_list_the_traced_steps_never_ran_keeps_its_placement(tmp_path):
     assert len(tried) > 1
     assert {p.get("transformer_2.blocks").resident_layers for p in tried} == {3}
     assert (idle.resident_layers, idle.prefetch_size) == (3, 2)
+
+
+def test_a_cache_hit_beside_a_bigger_process_shrinks_the_placement_to_what_is_free(tmp_path):
+    """Calibrated with 16 GiB free and no budget (the key does not hold free memory); the next start
+    finds only 12 GiB free: the cached placement would not fit, so the worker applies the fullest
+    placement that does, by the stored memory reading, instead of the cached one."""
+    first = _tuner(tmp_path, budget_gib=None, others_bytes=H200_TOTAL - 16 * GiB)
+    _warmup(first)
+    [result] = first.results.values()
+    cached, m = result.chosen(), result.memory
+    lists = first.monitor.lists
+    second = _tuner(tmp_path, budget_gib=None, others_bytes=H200_TOTAL - 12 * GiB)
+    second.begin_request(dict(SHAPE, is_warmup=False))
+    applied = second.placement()
+    ours = m["fixed_bytes"] - m["others_bytes"]  # this process's fixed use, as measured
+    assert ours + placed_bytes(lists, cached) + m["margin_bytes"] > 12 * GiB  # the cached one would not fit
+    assert ours + placed_bytes(lists, applied) + m["margin_bytes"] <= 12 * GiB
+    assert applied != cached and second.calibration is None
+    third = _tuner(tmp_path, budget_gib=None, others_bytes=H200_TOTAL - 16 * GiB)
+    third.begin_request(dict(SHAPE, is_warmup=False))
+    assert third.placement() == cached  # as much room as at calibration: the cached placement itself

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import metadata
 from typing import Any, Callable
 
@@ -24,8 +24,8 @@ from sglang_autoperf.measure.compile_check import CompileChecker
 from sglang_autoperf.measure.monitor import OverlapMonitor
 from sglang_autoperf.plan.objective import placement_objective
 from sglang_autoperf.report import format_calibration_table
-from sglang_autoperf.retune.lists import ListPlacement, layer_lists_of, list_key, propose_lists
-from sglang_autoperf.retune.memory import MemoryReading, memory_correction
+from sglang_autoperf.retune.lists import LayerList, ListPlacement, layer_lists_of, list_key, propose_lists
+from sglang_autoperf.retune.memory import MemoryCorrection, MemoryReading, fill_residency, memory_correction
 from sglang_autoperf.retune.retuner import all_resident_note, decide, layer_lists, propose
 from sglang_autoperf.trace import PLACEMENT_KNOBS, Placement, StepTrace, TraceRecording, placement_problem
 from sglang_autoperf.retune.schedule import (
@@ -89,7 +89,8 @@ class WorkerTuner:
     def __init__(self, plan, settings, managers: dict[str, list], identity: dict[str, Any], *,
                  monitor=None, cache=None, fixed: frozenset[str] = frozenset(), policies: tuple[str, ...] = (),
                  set_placement=None, clock: Callable[[], float] = time.perf_counter,
-                 give_up: Callable[[str, BaseException], None] | None = None):
+                 give_up: Callable[[str, BaseException], None] | None = None,
+                 device_total: Callable[[], int] | None = None):
         self.plan = plan
         self.settings = settings
         self.managers = managers
@@ -102,6 +103,7 @@ class WorkerTuner:
         self.monitor = monitor if monitor is not None else OverlapMonitor(managers)
         self.cache = cache if cache is not None else TuningCache(settings.cache_dir)
         self.clock = clock  # calibration's time limit and the time it reports
+        self.device_total = device_total or _device_total_bytes  # the card's size (cudaMemGetInfo)
         # what an error of ours calls: the owning LiveRun steps aside (restore, stop, one line)
         self.give_up = give_up or (lambda what, exc: step_aside(f"live tuning ({what})", exc))
         self.results: dict[str, Any] = {}  # bucket -> TuningResult
@@ -208,6 +210,39 @@ class WorkerTuner:
                       bucket, result.chosen().label(), format_when(result.created_at))
         return result
 
+    def _fitting(self, bucket: str, result) -> "Placement | ListPlacement | None":
+        """The cached placement, shrunk where this start has less room beside other processes than
+        the calibration had (with no budget set the key is the same either way); None where even
+        nothing resident would fit (the startup placement then stands)."""
+        target = result.chosen()
+        if not isinstance(target, ListPlacement) or not result.memory or not self._free_at_start():
+            return target
+        total = self.device_total()
+        memory = MemoryCorrection.from_dict(result.memory).beside(self.others_bytes(total),
+                                                                    self.memory_limit_bytes(total))
+        lists = self._layer_lists()
+        if memory.fits(lists, target):
+            return target
+        counts = {ll.key: ll.count for ll in lists}
+        order = sorted(counts, key=lambda k: -target.get(k).resident_layers / counts[k])  # the calibration's order
+        shrunk = fill_residency(lists, memory, target, order)
+        logger().info("[autoperf] %s: the cached %s needs more memory than this start has beside other processes "
+                      "(%s placeable); %s", bucket, target.label(), gib(memory.placeable_bytes, 2),
+                      f"applying {shrunk.label()}" if shrunk else "the startup placement stands")
+        return shrunk
+
+    def _layer_lists(self) -> list[LayerList]:
+        """Every offloaded list with its blocks' bytes, in manager order."""
+        flat, out = self.layer_bytes(), []
+        for key, manager in self.by_list.items():
+            n = sa.manager_setting(manager)["num_layers"]
+            out.append(LayerList(key, tuple(flat[:n])))
+            flat = flat[n:]
+        return out
+
+    def _free_at_start(self) -> int | None:
+        return getattr(self.plan, "free_bytes_at_start", None)
+
     def _result_problem(self, result) -> str | None:
         """Why a cached result cannot run on this DiT (None: it can)."""
         target = result.chosen()
@@ -240,8 +275,10 @@ class WorkerTuner:
             if result is not None:
                 self.results[bucket] = result
         if result is not None:
-            before = self.placement()
-            self.apply(result.chosen())  # pinned knobs stay; lists already there are not touched
+            before, target = self.placement(), self._fitting(bucket, result)
+            if target is None:
+                return
+            self.apply(target)  # pinned knobs stay; lists already there are not touched
             if self.placement() != before:
                 logger().info("[autoperf] %s: applied %s before the request", bucket, self.placement().label())
             return
@@ -471,10 +508,12 @@ class WorkerTuner:
         layer_bytes = self.layer_bytes(steps)[:counts]  # traced lists come first (layer_bytes' contract)
         lists = layer_lists_of(steps, layer_bytes)
         start = ListPlacement(tuple((key, cal.baseline.get(key)) for key in traced))
-        cal.memory = memory_correction(
-            _memory_reading(steps), lists, start, limit_bytes=self.memory_limit_bytes(steps[-1]),
-            predicted_peak_bytes=self.predicted_peak_bytes(steps[-1]))
-        m, others = cal.memory, self.others_bytes(steps[-1])  # the log speaks of this process alone
+        total = steps[-1].device_total_bytes
+        others = self.others_bytes(total)  # the log speaks of this process alone
+        cal.memory = replace(memory_correction(
+            _memory_reading(steps), lists, start, limit_bytes=self.memory_limit_bytes(total),
+            predicted_peak_bytes=self.predicted_peak_bytes(total)), others_bytes=others)
+        m = cal.memory
         logger().info("[autoperf] memory at the start placement: this process peaked at %s (the startup model "
                       "said %s) of %s it may use; keeping the measured fragmentation %s free, %s can hold resident "
                       "layers and prefetch buffers", gib(m.measured_peak_bytes - others, 2),
@@ -491,23 +530,23 @@ class WorkerTuner:
                           cal.baseline.label())
         return placements
 
-    def others_bytes(self, trace: StepTrace) -> int:
-        """What other processes held on the card when the plan was made (0 where unknown)."""
-        free_at_start = getattr(self.plan, "free_bytes_at_start", None)
-        return max(0, trace.device_total_bytes - int(free_at_start)) if free_at_start else 0
+    def others_bytes(self, total: int) -> int:
+        """What other processes held on a card of `total` bytes when the plan was made (0 where unknown)."""
+        free_at_start = self._free_at_start()
+        return max(0, total - int(free_at_start)) if free_at_start else 0
 
-    def memory_limit_bytes(self, trace: StepTrace) -> int:
+    def memory_limit_bytes(self, total: int) -> int:
         """The real limit, in the frame of the card's whole use (other processes included): the
         card, or what other processes held when the plan was made plus the user's budget."""
         budget = getattr(self.plan, "budget_bytes", None)
-        if not budget or not getattr(self.plan, "free_bytes_at_start", None):
-            return trace.device_total_bytes
-        return min(trace.device_total_bytes, self.others_bytes(trace) + int(budget))
+        if not budget or not self._free_at_start():
+            return total
+        return min(total, self.others_bytes(total) + int(budget))
 
-    def predicted_peak_bytes(self, trace: StepTrace) -> int:
+    def predicted_peak_bytes(self, total: int) -> int:
         """The startup model's peak for the start placement, in the same frame as the limit."""
         predicted = int(((getattr(self.plan, "plan", None) or {}).get("predicted") or {}).get("vram_bytes") or 0)
-        return predicted + self.others_bytes(trace)
+        return predicted + self.others_bytes(total)
 
     def _rollback(self, cal: Calibration, exc: BaseException) -> None:
         import torch
@@ -582,6 +621,12 @@ def _memory_reading(steps: list[StepTrace]) -> MemoryReading:
     return MemoryReading(reserved_peak_bytes=max(s.peak_reserved_bytes for s in steps),
                          allocated_peak_bytes=max(s.peak_allocated_bytes for s in steps),
                          non_allocator_bytes=max(0, last.device_used_bytes - last.reserved_bytes))
+
+
+def _device_total_bytes() -> int:
+    import torch
+
+    return int(torch.cuda.mem_get_info()[1])
 
 
 def _first_list(placement: "Placement | ListPlacement") -> Placement:

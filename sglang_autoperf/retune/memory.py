@@ -16,7 +16,7 @@ model had predicted 15.9 GiB for a placement that peaked at 13.8 GiB.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Sequence
 
 from sglang_autoperf.retune.lists import LayerList, ListPlacement, fill_resident, placed_bytes
@@ -66,6 +66,9 @@ class MemoryCorrection:
     fixed_bytes: int  # measured peak - the placement's placed bytes: what every placement carries
     margin_bytes: int  # measured fragmentation at the reading
     placement: dict[str, Any]  # the measured ListPlacement (to_dict)
+    # what other processes held on the card at the reading (in fixed_bytes): a later start beside
+    # more or less of them moves fixed_bytes by the difference (`beside`)
+    others_bytes: int = 0
 
     @property
     def correction_bytes(self) -> int:
@@ -83,6 +86,11 @@ class MemoryCorrection:
     def fits(self, lists: Sequence[LayerList], placement: ListPlacement) -> bool:
         return self.peak_of(lists, placement) + self.margin_bytes <= self.limit_bytes
 
+    def beside(self, others_bytes: int, limit_bytes: int) -> "MemoryCorrection":
+        """The same process beside `others_bytes` of other processes, under `limit_bytes`."""
+        return replace(self, fixed_bytes=self.fixed_bytes - self.others_bytes + int(others_bytes),
+                       others_bytes=int(others_bytes), limit_bytes=int(limit_bytes))
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
@@ -90,13 +98,15 @@ class MemoryCorrection:
     def from_dict(cls, d: Any) -> "MemoryCorrection":
         """Strict (a cache entry is data from disk): exact fields, whole byte counts, a placement."""
         names = ("limit_bytes", "predicted_peak_bytes", "measured_peak_bytes", "fixed_bytes", "margin_bytes")
-        if not isinstance(d, dict) or set(d) != set(names) | {"placement"}:
-            raise ValueError(f"memory correction {d!r} does not have exactly the fields {', '.join(names)}, placement")
+        if not isinstance(d, dict) or not set(names) | {"placement"} <= set(d) <= set(names) | {"placement", "others_bytes"}:
+            raise ValueError(f"memory correction {d!r} does not have exactly the fields {', '.join(names)}, placement"
+                             f" (and others_bytes)")
         placement = ListPlacement.from_dict(d["placement"]).to_dict()
         fixed = d["fixed_bytes"]
         if type(fixed) is not int:  # may be negative in principle (a placement model over its truth)
             raise ValueError(f"fixed_bytes {fixed!r} is not a whole number")
-        return cls(*(_whole_bytes(d, n) for n in names[:3]), fixed, _whole_bytes(d, "margin_bytes"), placement)
+        others = _whole_bytes(d, "others_bytes") if "others_bytes" in d else 0
+        return cls(*(_whole_bytes(d, n) for n in names[:3]), fixed, _whole_bytes(d, "margin_bytes"), placement, others)
 
 
 def memory_correction(reading: MemoryReading, lists: Sequence[LayerList], placement: ListPlacement, *,
