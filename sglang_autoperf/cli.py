@@ -120,7 +120,7 @@ def _cmd_plan(args) -> int:
     from sglang_autoperf.probe.model import probe_model
     from sglang_autoperf.probe.workload import Workload
     from sglang_autoperf.settings import Settings, default_cache_dir
-    from sglang_autoperf.sglang_contract import dry_run_identity
+    from sglang_autoperf.sglang_adapter.contract import dry_run_identity
     from sglang_autoperf.startup import apply_cached_tuning, plan_startup
 
     gpu = _gpu_profile(args)

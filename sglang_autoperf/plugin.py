@@ -79,7 +79,7 @@ def register() -> None:
     if reason is not None:
         _say_once(f"{reason}; the plugin stays off and sglang's own settings are in effect")
         return
-    from sglang_autoperf import sglang_binding, sglang_contract
+    from sglang_autoperf.sglang_adapter import binding as sglang_binding, contract as sglang_contract
 
     run, note = newer_sglang_note(_installed_sglang(), sglang_contract.contract_problems)
     if note:

@@ -17,7 +17,7 @@ from sglang_autoperf.probe.workload import workload_for
 from sglang_autoperf.retune.schedule import (
     BASELINE_STEPS, MAX_WARMUP_S, STEPS_PER_TRIAL, calibration_steps, warmup_candidates)
 from sglang_autoperf.settings import Settings
-from sglang_autoperf.sglang_contract import PLACEMENT_KNOB_FLAGS
+from sglang_autoperf.sglang_adapter.contract import PLACEMENT_KNOB_FLAGS
 from sglang_autoperf.trace import PLACEMENT_KNOBS, placement_problem
 from sglang_autoperf.units import gib
 

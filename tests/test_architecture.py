@@ -1,13 +1,13 @@
 """The package's import graph points only down the pipeline, and has no cycle.
 
 Floors, bottom to top (a module may import its own floor or lower, never higher):
-  0  log, trace (plain data), settings, plan/budget (the user's text, parsed), sglang_contract
+  0  log, trace (plain data), units, settings, plan/budget (the user's text, parsed), sglang_adapter.contract and .models
      (what sglang is: fields, hook targets, the offload manager)
   1  probe/, demo_model
   2  plan/, retune/ (pure: costs, plans, candidates, decisions, the calibration schedule)
   3  cache, report
   4  startup, measure/ (orchestration: startup planning; the monitor and the live tuner)
-  5  sglang_binding (where sglang calls us: hooks, the plan into ServerArgs, the worker's attach)
+  5  sglang_adapter.binding (where sglang calls us: hooks, the plan into ServerArgs, the worker's attach)
   6  plugin, cli (entry points)
 Every import counts, also one inside a function: a late import hides an edge, it does not remove it.
 """
@@ -21,13 +21,14 @@ PACKAGE = Path(__file__).resolve().parents[1] / "sglang_autoperf"
 FLOORS = [  # most specific first
     ("sglang_autoperf.plan.budget", 0),
     ("sglang_autoperf.plugin", 6), ("sglang_autoperf.cli", 6),
-    ("sglang_autoperf.sglang_binding", 5),
+    ("sglang_autoperf.sglang_adapter.binding", 5),
     ("sglang_autoperf.startup", 4), ("sglang_autoperf.measure", 4),
     ("sglang_autoperf.cache", 3), ("sglang_autoperf.report", 3),
     ("sglang_autoperf.plan", 2), ("sglang_autoperf.retune", 2),
     ("sglang_autoperf.probe", 1), ("sglang_autoperf.demo_model", 1), ("sglang_autoperf.kernels", 1),
     ("sglang_autoperf.settings", 0), ("sglang_autoperf.log", 0), ("sglang_autoperf.units", 0), ("sglang_autoperf.trace", 0),
-    ("sglang_autoperf.sglang_contract", 0), ("sglang_autoperf.sglang_models", 0), ("sglang_autoperf", 0),
+    ("sglang_autoperf.sglang_adapter.contract", 0), ("sglang_autoperf.sglang_adapter.models", 0),
+    ("sglang_autoperf.sglang_adapter", 0), ("sglang_autoperf", 0),
 ]
 
 

@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from sglang_autoperf import sglang_contract as sa
+from sglang_autoperf.sglang_adapter import contract as sa
 from sglang_autoperf.cache import COMPILE_OBJECTIVE, TuningCache, TuningResult, tuning_key
 from sglang_autoperf.measure.compile_check import CompileChecker, NoCompiledModule
 from sglang_autoperf.report import format_calibration_table

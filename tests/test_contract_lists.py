@@ -6,7 +6,7 @@ what sglang's managers really keep."""
 import pytest
 import torch
 
-from sglang_autoperf import sglang_contract as sa
+from sglang_autoperf.sglang_adapter import contract as sa
 from sglang_autoperf.retune.lists import LayerList, ListPlacement, buffer_bytes, list_key, resident_bytes
 from sglang_autoperf.trace import Placement
 from test_sglang_contract import _HostDevice  # the host-answering device module sglang's own unit tests use

@@ -5,7 +5,7 @@ import dataclasses
 
 import pytest
 
-from sglang_autoperf import sglang_contract as contract
+from sglang_autoperf.sglang_adapter import contract as contract
 from sglang_autoperf.plan import layout as L
 
 # Enough heads for every degree tried here: the head rule is a runtime assertion in sglang's

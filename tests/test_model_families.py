@@ -135,7 +135,7 @@ def families_root(tmp_path_factory) -> str:
 
 
 def test_every_dit_class_is_read_or_excluded_with_a_reason():
-    from sglang_autoperf.sglang_models import dit_classes
+    from sglang_autoperf.sglang_adapter.models import dit_classes
 
     registered = set(dit_classes())
     read = set(BUILT) | set(PUBLISHED)
@@ -148,7 +148,7 @@ def test_every_dit_class_is_read_or_excluded_with_a_reason():
 @pytest.mark.parametrize("dit_class", sorted(c for c, why in EXCLUDED.items() if why in (_NO_LISTS, _COMPUTED)))
 def test_excluded_for_their_layer_names_really_are(dit_class):
     """The reason is sglang's class itself: no layer_names declared, or computed at construction."""
-    from sglang_autoperf.sglang_models import declared_layer_names, dit_class as load
+    from sglang_autoperf.sglang_adapter.models import declared_layer_names, dit_class as load
 
     assert declared_layer_names(load(dit_class)) == ()
 

@@ -175,7 +175,7 @@ def test_wrap_finds_the_pre_hooks_of_sglangs_own_register_forward_hooks():
     breaks when sglang changes how it hooks its layers."""
     from sglang.multimodal_gen.runtime.managers.memory_managers.layerwise_offload import LayerwiseOffloadManager
 
-    from sglang_autoperf import sglang_contract as sa
+    from sglang_autoperf.sglang_adapter import contract as sa
 
     model = Blocks(3)
     manager = SimpleNamespace(enabled=True, model=model, layers_attr_str="blocks", _forward_hooks=[])

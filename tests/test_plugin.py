@@ -5,7 +5,8 @@ import logging
 
 import pytest
 
-from sglang_autoperf import plugin, sglang_binding, sglang_contract
+from sglang_autoperf import plugin
+from sglang_autoperf.sglang_adapter import binding as sglang_binding, contract as sglang_contract
 from sglang_autoperf.settings import Settings, SettingsError, parse_switch
 
 

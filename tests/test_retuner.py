@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from sglang_autoperf.trace import LayerTiming, PassTrace, Placement, StepTrace, TraceRecording
-from sglang_autoperf.sglang_contract import streamed_layers
+from sglang_autoperf.sglang_adapter.contract import streamed_layers
 from sglang_autoperf.retune.retuner import (
     all_resident_note,
     calibration_budget,

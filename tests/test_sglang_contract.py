@@ -1,4 +1,4 @@
-"""Contract tests: what sglang_contract.py (and the binding over it) assumes of sglang 0.5.23, checked against the installed
+"""Contract tests: what sglang_adapter/contract.py (and the binding over it) assumes of sglang 0.5.23, checked against the installed
 sglang (hook targets, ServerArgs fields and derivations, LayerwiseOffloadManager's attributes),
 and that the main process and the workers key the tuning cache alike."""
 from __future__ import annotations
@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from sglang_autoperf import sglang_contract as sa
+from sglang_autoperf.sglang_adapter import contract as sa
 
 TARGETS = [name for name in dir(sa) if name.startswith("TARGET_")]
 
@@ -154,7 +154,7 @@ def test_startup_and_worker_build_the_same_key(server_args, tmp_path, monkeypatc
     """The main process looks the cache up with the identity of the ServerArgs as the plan leaves
     them; a worker (which receives them pickled) must build the same identity, on 2 GPUs where the
     plan changes the layout."""
-    from sglang_autoperf import sglang_binding as binding
+    from sglang_autoperf.sglang_adapter import binding as binding
     from sglang_autoperf.settings import Settings
     from sglang_autoperf.startup import StartupPlan
 

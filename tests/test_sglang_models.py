@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from sglang_autoperf import sglang_models as sm
+from sglang_autoperf.sglang_adapter import models as sm
 
 pytest.importorskip("sglang.multimodal_gen.registry")
 

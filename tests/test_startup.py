@@ -171,7 +171,7 @@ def test_no_gpu_steps_aside(tmp_path):
 
 
 def test_apply_changes_never_touches_pinned_flags(server_args):
-    from sglang_autoperf.sglang_contract import apply_changes
+    from sglang_autoperf.sglang_adapter.contract import apply_changes
 
     sa = server_args("--text-encoder-cpu-offload", "true")
     assert sa.is_arg_explicitly_set("text_encoder_cpu_offload")
@@ -185,7 +185,7 @@ def test_apply_changes_never_touches_pinned_flags(server_args):
 
 
 def test_apply_changes_rederives_layerwise_components(server_args):
-    from sglang_autoperf.sglang_contract import apply_changes
+    from sglang_autoperf.sglang_adapter.contract import apply_changes
 
     sa = server_args()
     apply_changes(sa, [{"setting": "dit_layerwise_offload", "before": False, "after": True, "reason": "r"},
@@ -200,7 +200,7 @@ def test_apply_changes_rederives_layerwise_components(server_args):
 
 
 def test_apply_changes_rejects_unknown_fields(server_args):
-    from sglang_autoperf.sglang_contract import apply_changes
+    from sglang_autoperf.sglang_adapter.contract import apply_changes
 
     with pytest.raises(ValueError, match="unknown ServerArgs field"):
         apply_changes(server_args(), [{"setting": "no_such", "before": 1, "after": 2, "reason": "r"}], pinned=set())

@@ -11,7 +11,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from sglang_autoperf import sglang_contract as sa
+from sglang_autoperf.sglang_adapter import contract as sa
 from sglang_autoperf.cache import TuningResult
 from sglang_autoperf.measure import live
 from sglang_autoperf.trace import PLACEMENT_KNOBS, Placement, StepStats

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, replace
 from importlib import metadata
 from typing import Any, Callable
 
-from sglang_autoperf import sglang_contract as sa
+from sglang_autoperf.sglang_adapter import contract as sa
 from sglang_autoperf.cache import COMPILE_OBJECTIVE, TuningCache, TuningResult, format_when, shape_bucket, tuning_key
 from sglang_autoperf.measure.compile_check import CompileChecker
 from sglang_autoperf.measure.monitor import OverlapMonitor
@@ -718,7 +718,7 @@ def _restore_compiled(checker) -> None:
 
 class LiveRun:
     """What one worker process measures: a WorkerTuner (offloaded DiT), or a CompileChecker (a
-    compile this plugin turned on), or nothing. sglang_binding owns the process's instance and
+    compile this plugin turned on), or nothing. sglang_adapter.binding owns the process's instance and
     registers its two `around_*` methods; after an error of ours, both are None for good."""
 
     def __init__(self) -> None:

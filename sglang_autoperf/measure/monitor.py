@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from time import perf_counter_ns
 from typing import Any
 
-from sglang_autoperf import sglang_contract as sa
+from sglang_autoperf.sglang_adapter import contract as sa
 from sglang_autoperf.trace import LayerTiming, PassTrace, Placement, StepTrace
 
 

@@ -10,7 +10,7 @@ import bisect
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
-from sglang_autoperf.sglang_contract import prefetch_per_group, resident_per_group, streamed_layers
+from sglang_autoperf.sglang_adapter.contract import prefetch_per_group, resident_per_group, streamed_layers
 from sglang_autoperf.units import GiB
 
 # Part of every tuning cache key: bump when a prediction changes for the same inputs, so that
@@ -118,7 +118,7 @@ def layer_costs(dit, family: str, tokens: int, text_tokens: int, flops_per_s: fl
     return out
 
 
-# --- residency layout: how sglang turns the flags into counts per list is sglang_contract's -------
+# --- residency layout: how sglang turns the flags into counts per list: sglang_adapter.contract
 
 def prefetch_buffer_layers(prefetch: int, policy: str) -> int:
     """Streamed layers on the card at once: `leading` issues a batch of P at every P-th layer

@@ -24,7 +24,7 @@ from typing import Any, Iterable, Mapping
 
 from sglang_autoperf.plan import cost
 from sglang_autoperf.probe.gpu import GpuProfile
-from sglang_autoperf.sglang_contract import RING_ATTENTION_BACKENDS
+from sglang_autoperf.sglang_adapter.contract import RING_ATTENTION_BACKENDS
 from sglang_autoperf.units import gib
 
 # NVLink bandwidth per link and direction by generation (NVIDIA datasheets: A100 NVLink3 12 links

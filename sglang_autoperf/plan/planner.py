@@ -16,7 +16,7 @@ from typing import Any
 from sglang_autoperf.plan import cost
 from sglang_autoperf.plan import layout as layout_model
 from sglang_autoperf.plan.objective import placement_objective
-from sglang_autoperf.sglang_contract import prefetch_per_group, resident_per_group
+from sglang_autoperf.sglang_adapter.contract import prefetch_per_group, resident_per_group
 from sglang_autoperf.units import gib
 
 # torch.compile: families with measured eager->compiled wins at served shapes (SGLang Diffusion

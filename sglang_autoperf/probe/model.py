@@ -13,7 +13,7 @@ import struct
 from dataclasses import asdict, dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
-from ..sglang_models import (
+from ..sglang_adapter.models import (
     DIT_COMPONENTS,
     DitLayout,
     SglangModel,

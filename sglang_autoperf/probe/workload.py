@@ -37,7 +37,7 @@ def workload_for(model, width: int, height: int, num_frames: int = 1, steps: int
 
     if guidance_scale is None:
         cfg = model.cfg_default
-    else:  # guidance-distilled families embed the scale; it never adds a pass (sglang_models says which)
+    else:  # guidance-distilled families embed the scale; it never adds a pass (sglang_adapter.models says which)
         cfg = bool(getattr(model, "guidance_is_cfg", False)) and guidance_scale > 1.0
     passes = 2 if cfg and not cfg_parallel else 1
     return Workload(

@@ -21,7 +21,7 @@ from sglang_autoperf.plan.cost import (
     dit_placed_bytes,
     simulate_step,
 )
-from sglang_autoperf.sglang_contract import prefetch_per_group, resident_per_group
+from sglang_autoperf.sglang_adapter.contract import prefetch_per_group, resident_per_group
 from sglang_autoperf.units import gib
 
 OBJECTIVES = ("speed", "memory")

@@ -48,7 +48,7 @@ def _manager(lifetime="forward", layers=8, width=1024):
 
 
 def test_placement_changes_between_forwards_are_bit_exact():
-    from sglang_autoperf import sglang_contract as sa
+    from sglang_autoperf.sglang_adapter import contract as sa
 
     manager, forward_matches = _manager()
     assert forward_matches()
@@ -59,7 +59,7 @@ def test_placement_changes_between_forwards_are_bit_exact():
 
 
 def test_pinned_knobs_hold_and_disable_restores_on_the_gpu(tmp_path, monkeypatch):
-    from sglang_autoperf import sglang_contract as sa
+    from sglang_autoperf.sglang_adapter import contract as sa
     from sglang_autoperf.measure import live
     from sglang_autoperf.trace import Placement
     from sglang_autoperf.settings import Settings
@@ -82,7 +82,7 @@ def test_pinned_knobs_hold_and_disable_restores_on_the_gpu(tmp_path, monkeypatch
 
 
 def test_permanent_lifetime_is_refused_before_any_change():
-    from sglang_autoperf import sglang_contract as sa
+    from sglang_autoperf.sglang_adapter import contract as sa
 
     manager, forward_matches = _manager("permanent")
     assert "permanent" in sa.managers_live_blocker({"transformer": [manager]})

@@ -29,7 +29,7 @@ def register():
         return
     from sglang.multimodal_gen.runtime.platforms.plugins import HookRegistry, HookType
 
-    from sglang_autoperf.sglang_contract import TARGET_DENOISE_LOOP, TARGET_DENOISE_STEP, TARGET_WORKER_INIT
+    from sglang_autoperf.sglang_adapter.contract import TARGET_DENOISE_LOOP, TARGET_DENOISE_STEP, TARGET_WORKER_INIT
 
     HookRegistry.register(TARGET_WORKER_INIT, _after_worker_init, HookType.AFTER)
     HookRegistry.register(TARGET_DENOISE_LOOP, _around_loop, HookType.AROUND)
@@ -46,7 +46,7 @@ def _after_worker_init(result, worker, *args, **kwargs):
     out_dir = os.environ.get(OUT_ENV, "/tmp/sweep")
     os.makedirs(out_dir, exist_ok=True)
     try:
-        from sglang_autoperf import sglang_contract as sa
+        from sglang_autoperf.sglang_adapter import contract as sa
 
         managers = sa.offload_managers(sa.worker_pipeline(worker))
         if not managers:
@@ -108,7 +108,7 @@ class Sweep:
     def __init__(self, managers: dict, schedule: dict, out_dir: str):
         import torch
 
-        from sglang_autoperf import sglang_contract as sa
+        from sglang_autoperf.sglang_adapter import contract as sa
         from sglang_autoperf.measure.monitor import OverlapMonitor
         from sglang_autoperf.retune.lists import LayerList, list_key
 

@@ -2,7 +2,7 @@
 PYTHONPATH (tests/conftest.py, sglang_env) by the dist-info beside this folder.
 
 1. CPU compatibility: the same routing the autoperf plugin applies when it is on
-   (sglang_autoperf.sglang_binding.register_cpu_fallbacks), so runs with the plugin OFF work on
+   (sglang_autoperf.sglang_adapter.binding.register_cpu_fallbacks), so runs with the plugin OFF work on
    a CPU machine too. It only acts where the original op raised on CPU tensors.
 2. AUTOPERF_TEST_DUMP_DIR: each worker writes the ServerArgs it received to
    <dir>/server_args_rank<N>.json, so tests compare the effective settings of runs.
@@ -48,8 +48,8 @@ def _dump_worker_args(result, worker, *args, **kwargs):
 def register():
     from sglang.multimodal_gen.runtime.platforms.plugins import HookRegistry, HookType
 
-    from sglang_autoperf.sglang_binding import register_cpu_fallbacks
-    from sglang_autoperf.sglang_contract import TARGET_WORKER_INIT
+    from sglang_autoperf.sglang_adapter.binding import register_cpu_fallbacks
+    from sglang_autoperf.sglang_adapter.contract import TARGET_WORKER_INIT
 
     register_cpu_fallbacks()
     HookRegistry.register(TARGET_WORKER_INIT, _dump_worker_args, HookType.AFTER)

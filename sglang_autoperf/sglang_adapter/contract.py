@@ -5,7 +5,7 @@ what moved; tests/test_sglang_contract.py checks each assumption against the ins
 
 It sits at the bottom of the package: it imports nothing of ours, and everything
 that needs sglang's meaning (startup, measure, the binding) calls down into it. Where sglang calls
-*us*, see sglang_binding.py.
+*us*, see sglang_adapter/binding.py.
 """
 from __future__ import annotations
 

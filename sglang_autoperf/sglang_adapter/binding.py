@@ -11,7 +11,7 @@ import copy
 import functools
 from typing import Any, Callable
 
-from sglang_autoperf import sglang_contract as sc
+from sglang_autoperf.sglang_adapter import contract as sc
 from sglang_autoperf.log import logger, step_aside
 from sglang_autoperf.measure import live
 from sglang_autoperf.settings import Settings
