@@ -107,6 +107,7 @@ class WorkerTuner:
         # what an error of ours calls: the owning LiveRun steps aside (restore, stop, one line)
         self.give_up = give_up or (lambda what, exc: step_aside(f"live tuning ({what})", exc))
         self.results: dict[str, Any] = {}  # bucket -> TuningResult
+        self.fitted: dict[str, Any] = {}  # bucket -> what of a cached result fits this start (_fitting), once
         self.calibration: Calibration | None = None
         self.request: dict[str, Any] | None = None
         # layer list key (component.list) -> its manager; FLUX.1: double and single blocks; Wan2.2:
@@ -275,7 +276,9 @@ class WorkerTuner:
             if result is not None:
                 self.results[bucket] = result
         if result is not None:
-            before, target = self.placement(), self._fitting(bucket, result)
+            if bucket not in self.fitted:
+                self.fitted[bucket] = self._fitting(bucket, result)
+            before, target = self.placement(), self.fitted[bucket]
             if target is None:
                 return
             self.apply(target)  # pinned knobs stay; lists already there are not touched
