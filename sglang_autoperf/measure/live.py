@@ -506,8 +506,9 @@ class WorkerTuner:
         the traced steps never ran (Wan2.2's expert for the other noise levels) keep their placement
         and count in the measured fixed use."""
         steps = cal.traces[cal.baseline]
-        traced = [list_key(c, name) for c, name, _ in layer_lists(steps)]
-        counts = sum(n for _, _, n in layer_lists(steps))
+        in_steps = layer_lists(steps)
+        traced = [list_key(c, name) for c, name, _ in in_steps]
+        counts = sum(n for _, _, n in in_steps)
         layer_bytes = self.layer_bytes(steps)[:counts]  # traced lists come first (layer_bytes' contract)
         lists = layer_lists_of(steps, layer_bytes)
         start = ListPlacement(tuple((key, cal.baseline.get(key)) for key in traced))

@@ -105,8 +105,6 @@ class ModelProfile:
         return "video" in self.task
 
 
-_DIT_COMPONENTS = DIT_COMPONENTS
-
 # Bits per element of every safetensors dtype (sub-byte ones are packed).
 _DTYPE_BITS = {
     "F64": 64, "F32": 32, "F16": 16, "BF16": 16, "C64": 64, "F8_E4M3": 8, "F8_E5M2": 8, "F8_E8M0": 8,
@@ -521,7 +519,7 @@ def _configs(root: Path, comps: dict[str, tuple[str, str]], fp_parts: dict) -> d
                 fp_parts["components"][name] = {"config": _norm(_read_json(sched, "a scheduler config"))}
             continue
         cfg = d / "config.json"
-        if os.path.lexists(cfg) or name in _DIT_COMPONENTS:  # the DiT's config is required
+        if os.path.lexists(cfg) or name in DIT_COMPONENTS:  # the DiT's config is required
             configs[name] = _read_json(cfg, f"the config of {lib}.{cls}")
     return configs
 
@@ -546,7 +544,7 @@ def _check_layer_counts(config, where: Path) -> None:
 
 def _component_precision(name: str, model: SglangModel) -> str:
     """sglang's run-time precision of a component (its PipelineConfig's *_precision fields)."""
-    if name in _DIT_COMPONENTS:
+    if name in DIT_COMPONENTS:
         return model.dit_precision
     if name == "vae":
         return model.vae_precision
@@ -616,7 +614,7 @@ def _profile_components(root: Path, comps: dict[str, tuple[str, str]], configs: 
             name=name, library=lib, class_name=cls, params=sum(t.numel for t in tensors.values()),
             dtype=_PRECISION_NAMES[precision], bytes=sum(_runtime_bytes(t, precision) for t in tensors.values()),
             source="weights" if files else "config")
-        if name in _DIT_COMPONENTS:
+        if name in DIT_COMPONENTS:
             dits[name] = _dit_profile(name, cls, model, configs[name], d / "config.json", tensors, latent,
                                       "video" in model.task)
         fp_parts["components"][name] = {
@@ -637,8 +635,8 @@ def probe_model(path: str | os.PathLike, model_id: str | None = None, backend: s
     configs = _configs(root, comps, fp_parts)
     read = _read_weights(root, configs)
     model = _resolve(index_path, str(index["_class_name"]), model_id, backend)
-    if not any(k in _DIT_COMPONENTS for k in comps):
-        raise ModelProbeError(f"{index_path}: names no {' or '.join(_DIT_COMPONENTS)}; expected the "
+    if not any(k in DIT_COMPONENTS for k in comps):
+        raise ModelProbeError(f"{index_path}: names no {' or '.join(DIT_COMPONENTS)}; expected the "
                               "diffusion transformer among the components")
     vae_cfg = configs.get("vae")
     if vae_cfg is None:
