@@ -263,3 +263,60 @@ def reference_decode(rec: CompressedTensor) -> torch.Tensor:
     sm = rec.sign_mantissa.to(torch.int32)
     bits = ((sm & 0x80) << 8) | (exponent << 7) | (sm & 0x7F)
     return bits.to(torch.int16).view(torch.bfloat16).reshape(rec.shape)
+
+
+# --------------------------------------------------------------------------- one buffer per tensor
+
+@dataclass(frozen=True)
+class PackedLayout:
+    """Where a record's arrays sit in one uint8 buffer (one host-to-device copy per tensor):
+    sign_mantissa, codes, then the escape index (aligned for its dtype) and escape exponents."""
+
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+    table: tuple[int, ...]
+    numel: int
+    escapes: int
+    index_dtype: torch.dtype
+
+    @property
+    def codes_at(self) -> int:
+        return self.numel
+
+    @property
+    def index_at(self) -> int:
+        width = torch.empty((), dtype=self.index_dtype).element_size()
+        end = self.codes_at + (self.numel + 1) // 2
+        return -(-end // width) * width
+
+    @property
+    def exponent_at(self) -> int:
+        return self.index_at + self.escapes * torch.empty((), dtype=self.index_dtype).element_size()
+
+    @property
+    def nbytes(self) -> int:
+        return self.exponent_at + self.escapes
+
+
+def packed_layout(rec: CompressedTensor) -> PackedLayout:
+    return PackedLayout(rec.shape, rec.dtype, rec.table, rec.numel, rec.escape_index.numel(), rec.escape_index.dtype)
+
+
+def pack_into(rec: CompressedTensor, out: torch.Tensor) -> PackedLayout:
+    """Copy a record's arrays into `out` (uint8, at least the layout's nbytes, on the record's device)."""
+    layout = packed_layout(rec)
+    if out.dtype != torch.uint8 or out.numel() < layout.nbytes:
+        raise ValueError(f"pack_into needs uint8[{layout.nbytes}]; got {out.dtype}[{out.numel()}]")
+    out[:layout.codes_at].copy_(rec.sign_mantissa)
+    out[layout.codes_at:layout.codes_at + rec.codes.numel()].copy_(rec.codes)
+    out[layout.index_at:layout.exponent_at].copy_(rec.escape_index.view(torch.uint8))
+    out[layout.exponent_at:layout.nbytes].copy_(rec.escape_exponent)
+    return layout
+
+
+def from_packed(buf: torch.Tensor, layout: PackedLayout) -> CompressedTensor:
+    """The record over a packed buffer's bytes (views, no copy), on the buffer's device."""
+    return CompressedTensor(layout.shape, layout.dtype, layout.table, buf[:layout.codes_at],
+                            buf[layout.codes_at:layout.codes_at + (layout.numel + 1) // 2],
+                            buf[layout.index_at:layout.exponent_at].view(layout.index_dtype),
+                            buf[layout.exponent_at:layout.nbytes])

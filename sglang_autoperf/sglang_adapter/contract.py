@@ -588,19 +588,30 @@ def wrap_layer_pre_hooks(manager, layers: list, make_wrapper: Callable) -> Calla
 
 def wrap_manager_prefetch(manager, make_wrapper: Callable) -> bool:
     """Route this manager's `prefetch_layer(i, ...)` through `make_wrapper(original)` (called as
-    wrapper(i, ...); `original` is the class's method: original(manager, i, ...)) until
+    wrapper(i, ...); `original` is called as original(manager, i, ...)) until
     `unwrap_manager_prefetch`. sglang's hooks call `self.prefetch_layer`, so an instance
-    attribute shadows the method for this manager alone; the class is never patched. False (and
-    nothing done) for a manager without the method."""
+    attribute shadows the method for this manager alone; the class is never patched. Wrappers
+    stack: `original` is the wrapper already there (the compressed store's, under the monitor's),
+    else the class's method; unwrapping puts that one back. False (and nothing done) for a manager
+    without the method."""
+    below = manager.__dict__.get("prefetch_layer")
     original = getattr(type(manager), "prefetch_layer", None)
     if original is None:
         return False
-    manager.prefetch_layer = make_wrapper(original)
+    if below is not None:
+        def original(_manager, *args, **kwargs):
+            return below(*args, **kwargs)
+    wrapper = make_wrapper(original)
+    wrapper.autoperf_below = below
+    manager.prefetch_layer = wrapper
     return True
 
 
 def unwrap_manager_prefetch(manager) -> None:
-    manager.__dict__.pop("prefetch_layer", None)
+    wrapper = manager.__dict__.pop("prefetch_layer", None)
+    below = getattr(wrapper, "autoperf_below", None)
+    if below is not None:
+        manager.prefetch_layer = below
 
 
 def manager_prefetch_events(manager) -> dict:
@@ -696,3 +707,130 @@ def dry_run_identity(num_gpus: int, performance_mode: str) -> dict[str, Any] | N
 def worker_pipeline(worker):
     return worker.pipeline
 
+
+# -- a layer's host store held compressed (issue 18) ----------------------------------------------
+# sglang 0.5.23's LayerwiseOffloadManager keeps an offloaded layer's contiguous weights as one flat
+# host buffer per dtype (`_consolidated_cpu_weights[layer][dtype]`), each weight's slice in
+# `_weight_metadata[layer][name]` (offset, numel, shape); its prefetch_layer copies each buffer into
+# a new device buffer on `copy_stream`, points the parameters at slices of it, records the event
+# the layer's pre-hook waits on (`_prefetch_events`) and marks the layer in `_gpu_layers`. The
+# compressed store keeps a bf16 buffer as encoded bytes instead; `prefetch_layer_filling` is that
+# same prefetch with some dtypes' device buffers written by a decoder rather than copied.
+STREAMING_MANAGER_FIELDS = ("_consolidated_cpu_weights", "_weight_metadata", "_gpu_layers", "_prefetch_events",
+                            "copy_stream", "device", "get_target_with_name", "_wrap_for_target")
+# The manager's methods that read or write the flat host buffers (weight updates, checksums,
+# disable_offload's write-back, the residency report, dropping the stores): a compressed store
+# must put the raw buffers back before any of them runs.
+HOST_STORE_METHODS = ("get_cpu_weight", "iter_cpu_weights", "sync_layer_to_cpu", "sync_all_layers_to_cpu",
+                      "update_cpu_weights", "release_host_stores")
+
+
+def _offload_module():
+    from sglang.multimodal_gen.runtime.managers.memory_managers import layerwise_offload as lo
+
+    return lo
+
+
+def manager_flat_host_buffers(manager, dtype) -> dict[int, Any]:
+    """layer -> its flat host buffer of `dtype`, for the layers whose weights all live in flat
+    buffers (none left on the checkpoint mapping, none stride-preserving) on a manager that copies
+    on a stream: the layers `prefetch_layer_filling` can bring in. Empty for any other manager."""
+    if not manager.enabled or getattr(manager, "copy_stream", None) is None or manager._has_dtensor_weights:
+        return {}
+    found = {}
+    for layer, buffers in manager._consolidated_cpu_weights.items():
+        metas = manager._weight_metadata.get(layer, {}).values()
+        if dtype in buffers and metas and not any(m.get("mapped") or m.get("preserve_strides") for m in metas):
+            found[layer] = buffers[dtype]
+    return found
+
+
+def set_manager_flat_host_buffer(manager, layer_idx: int, dtype, buffer) -> None:
+    """Put a layer's flat host buffer of `dtype` in place (None: take it out, the store holds it)."""
+    buffers = manager._consolidated_cpu_weights[layer_idx]
+    if buffer is None:
+        buffers.pop(dtype, None)
+    else:
+        buffers[dtype] = buffer
+
+
+def manager_layer_needs_copy(manager, layer_idx: int) -> bool:
+    """Whether prefetch_layer(layer_idx) would bring the layer in (it is not on the device yet)."""
+    return bool(manager.enabled) and 0 <= layer_idx < manager.num_layers and layer_idx not in manager._gpu_layers
+
+
+def prefetch_layer_filling(manager, layer_idx: int, non_blocking: bool, fills: dict[Any, Callable[[], Any]]) -> None:
+    """sglang's prefetch_layer for a layer of `manager_flat_host_buffers` (see the section above),
+    where `fills[dtype]()` returns the device buffer of that dtype, written on the copy stream
+    (the decoder), and every other dtype's host buffer is copied as sglang copies it."""
+    import torch
+
+    lo = _offload_module()
+    device_module = lo.torch.get_device_module()
+    lo.finish_offload_writeback()
+    manager.copy_stream.wait_stream(device_module.current_stream())
+    buffers = {}
+    with torch.inference_mode(False), torch.no_grad(), device_module.stream(manager.copy_stream):
+        for dtype, host in manager._consolidated_cpu_weights[layer_idx].items():
+            if dtype not in fills:
+                buffers[dtype] = torch.empty(host.shape, dtype=dtype, device=manager.device)
+                buffers[dtype].copy_(host, non_blocking=non_blocking)
+        for dtype, fill in fills.items():
+            buffers[dtype] = fill()
+        for name, meta in manager._weight_metadata[layer_idx].items():
+            target = manager.get_target_with_name(name)
+            view = buffers[meta["dtype"]][meta["offset"]:meta["offset"] + meta["numel"]].view(meta["shape"])
+            target.data = manager._wrap_for_target(target, view)
+    event = device_module.Event()
+    event.record(manager.copy_stream)
+    manager._prefetch_events[layer_idx] = event
+    if not non_blocking:
+        event.synchronize()
+    manager._gpu_layers.add(layer_idx)
+
+
+def manager_device(manager):
+    return manager.device
+
+
+def guard_host_store_methods(manager, before: Callable[[], None]) -> Callable[[], None]:
+    """Call `before()` ahead of each of HOST_STORE_METHODS on this manager (instance attributes, the
+    class untouched). Returns the undo."""
+    for name in HOST_STORE_METHODS:
+        method = getattr(type(manager), name, None)
+        if method is None:
+            continue
+
+        def guarded(*args, _method=method, **kwargs):
+            before()
+            return _method(manager, *args, **kwargs)
+
+        manager.__dict__[name] = guarded
+
+    def undo() -> None:
+        for name in HOST_STORE_METHODS:
+            manager.__dict__.pop(name, None)
+
+    return undo
+
+
+
+def streaming_problems() -> list[str]:
+    """What of the compressed store's contract (the section above) the installed sglang breaks:
+    the fields and methods it uses, read from the manager's source (they are set past the
+    `enabled` check, so a manager built on a machine without a GPU has none of them)."""
+    import inspect
+
+    lo = _offload_module()
+    cls = lo.LayerwiseOffloadManager
+    try:
+        source = inspect.getsource(cls)
+    except (OSError, TypeError) as exc:
+        return [f"LayerwiseOffloadManager's source cannot be read ({type(exc).__name__})"]
+    problems = [f"LayerwiseOffloadManager never sets {name}" for name in STREAMING_MANAGER_FIELDS
+                if f"self.{name}" not in source and not callable(getattr(cls, name, None))]
+    problems += [f"LayerwiseOffloadManager has no method {name}" for name in HOST_STORE_METHODS
+                 if not callable(getattr(cls, name, None))]
+    if not callable(getattr(lo, "finish_offload_writeback", None)):
+        problems.append("layerwise offload has no finish_offload_writeback")
+    return problems
