@@ -4,11 +4,15 @@ that drift of the card cancels (issue 17, item 5).
 
     python3 benchmarks/inprocess_sweep.py --model-path /tmp/models/FLUX.1-dev-random --model-id FLUX.1-dev \
         --budgets 16GiB,24GiB --out /tmp/sweep [--width 1024 --height 1024 --time-budget 420]
+    python3 benchmarks/inprocess_sweep.py --model-path /tmp/models/Z-Image-Turbo-random --budgets 10GiB \
+        --plugin-cache /tmp/e2e/cache --plans /tmp/plans --out /tmp/sweep   # any family sglang streams
 
 1. The planner's start choice for each budget (`sglang_autoperf.cli plan --json`, the live GPU,
    before the model loads) and its memory terms.
 2. A schedule: a grid of resident counts per list (prefetch 2, strided), everything resident,
-   each planner choice and its neighbours, a few points traced by the overlap monitor.
+   each planner choice and its neighbours, a few points traced by the overlap monitor. With
+   --plugin-cache: the plugin's cached choice (what its live calibration kept) and its neighbours
+   right after everything resident, the planner's choices without neighbours.
 3. One sglang process (the Python API, as benchmarks/gen_api.py) with offload on and the
    benchmarks-only plugin under benchmarks/sweep_support, which applies each placement between
    denoising steps (sglang_contract.set_manager_placement, one manager per list) and records the
@@ -44,10 +48,13 @@ from sglang_autoperf.trace import Placement  # noqa: E402
 GiB = 1024**3
 
 
-def planner_choice(model_path: str, budget: str, width: int, height: int, steps: int) -> dict:
+def planner_choice(model_path: str, budget: str, width: int, height: int, steps: int,
+                   model_id: str | None = None) -> dict:
     """The plan the plugin would start from under `budget` (its CLI, on the live GPU)."""
     cmd = [sys.executable, "-m", "sglang_autoperf.cli", "plan", "--model-path", model_path, "--vram-budget", budget,
            "--width", str(width), "--height", str(height), "--steps", str(steps), "--json"]
+    if model_id:
+        cmd += ["--model-id", model_id]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     start = out.stdout.find("{")
     if start < 0:
@@ -55,11 +62,38 @@ def planner_choice(model_path: str, budget: str, width: int, height: int, steps:
     return json.loads(out.stdout[start:])
 
 
-def layer_lists(model_path: str) -> tuple[list[LayerList], int]:
+def layer_lists(model_path: str, model_id: str | None = None) -> tuple[list[LayerList], int]:
     from sglang_autoperf.probe.model import probe_model
 
-    dit = probe_model(model_path).dit
+    dit = probe_model(model_path, model_id).dit
     return [LayerList(list_key("transformer", g.name), tuple(g.block_bytes)) for g in dit.block_groups], dit.non_block_bytes
+
+
+def load_plans(path: str, names: list[str]) -> dict[str, dict]:
+    """Plans written beforehand (`sglang_autoperf.cli plan --json` per budget, e.g. while the card was
+    busy with another process): {budget: plan}; a budget missing there is planned now."""
+    with open(path) as f:
+        plans = json.load(f)
+    if not isinstance(plans, dict) or not all(isinstance(plans.get(b, {}), dict) for b in names):
+        raise ValueError(f"{path}: not a map of budget -> plan JSON")
+    return {b: plans[b] for b in names if b in plans}
+
+
+def cached_choice(cache_dir: str, lists: list[LayerList]) -> ListPlacement | None:
+    """The placement the plugin's live calibration kept, read by the plugin's own cache
+    (cache.TuningCache: per list where it stored one, else its one placement on the single list);
+    the newest calibration, compile checks skipped. None when the folder holds no calibration."""
+    from sglang_autoperf.cache import TuningCache
+
+    results = [r for _, r in TuningCache(cache_dir).entries() if r.compiled is None]
+    if not results:
+        return None
+    chosen = results[-1].chosen()
+    if isinstance(chosen, ListPlacement):
+        return chosen
+    if len(lists) != 1:
+        raise ValueError(f"{cache_dir}: one placement cached for a DiT with {len(lists)} layer lists")
+    return ListPlacement(((lists[0].key, chosen),))
 
 
 def planned_placement(lists: list[LayerList], plan: dict) -> ListPlacement:
@@ -89,8 +123,34 @@ def _point(label: str, placement: ListPlacement, kind: str = "grid", trace: bool
     return {"label": label, "kind": kind, "lists": placement.to_dict(), "trace": trace}
 
 
-def schedule_points(lists: list[LayerList], choices: dict[str, ListPlacement], grid: int) -> list[dict]:
-    """Planner choices and neighbours first (they matter most if time runs out), then the grid."""
+PLUGIN_LABEL = "plugin's choice (cache)"
+
+
+def _near(lists: list[LayerList], label: str, choice: ListPlacement, kind: str) -> list[dict]:
+    """A choice's neighbours: each list's resident count +-1/+-2, prefetch -1/+1/+2 on every list,
+    the other policy on every list."""
+    out = []
+    for ll in lists:
+        p = choice.get(ll.key)
+        for r in (p.resident_layers - 2, p.resident_layers - 1, p.resident_layers + 1, p.resident_layers + 2):
+            if 0 <= r <= ll.count:
+                out.append(_point(f"{label} {ll.key.rsplit('.', 1)[-1]} r{r}",
+                                  choice.with_list(ll.key, Placement(r, p.prefetch_layers, p.policy)), kind))
+    first = choice.lists[0][1]
+    for f in (first.prefetch_layers - 1, first.prefetch_layers + 1, first.prefetch_layers + 2):
+        if f >= 1:
+            out.append(_point(f"{label} prefetch {f}", ListPlacement(tuple(
+                (k, Placement(p.resident_layers, f, p.policy)) for k, p in choice.lists)), kind))
+    other = "leading" if first.policy == "strided" else "strided"
+    out.append(_point(f"{label} {other}", ListPlacement(tuple(
+        (k, Placement(p.resident_layers, p.prefetch_layers, other)) for k, p in choice.lists)), kind))
+    return out
+
+
+def schedule_points(lists: list[LayerList], choices: dict[str, ListPlacement], grid: int,
+                    plugin: ListPlacement | None = None) -> list[dict]:
+    """Planner choices and neighbours first (they matter most if time runs out), then the grid.
+    With the plugin's choice: it and its neighbours first, the planner's choices without theirs."""
     points, seen = [], set()
 
     def add(p: dict) -> None:
@@ -101,26 +161,19 @@ def schedule_points(lists: list[LayerList], choices: dict[str, ListPlacement], g
 
     everything = ListPlacement(tuple((ll.key, Placement(ll.count, 1, "strided")) for ll in lists))
     add(_point("all-resident", everything, "all-resident", trace=True))
+    if plugin is not None:
+        add(_point(PLUGIN_LABEL, plugin, "plugin", trace=True))
+        for p in _near(lists, "plugin", plugin, "plugin-near"):
+            add(p)
     for name, choice in choices.items():
         add(_point(f"planner-{name}", choice, "planner", trace=True))
-        for ll in lists:
-            p = choice.get(ll.key)
-            for r in (p.resident_layers - 2, p.resident_layers - 1, p.resident_layers + 1, p.resident_layers + 2):
-                if 0 <= r <= ll.count:
-                    add(_point(f"planner-{name} {ll.key.rsplit('.', 1)[-1]} r{r}",
-                               choice.with_list(ll.key, Placement(r, p.prefetch_layers, p.policy)), "planner-near"))
-        first = choice.lists[0][1]
-        for f in (first.prefetch_layers - 1, first.prefetch_layers + 1, first.prefetch_layers + 2):
-            if f >= 1:
-                add(_point(f"planner-{name} prefetch {f}", ListPlacement(tuple(
-                    (k, Placement(p.resident_layers, f, p.policy)) for k, p in choice.lists)), "planner-near"))
-        other = "leading" if first.policy == "strided" else "strided"
-        add(_point(f"planner-{name} {other}", ListPlacement(tuple(
-            (k, Placement(p.resident_layers, p.prefetch_layers, other)) for k, p in choice.lists)), "planner-near"))
+        for p in ([] if plugin is not None else _near(lists, f"planner-{name}", choice, "planner-near")):
+            add(p)
     first, *rest = lists
-    add(_point("lowest-compute-per-byte list resident", ListPlacement(
-        ((first.key, Placement(first.count, 2, "strided")),) + tuple((ll.key, Placement(0, 4, "strided")) for ll in rest)),
-        "grid", trace=True))
+    if rest:  # with one list this point is everything resident
+        add(_point("lowest-compute-per-byte list resident", ListPlacement(
+            ((first.key, Placement(first.count, 2, "strided")),) + tuple((ll.key, Placement(0, 4, "strided"))
+                                                                         for ll in rest)), "grid", trace=True))
     steps = [sorted({round(i * ll.count / (grid - 1)) for i in range(grid)}) for ll in lists]
     for combo in _product(steps):
         add(_point("grid " + " ".join(f"r{r}" for r in combo), ListPlacement(tuple(
@@ -195,7 +248,7 @@ def _generate(args, schedule: dict, out_dir: str, server_args: dict, DiffGenerat
 
 
 def summarize(out_dir: str, lists: list[LayerList], plans: dict, choices: dict[str, ListPlacement],
-              budgets: dict[str, int], passes: int) -> dict:
+              budgets: dict[str, int], passes: int, plugin_lists: dict | None = None) -> dict:
     records = [json.loads(line) for line in open(os.path.join(out_dir, "points.jsonl"))]
     bandwidth = json.load(open(os.path.join(out_dir, "bandwidth.json")))["h2d_bytes_per_s"]
     norm = normalized_ms(records)
@@ -229,11 +282,11 @@ def summarize(out_dir: str, lists: list[LayerList], plans: dict, choices: dict[s
     between = max((r.get("between_peak_bytes", 0) for r in records), default=0)
     return {"h2d_bytes_per_s": bandwidth, "all_resident_ms": resident_ms, "passes_per_step": passes,
             "outside_denoise_reserved_peak_bytes": between, "per_budget": {
-                b: _budget_summary(rows, b, choices[b]) for b in budgets}, "points": rows,
+                b: _budget_summary(rows, b, choices[b], plugin_lists) for b in budgets}, "points": rows,
             "blocks_measured": len(records)}
 
 
-def _budget_summary(rows: list[dict], budget: str, choice: ListPlacement) -> dict:
+def _budget_summary(rows: list[dict], budget: str, choice: ListPlacement, plugin_lists: dict | None = None) -> dict:
     def brief(r):
         return None if r is None else {k: r[k] for k in ("label", "lists", "step_ms", "floor_ms", "copy_floor_ms",
                                                          "peak_bytes", "n")} | {
@@ -251,6 +304,13 @@ def _budget_summary(rows: list[dict], budget: str, choice: ListPlacement) -> dic
         out["planner_vs_best"] = planner["step_ms"] / best["step_ms"]
         out["planner_vs_best_floor"] = planner["step_ms"] / best["floor_ms"]
         out["best_vs_its_floor"] = best["step_ms"] / best["floor_ms"]
+    # found by its placement: where it is also the reference, the reference's blocks come first
+    plugin = next((r for r in rows if r["lists"] == plugin_lists), None) if plugin_lists else None
+    if plugin:  # only a sweep given the plugin's cache has these keys
+        out.update(plugin_choice=brief(plugin), plugin_fits=plugin["feasible"][budget])
+        if best:
+            out["plugin_vs_best"] = plugin["step_ms"] / best["step_ms"]
+            out["plugin_vs_best_floor"] = plugin["step_ms"] / best["floor_ms"]
     return out
 
 
@@ -273,8 +333,10 @@ def table(summary: dict, budgets: dict[str, int]) -> str:
 
 def write_summary(out_dir: str, lists: list[LayerList], plans: dict, budgets: dict[str, int], passes: int,
                   extra: dict) -> dict:
+    """`extra` with "plugin_lists" (the plugin's cached choice, ListPlacement.to_dict): its row and
+    its ratio to the best point per budget."""
     choices = {b: planned_placement(lists, plans[b]) for b in budgets}
-    summary = summarize(out_dir, lists, plans, choices, budgets, passes)
+    summary = summarize(out_dir, lists, plans, choices, budgets, passes, extra.get("plugin_lists"))
     summary.update(extra, budgets=budgets, plans={b: {"dit": p["dit"], "predicted": {
         k: v for k, v in p["predicted"].items() if k != "per_gpu"}} for b, p in plans.items()})
     with open(os.path.join(out_dir, "summary.json"), "w") as f:
@@ -289,11 +351,11 @@ def resummarize(out_dir: str, summary_path: str) -> None:
     current byte model), with the plans, budgets and run record its old summary holds."""
     old = json.load(open(summary_path))
     lists = [LayerList(k, tuple(v)) for k, v in json.load(open(os.path.join(out_dir, "bandwidth.json")))["lists"].items()]
-    extra = {k: old[k] for k in ("run", "argv", "seconds") if k in old}
+    extra = {k: old[k] for k in ("run", "argv", "seconds", "plugin_lists") if k in old}
     write_summary(out_dir, lists, old["plans"], old["budgets"], old.get("passes_per_step", 1), extra)
 
 
-def main() -> int:
+def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model-path", default=None, help="the model folder (required unless --resummarize)")
     ap.add_argument("--model-id", default=None)
@@ -304,8 +366,11 @@ def main() -> int:
     ap.add_argument("--plan-steps", type=int, default=10, help="steps of the request the planner plans for")
     ap.add_argument("--steps-per-request", type=int, default=30)
     ap.add_argument("--grid", type=int, default=6, help="resident counts per list in the grid")
-    ap.add_argument("--passes", type=int, default=1, help="DiT forward passes per step (FLUX.1-dev: 1, no CFG)")
+    ap.add_argument("--passes", type=int, default=None, help="DiT forward passes per step (default: the "
+                    "planner's, from the model's sampling defaults; FLUX.1-dev: 1, no CFG)")
     ap.add_argument("--time-budget", type=float, default=420, help="seconds for the whole script")
+    ap.add_argument("--finish-s", type=float, default=40, help="of those, kept for the request in flight at the "
+                    "deadline, the shutdown and the summary (FLUX.1-dev: 30 steps a request)")
     ap.add_argument("--server-args", default="{}")
     ap.add_argument("--focus", default=None, help="JSON file of points ({label, lists}) to measure instead of the "
                     "grid and neighbours (all-resident and the planner's choices are kept)")
@@ -313,8 +378,17 @@ def main() -> int:
                     "leaves only this much of the card free (benchmarks/ballast.py): which points really fit")
     ap.add_argument("--reference-every", type=int, default=3, help="a reference block before every N points")
     ap.add_argument("--repeat", type=int, default=3, help="with --focus: blocks per point, spread over the run")
+    ap.add_argument("--plugin-cache", default=None, help="the plugin's tuning cache folder (SGLANG_AUTOPERF_CACHE_DIR "
+                    "of a run that calibrated): its choice and neighbours are measured first, with its ratio to the best")
+    ap.add_argument("--plans", default=None, help="JSON {budget: `sglang_autoperf.cli plan --json`} written "
+                    "beforehand; budgets missing there are planned now")
     ap.add_argument("--resummarize", action="store_true", help="rebuild summary.json and table.md in --out from its "
                     "points.jsonl and old summary.json (nothing is run)")
+    return ap
+
+
+def main() -> int:
+    ap = parser()
     args = ap.parse_args()
     if args.resummarize:
         resummarize(args.out, os.path.join(args.out, "summary.json"))
@@ -326,12 +400,17 @@ def main() -> int:
     for stale in ("points.jsonl", "done", "worker.log"):
         if os.path.exists(os.path.join(args.out, stale)):
             os.remove(os.path.join(args.out, stale))
-    lists, _ = layer_lists(args.model_path)
+    lists, _ = layer_lists(args.model_path, args.model_id)
     names = [b.strip() for b in args.budgets.split(",") if b.strip()]
-    plans = {b: planner_choice(args.model_path, b, args.width, args.height, args.plan_steps) for b in names}
+    plans = load_plans(args.plans, names) if args.plans else {}
+    plans.update({b: planner_choice(args.model_path, b, args.width, args.height, args.plan_steps, args.model_id)
+                  for b in names if b not in plans})
     budgets = {b: parse_vram_budget(b, free_bytes=plans[b]["predicted"]["budget_bytes"] or 1) for b in names}
     choices = {b: planned_placement(lists, plans[b]) for b in names}
-    points = schedule_points(lists, choices, args.grid)
+    plugin = cached_choice(args.plugin_cache, lists) if args.plugin_cache else None
+    if args.plugin_cache and plugin is None:
+        print(f"[sweep] no calibration in {args.plugin_cache}: the plugin's choice is not measured", flush=True)
+    points = schedule_points(lists, choices, args.grid, plugin)
     if args.focus:
         # beside a ballast, everything resident cannot fit: only the planner's choices are kept
         points = focus_points(points, args.focus, args.repeat, ("planner",) if args.free_gib else ("all-resident", "planner"))
@@ -339,13 +418,15 @@ def main() -> int:
                 # the rest of the last request runs fast: everything resident, where no limit is set
                 "park": points[0]["lists"] if points[0]["kind"] == "all-resident" else None,
                 "neighbour_round": not args.focus, "reference_every": args.reference_every,
-                "deadline_unix": t0 + args.time_budget - 40, "trace_meta": {
+                "deadline_unix": t0 + args.time_budget - args.finish_s, "trace_meta": {
                     "workload": f"{args.width}x{args.height}, 1 frame", "model": os.path.basename(args.model_path)}}
-    print(f"[sweep] {len(points)} points planned; planner: " + "; ".join(f"{b}: {c.label()}" for b, c in choices.items()),
-          flush=True)
+    print(f"[sweep] {len(points)} points planned; planner: " + "; ".join(f"{b}: {c.label()}" for b, c in choices.items())
+          + (f"; plugin: {plugin.label()}" if plugin else ""), flush=True)
     run = run_sweep(args, schedule, args.out)
-    summary = write_summary(args.out, lists, plans, budgets, args.passes,
-                            {"run": run, "argv": sys.argv[1:], "seconds": time.time() - t0})
+    passes = args.passes or plans[names[0]].get("workload", {}).get("cfg_passes") or 1
+    extra = {"run": run, "argv": sys.argv[1:], "seconds": time.time() - t0}
+    summary = write_summary(args.out, lists, plans, budgets, passes,
+                            extra | ({"plugin_lists": plugin.to_dict()} if plugin else {}))
     for b in names:
         print(f"[sweep] {b}: " + json.dumps(summary["per_budget"][b]), flush=True)
     return 0

@@ -224,6 +224,15 @@ def write_random_dit(model_cls, config: dict, out_dir: str, *, device, dtype, st
             "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in config.items()}}
 
 
+def add_config_keys(path: str, **keys) -> None:
+    """Add keys to a written config.json (diffusers ignores keys its class does not take)."""
+    with open(path) as f:
+        config = json.load(f)
+    config.update(keys)
+    with open(path, "w") as f:
+        json.dump(config, f, indent=2, sort_keys=True)
+
+
 def _numel(shape) -> int:
     n = 1
     for d in shape:
@@ -469,6 +478,11 @@ def build_zimage(spec: Spec, out: str, a, device, t0: float) -> dict:
     info = {"transformer": write_random_dit(
         ZImageTransformer2DModel, dit_cfg, os.path.join(out, "transformer"), device=device, dtype=torch.bfloat16,
         std=a.std, seed=a.seed, max_shard_gb=a.shard_gb, writers=a.writers, t0=t0)}
+    # sglang 0.5.23's ZImageArchConfig takes every config.json key but builds from num_layers and
+    # num_attention_heads, not diffusers' n_layers / n_heads: without them the tiny build got 30
+    # heads, failed sglang's head_dim assert and fell back to diffusers (CPU `sglang generate`, 2026-11-29)
+    add_config_keys(os.path.join(out, "transformer", "config.json"),
+                    num_layers=dit_cfg["n_layers"], num_attention_heads=dit_cfg["n_heads"])
     info["vae"] = save_flux1_vae(out, a.tiny, device)
     # sglang's zimage_postprocess_text reads hidden_states[-2]: any depth >= 2 works
     info["text_encoder"] = _qwen_text_encoder(out, dit_cfg["cap_feat_dim"], max(2, a.te_layers), device)

@@ -49,6 +49,13 @@
 #                       one (cache hit); then its cached choice as a point of an in-process sweep with the
 #                       2026-11-29 sweep's best, everything resident and the planner's start (issue 17)
 #   lists24             the same at 24 GiB free (12 steps a request, 2 blocks a point)
+#   families            issue 16: two families the probe reads from sglang's registry, 1024x1024, 8 steps:
+#                       Z-Image-Turbo beside a ballast leaving ZIMAGE_FREE_GIB (10), then FLUX.2-klein-4B
+#                       leaving KLEIN_FREE_GIB (8) (budgets where the planner streams and sglang's own
+#                       defaults keep the DiT whole). Each: its random checkpoint; `sglang generate` with the
+#                       plugin (cold cache), with sglang's defaults (plugin off), with the plugin again (warm
+#                       cache, while time is left); then one in-process sweep: everything resident, the
+#                       plugin's cached choice and its neighbours, the planner's start (the reference), a grid
 # Env: BUDGET_S (seconds for the whole call, default 570); PIN_CPUS (see below).
 # Writes under $OUT: one .tar.gz per part, summary.txt (the parts' tables and key lines).
 set -uo pipefail
@@ -64,10 +71,15 @@ say() { echo "[device-call $(( $(date +%s) - T0 ))s] $*"; }
 NGPU=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU')
 say "plan $PLAN on $NGPU GPU(s): $(nvidia-smi --query-gpu=name --format=csv,noheader | sort | uniq -c | xargs)"
 
+checkpoint() {  # KEY LOG: prints the random checkpoint's folder, building it once per machine (output to LOG)
+  local m; m=$(python3 benchmarks/make_checkpoints.py "$1" --root /tmp/models --print-path | tail -1)
+  [ -f "$m/_source.json" ] || python3 benchmarks/make_checkpoints.py "$1" --root /tmp/models > "$2" 2>&1
+  echo "$m"
+}
+
 inprocess_sweep() {  # [name [flags]]: FLUX.1-dev 1024x1024, one process, many per-list placements (issue 17)
   local d=$W/${1:-sweep}; shift; mkdir -p "$d"
-  local m; m=$(python3 benchmarks/make_checkpoints.py flux.1-dev --root /tmp/models --print-path | tail -1)
-  [ -f "$m/_source.json" ] || python3 benchmarks/make_checkpoints.py flux.1-dev --root /tmp/models > "$d/build.log" 2>&1
+  local m; m=$(checkpoint flux.1-dev "$d/build.log")
   say "checkpoint: $(tail -1 "$d/build.log" 2>/dev/null)"
   CUDA_VISIBLE_DEVICES=0 $PIN python3 benchmarks/inprocess_sweep.py --model-path "$m" --model-id FLUX.1-dev \
     --budgets 16GiB,24GiB --out "$d" --time-budget "$(left)" "$@" > "$d/run.log" 2>&1
@@ -76,29 +88,44 @@ inprocess_sweep() {  # [name [flags]]: FLUX.1-dev 1024x1024, one process, many p
 }
 
 flux_checkpoint() {  # prints the FLUX.1-dev-shaped checkpoint's folder, building it once per machine
-  local m; m=$(python3 benchmarks/make_checkpoints.py flux.1-dev --root /tmp/models --print-path | tail -1)
-  [ -f "$m/_source.json" ] || python3 benchmarks/make_checkpoints.py flux.1-dev --root /tmp/models > "$W/build.log" 2>&1
-  echo "$m"
+  checkpoint flux.1-dev "$W/build.log"
+}
+
+ballast_up() {  # DIR FREE_GIB: a ballast leaving FREE_GIB free and a sampler of the card's used memory; sets BALLAST
+  rm -f "$1/ballast.json"  # a second ballast in the same folder: wait for its own ready file
+  python3 benchmarks/ballast.py --free-gib "$2" --ready-file "$1/ballast.json" --parent-pid $$ >> "$1/ballast.log" 2>&1 &
+  local bp=$! t=0
+  while [ ! -s "$1/ballast.json" ] && [ $t -lt 120 ]; do sleep 1; t=$((t + 1)); done
+  say "ballast: $(cat "$1/ballast.json" 2>/dev/null)"
+  nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 250 >> "$1/memory_used_mib.txt" 2>/dev/null &
+  BALLAST="$! $bp"
+}
+
+ballast_down() {  # the sampler and the ballast of ballast_up
+  kill $BALLAST 2>/dev/null; wait ${BALLAST##* } 2>/dev/null
+}
+
+generate_arm() {  # DIR NAME RUN MODEL STEPS [sglang flags]: one `sglang generate`, 1024x1024. RUN cold/warm:
+  # the plugin on with DIR/cache (empty: calibrates; filled: cache hit); defaults: the plugin off, sglang's own settings
+  local d=$1 name=$2 run=$3 m=$4 steps=$5 on=1; shift 5
+  [ "$run" = defaults ] && on=0
+  SGLANG_AUTOPERF=$on SGLANG_AUTOPERF_CACHE_DIR=$d/cache SGLANG_AUTOPERF_TRACE_DIR=$d/traces-$run \
+    SGLANG_AUTOPERF_TRACE_EVERY=5 CUDA_VISIBLE_DEVICES=0 $PIN ${ARM_TIMEOUT:+timeout -k 10 $ARM_TIMEOUT} \
+    python3 -c "from sglang.cli.main import main; main()" \
+    generate --model-path "$m" "$@" --prompt "a red car" --width 1024 --height 1024 \
+    --num-inference-steps "$steps" --seed 0 --no-save-output --attention-backend torch_sdpa \
+    --perf-dump-path "$d/perf-$run.json" > "$d/$run.log" 2>&1
+  say "$name $run rc=$?: $(grep -c 'out of memory' "$d/$run.log") OOM lines; $(grep -E 'calibration of|cache hit|switched|candidate' "$d/$run.log" | cut -c1-220 | head -6 | tr '\n' '|')"
+  grep -F "[autoperf]" "$d/$run.log" > "$d/autoperf_lines_$run.txt"
 }
 
 plugin_e2e() {  # NAME FREE_GIB STEPS: `sglang generate` with the plugin beside a ballast, cold then warm cache
   local d=$W/$1 m; mkdir -p "$d"; m=$(flux_checkpoint)
-  python3 benchmarks/ballast.py --free-gib "$2" --ready-file "$d/ballast.json" --parent-pid $$ > "$d/ballast.log" 2>&1 &
-  local bp=$! t=0
-  while [ ! -s "$d/ballast.json" ] && [ $t -lt 120 ]; do sleep 1; t=$((t + 1)); done
-  say "ballast: $(cat "$d/ballast.json" 2>/dev/null)"
-  nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 250 > "$d/memory_used_mib.txt" 2>/dev/null &
-  local sp=$!
+  ballast_up "$d" "$2"
   for run in cold warm; do
-    SGLANG_AUTOPERF=1 SGLANG_AUTOPERF_CACHE_DIR=$d/cache SGLANG_AUTOPERF_TRACE_DIR=$d/traces-$run \
-      SGLANG_AUTOPERF_TRACE_EVERY=5 CUDA_VISIBLE_DEVICES=0 $PIN python3 -c "from sglang.cli.main import main; main()" \
-      generate --model-path "$m" --model-id FLUX.1-dev --prompt "a red car" --width 1024 --height 1024 \
-      --num-inference-steps "$3" --seed 0 --no-save-output --attention-backend torch_sdpa \
-      --perf-dump-path "$d/perf-$run.json" > "$d/$run.log" 2>&1
-    say "$1 $run rc=$?: $(grep -c 'out of memory' "$d/$run.log") OOM lines; $(grep -E 'calibration of|cache hit|switched|candidate' "$d/$run.log" | cut -c1-220 | head -6 | tr '\n' '|')"
-    grep -F "[autoperf]" "$d/$run.log" > "$d/autoperf_lines_$run.txt"
+    generate_arm "$d" "$1" "$run" "$m" "$3" --model-id FLUX.1-dev
   done
-  kill $sp $bp 2>/dev/null; wait $bp 2>/dev/null
+  ballast_down
   python3 - "$d" <<'PY' > "$d/focus.json"
 import glob, json, sys
 d = sys.argv[1]
@@ -115,6 +142,49 @@ print(json.dumps(points, indent=1))
 PY
   say "focus points: $(python3 -c "import json,sys; print([p['label'] for p in json.load(open(sys.argv[1]))])" "$d/focus.json")"
 }
+
+family_e2e() {  # NAME KEY FREE_GIB STEPS RUN...: `sglang generate` beside a ballast leaving FREE_GIB, 1024x1024
+  # (issue 16), for each RUN that its time needs allow (cold 1st, defaults, warm: see generate_arm); the
+  # first call builds the checkpoint and, on the CPU while the card runs the arms, the planner's start at
+  # this budget with the card as it is before the ballast (for family_sweep)
+  local name=$1 key=$2 free=$3 steps=$4 d=$W/$1-e2e m run; shift 4
+  mkdir -p "$d"; m=$(checkpoint "$key" "$d/build.log")
+  if [ ! -s "$d/model" ]; then
+    echo "$m" > "$d/model"
+    say "$name checkpoint: $(grep -F 'done:' "$d/build.log" 2>/dev/null | cut -c1-160)"
+    python3 -m sglang_autoperf.probe.nvml_snapshot > "$d/gpu.json" 2> "$d/gpu.err"
+    python3 -m sglang_autoperf.cli plan --model-path "$m" --gpu-snapshot "$d/gpu.json" --vram-budget "${free}GiB" \
+      --steps "$steps" --json > "$d/plan.out" 2> "$d/plan.err" &
+    PLAN_PID=$!
+  fi
+  ballast_up "$d" "$free"
+  for run in "$@"; do
+    if [ "$run" = cold ] || [ "$(left)" -gt "${NEED_S[$run]}" ]; then
+      ARM_TIMEOUT=${NEED_S[$run]} generate_arm "$d" "$name" "$run" "$m" "$steps"
+    else say "$name $run: skipped, $(left) s left"; fi
+  done
+  ballast_down
+}
+declare -A NEED_S=([cold]=200 [defaults]=75 [warm]=85)  # seconds an arm may take (a process starts in ~30 s)
+
+family_sweep() {  # NAME FREE_GIB STEPS GRID SECONDS: one in-process sweep (no ballast) of the family's
+  # checkpoint: everything resident, the plugin's cached choice and neighbours, the planner's start, a grid
+  local name=$1 free=$2 steps=$3 d=$W/$1-e2e s=$W/$1-sweep m plans=()
+  mkdir -p "$s"; m=$(cat "$d/model")
+  wait "$PLAN_PID"  # the planner's start (family_e2e)
+  python3 - "$d/plan.out" "${free}GiB" > "$d/plans.json" <<'PY' && plans=(--plans "$d/plans.json")
+import json, sys
+text = open(sys.argv[1]).read()
+print(json.dumps({sys.argv[2]: json.loads(text[text.find("{"):])}))
+PY
+  CUDA_VISIBLE_DEVICES=0 $PIN timeout -k 10 $(( $5 + 20 )) python3 benchmarks/inprocess_sweep.py --model-path "$m" \
+    --budgets "${free}GiB" "${plans[@]}" --plugin-cache "$d/cache" --out "$s" --steps-per-request "$steps" \
+    --plan-steps "$steps" --grid "$4" --finish-s 15 --time-budget "$5" > "$s/run.log" 2>&1
+  say "$name sweep rc=$?: $(grep -c . "$s/points.jsonl" 2>/dev/null) blocks"
+  { echo "## $name"; grep '^\[sweep\]' "$s/run.log"; tail -5 "$s/worker.log" 2>/dev/null; } >> "$W/summary.txt"
+}
+
+min() { echo $(( $1 < $2 ? $1 : $2 )); }
 
 probes() {  # every visible GPU: NVML snapshot, CLI probe (table + JSON), live checks vs nvidia-smi
   local d=$W/probes; mkdir -p "$d"
@@ -209,6 +279,13 @@ case $PLAN in
     inprocess_sweep lists16-sweep --budgets 16GiB --focus "$W/lists16-e2e/focus.json" --repeat 3 ;;
   lists24) plugin_e2e lists24-e2e 24 12
     inprocess_sweep lists24-sweep --budgets 24GiB --focus "$W/lists24-e2e/focus.json" --repeat 2 ;;
+  families) ZF=${ZIMAGE_FREE_GIB:-10}; KF=${KLEIN_FREE_GIB:-8}  # what matters first runs first
+    family_e2e zimage z-image-turbo "$ZF" 8 cold
+    family_sweep zimage "$ZF" 8 7 "$(min 100 $(( $(left) - 230 )))"
+    family_e2e klein flux.2-klein-4b "$KF" 8 cold
+    family_sweep klein "$KF" 8 3 "$(min 100 $(( $(left) - 60 )))"
+    family_e2e zimage z-image-turbo "$ZF" 8 defaults warm
+    family_e2e klein flux.2-klein-4b "$KF" 8 defaults warm ;;
   wan14b+wan13b81) side_by_side 'case_run 0 wan14b-81f-24g' 'case_run $G1 wan13b-81f' ;;
   *) echo "unknown plan $PLAN"; exit 2 ;;
 esac
