@@ -179,6 +179,10 @@ class TuningResult:
     list_placement: list[list[Any]] | None = None
     list_baseline: list[list[Any]] | None = None
     memory: dict[str, Any] | None = None
+    # Compressed layer streaming (issue 18), measured against raw at the chosen placement:
+    # None = not measured (a later start measures it), else what was kept, with the two medians.
+    compressed_streaming: bool | None = None
+    compression_ms: dict[str, float] | None = None  # {"raw": ..., "compressed": ...}
 
     def chosen(self) -> "Placement | ListPlacement":
         """What a worker applies: the per-list placement where there is one."""
@@ -212,6 +216,8 @@ class TuningResult:
             "list_placement": self.list_placement,
             "list_baseline": self.list_baseline,
             "memory": self.memory,
+            "compressed_streaming": self.compressed_streaming,
+            "compression_ms": self.compression_ms,
         }
 
     @classmethod
@@ -225,6 +231,10 @@ class TuningResult:
         if compiled is not None and type(compiled) is not bool:
             raise ValueError(f"compiled {compiled!r} is not true, false or null")
         baseline_vram = d.get("baseline_vram_bytes")
+        compressed = d.get("compressed_streaming")
+        if compressed is not None and type(compressed) is not bool:
+            raise ValueError(f"compressed_streaming {compressed!r} is not true, false or null")
+        compression_ms = d.get("compression_ms")
         return cls(
             placement=Placement.from_dict(d["placement"]),
             objective=objective,
@@ -243,6 +253,8 @@ class TuningResult:
             list_placement=_list_placement(d.get("list_placement"), "list_placement"),
             list_baseline=_list_placement(d.get("list_baseline"), "list_baseline"),
             memory=None if d.get("memory") is None else MemoryCorrection.from_dict(d["memory"]).to_dict(),
+            compressed_streaming=compressed,
+            compression_ms=None if compression_ms is None else _numbers(compression_ms, "compression_ms"),
         )
 
     @classmethod

@@ -22,6 +22,10 @@ ENV_TRACE_DIR = "SGLANG_AUTOPERF_TRACE_DIR"
 # With a trace dir: trace one step in N (default 1: every step). N=2 alternates traced and untraced
 # steps within a request, which is how the monitor's own overhead is measured (benchmarks).
 ENV_TRACE_EVERY = "SGLANG_AUTOPERF_TRACE_EVERY"
+# Compressed layer streaming (lossless, issue 18): unset = measured where the plan predicts it
+# pays; 0/off = never; 1/on = always where the decoder runs (no A/B measurement).
+ENV_COMPRESS = "SGLANG_AUTOPERF_COMPRESS"
+COMPRESS_MODES = ("auto", "off", "on")
 # Test-only: names a stage ("apply", "worker", "measure") that raises on purpose, so tests can
 # prove an internal failure never breaks the user's run.
 ENV_FAIL_AT = "SGLANG_AUTOPERF_FAIL_AT"
@@ -45,6 +49,17 @@ def parse_switch(name: str, value: str | None) -> bool:
         f"{name}={value!r} is not understood; accepted: "
         f"{'/'.join(v for v in _ON)} to enable, unset/empty/{'/'.join(v for v in _OFF if v)} to disable"
     )
+
+
+def parse_compress(value: str | None) -> str:
+    text = (value or "").strip().lower()
+    if text in ("", "auto"):
+        return "auto"
+    try:
+        return "on" if parse_switch(ENV_COMPRESS, text) else "off"
+    except SettingsError:
+        raise SettingsError(f"{ENV_COMPRESS}={value!r} is not understood; accepted: unset/auto (measure where "
+                            f"it pays), 0/off, 1/on") from None
 
 
 def default_cache_dir(env: dict[str, str] | os._Environ = os.environ) -> Path:
@@ -84,6 +99,7 @@ class Settings:
     trace_dir: str | None = None
     trace_every: int = 1
     fail_at: str | None = None
+    compress: str = "auto"  # COMPRESS_MODES
 
     @classmethod
     def from_env(cls, env: dict[str, str] | os._Environ = os.environ) -> "Settings":
@@ -111,6 +127,7 @@ class Settings:
             fail_at=fail_at,
             trace_dir=(env.get(ENV_TRACE_DIR) or "").strip() or None,
             trace_every=trace_every,
+            compress=parse_compress(env.get(ENV_COMPRESS)),
         )
 
     def traces_step(self, step: int, request_index: int) -> bool:

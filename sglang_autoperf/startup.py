@@ -77,6 +77,11 @@ class StartupPlan:
     def from_json(cls, text: str) -> "StartupPlan":
         return cls(**json.loads(text))
 
+    @property
+    def compression_predicted(self) -> bool:
+        """The planner predicted compressed layer streaming pays at its placement (issue 18)."""
+        return bool(((self.plan or {}).get("dit") or {}).get("compress"))
+
     def summary(self) -> str:
         if not self.active:
             return f"stepping aside: {self.reason}"

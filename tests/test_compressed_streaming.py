@@ -266,3 +266,23 @@ def test_monitor_wrappers_stack_and_unwrap_in_order(monkeypatch):
     assert seen == ["inner"]
     sa.unwrap_manager_prefetch(manager)
     assert "prefetch_layer" not in manager.__dict__
+
+
+@needs_interpreter
+@pytest.mark.parametrize("cached, calibrating, measuring, compressed_after", [
+    (True, False, False, True),     # a cached measured choice is applied at once: sglang's raw buffers go
+    (False, False, False, False),   # ... or the compressed store goes
+    (None, True, False, None),      # not measured yet and a calibration is running: wait for it
+    (None, False, True, None),      # not measured yet: the A/B starts on this request's steps
+])
+def test_the_workers_choice_from_the_cache_or_by_measuring(dit, cached, calibrating, measuring, compressed_after):
+    from sglang_autoperf.measure.compressed import CompressedStreaming, CompressionChoice
+
+    managers, forward_matches, _ = dit
+    choice = CompressionChoice(CompressedStreaming.build(managers, host_available=1 << 40))
+    choice.begin_request(cached, calibrating, "a placement")
+    assert choice.measuring is measuring
+    assert all(s.committed is compressed_after for s in choice.streaming.stores)
+    if compressed_after is True:
+        assert all(sa.manager_flat_host_buffers(m, torch.bfloat16) == {} for m in managers["transformer"])
+    assert forward_matches()

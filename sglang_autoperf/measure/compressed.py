@@ -126,7 +126,13 @@ class CompressedLayers:
             if entry is None or not sa.manager_layer_needs_copy(manager, layer_idx):
                 return original(manager, layer_idx, non_blocking)
             fills[self.dtype] = lambda: self._decode(entry, non_blocking)
-            return sa.prefetch_layer_filling(manager, layer_idx, non_blocking, fills)
+            try:
+                return sa.prefetch_layer_filling(manager, layer_idx, non_blocking, fills)
+            except Exception as exc:  # the staging buffer did not fit: once more, the allocator's cache freed
+                if not _is_oom(exc):
+                    raise
+                _empty_device_cache()
+                return sa.prefetch_layer_filling(manager, layer_idx, non_blocking, fills)
 
         return prefetch_layer
 
@@ -141,6 +147,14 @@ class CompressedLayers:
         staged.copy_(host, non_blocking=non_blocking)
         out = torch.empty(layout.numel, dtype=layout.dtype, device=device)
         return codec.decode_into(codec.from_packed(staged, layout), out)
+
+    def mismatched_layers(self) -> list[int]:
+        """Layers whose decoded buffer differs from sglang's raw one in any bit (while both are held)."""
+        import torch
+
+        device = sa.manager_device(self.manager)
+        return [layer for layer, entry in self.packed.items() if layer in self.raw and not torch.equal(
+            self._decode(entry, False).view(torch.int16), self.raw[layer].to(device).view(torch.int16))]
 
     # -- the choice -----------------------------------------------------------------------------
 
@@ -237,3 +251,120 @@ class CompressedStreaming:
             for reason, n in r.kept_raw.items():
                 total.kept_raw[reason] = total.kept_raw.get(reason, 0) + n
         return total.to_dict()
+
+    @property
+    def decided(self) -> bool:
+        return all(s.committed is not None for s in self.stores)
+
+    def raw_bytes(self) -> int:
+        return sum(s.report.raw_bytes for s in self.stores)
+
+
+def _empty_device_cache() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def _is_oom(exc: BaseException) -> bool:
+    return "out of memory" in str(exc).lower() or type(exc).__name__ == "OutOfMemoryError"
+
+
+class CompressionChoice:
+    """The worker's compressed-vs-raw choice: taken from the cache, or measured on served steps by
+    retune/compression.CompressionAB, then committed (one store kept) and reported."""
+
+    def __init__(self, streaming: CompressedStreaming):
+        self.streaming = streaming
+        self.ab = None
+        self.pending: list = []  # (compressed, start event, end event) of timed steps, read at request end
+
+    @property
+    def measuring(self) -> bool:
+        return self.ab is not None
+
+    def begin_request(self, cached_choice: bool | None, calibrating: bool, placement_label: str) -> None:
+        from sglang_autoperf.retune.compression import CompressionAB
+
+        if self.streaming.decided or self.ab is not None:
+            return
+        if cached_choice is not None:
+            self.commit(cached_choice, "the tuning cache's measured choice")
+            return
+        if not calibrating:
+            self.ab = CompressionAB()
+            logger().info("[autoperf] measuring compressed vs raw layer streaming at %s on the next steps "
+                          "(the outputs are the same bit for bit either way)", placement_label)
+
+    def run_step(self, original, args, kwargs, first_of_request: bool):
+        """One served step under the A/B: its mode set first; a compressed step that fails (out of
+        memory: the staging buffer) ends compression and the step runs again raw."""
+        import torch
+
+        ab = self.ab
+        if first_of_request:  # residency is armed on a request's first step: not a step to time
+            return original(*args, **kwargs)
+        compressed, timed = ab.compressed_now(), ab.timed_now()
+        self.streaming.set_active(compressed)
+        start = end = None
+        if timed:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+        try:
+            result = original(*args, **kwargs)
+        except Exception as exc:
+            if not compressed or not _is_oom(exc):
+                raise
+            self.commit(False, f"a compressed step ran out of memory ({str(exc)[:120]})")
+            torch.cuda.empty_cache()
+            return original(*args, **kwargs)  # the failed step had not advanced the latents
+        if timed:
+            end.record()
+            self.pending.append((compressed, start, end))
+        ab.advance()
+        return result
+
+    def end_request(self) -> tuple[bool, dict[str, float]] | None:
+        """At a request's end: the timed steps read; the choice once both arms have their samples."""
+        ab, pending, self.pending = self.ab, self.pending, []
+        if ab is None:
+            return None
+        for compressed, start, end in pending:
+            end.synchronize()
+            ab.record(compressed, start.elapsed_time(end))
+        if not ab.done:
+            return None
+        keep = ab.keep_compressed()
+        logger().info("[autoperf] %s", ab.summary())
+        self.commit(keep, "measured")
+        return keep, {"raw": ab.raw_median(), "compressed": ab.compressed_median()}
+
+    def commit(self, keep: bool, why: str) -> None:
+        before = self.streaming.host_bytes()
+        self.streaming.commit(keep)
+        self.ab = None
+        if keep:
+            logger().info("[autoperf] compressed layer streaming on (%s): host memory for the streamed layers "
+                          "%s -> %s (%s with both stores)", why, gib(self.streaming.raw_bytes()),
+                          gib(self.streaming.host_bytes()), gib(before))
+        else:
+            logger().info("[autoperf] compressed layer streaming off (%s); sglang's raw host buffers stream", why)
+
+
+def attach_compression(managers: dict[str, list], plan, settings) -> "CompressionChoice | None":
+    """Build both stores where the plan predicts compression pays (or the user asked for it)."""
+    predicted = bool(getattr(plan, "compression_predicted", False))  # startup.StartupPlan
+    if settings.compress == "off" or not (predicted or settings.compress == "on"):
+        return None
+    streaming = CompressedStreaming.build(managers)
+    if streaming is None:
+        return None
+    r = streaming.report()
+    logger().info("[autoperf] compressed layer streaming ready: %d layers, %s as %s (%.3f of bf16), encoded in "
+                  "%.1f s%s", r["layers"], gib(r["raw_bytes"]), gib(r["compressed_bytes"]), r["ratio"], r["encode_s"],
+                  f"; kept raw: {r['kept_raw']}" if r["kept_raw"] else "")
+    choice = CompressionChoice(streaming)
+    if settings.compress == "on":
+        choice.commit(True, f"{'SGLANG_AUTOPERF_COMPRESS'}=1")
+    return choice

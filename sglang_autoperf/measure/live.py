@@ -21,6 +21,7 @@ from typing import Any, Callable
 from sglang_autoperf.sglang_adapter import contract as sa
 from sglang_autoperf.cache import COMPILE_OBJECTIVE, TuningCache, TuningResult, format_when, shape_bucket, tuning_key
 from sglang_autoperf.measure.compile_check import CompileChecker
+from sglang_autoperf.measure.compressed import CompressionChoice, attach_compression
 from sglang_autoperf.measure.monitor import OverlapMonitor
 from sglang_autoperf.plan.objective import placement_objective
 from sglang_autoperf.report import format_calibration_table
@@ -120,6 +121,7 @@ class WorkerTuner:
         # Wan-1.3B 17f, 2026-11-27.)
         self.unread: list = []
         self.requests_seen = 0
+        self.compression: CompressionChoice | None = None  # compressed streaming (issue 18), where built
 
     @classmethod
     def for_worker(cls, worker, plan, settings, managers: dict[str, list]) -> "WorkerTuner":
@@ -262,6 +264,13 @@ class WorkerTuner:
     # -- request boundaries ------------------------------------------------------------------
 
     def begin_request(self, shape: dict[str, Any]) -> None:
+        self._begin_placement(shape)
+        if self.compression is not None:
+            result = self.results.get(self.request["bucket"])
+            self.compression.begin_request(result.compressed_streaming if result is not None else None,
+                                           self.calibration is not None, self.placement().label())
+
+    def _begin_placement(self, shape: dict[str, Any]) -> None:
         bucket = self.bucket(shape)
         self.request = dict(shape, bucket=bucket, step=0)
         self.unread.clear()  # steps of a request that never reached its end (it failed): not this one's
@@ -328,10 +337,29 @@ class WorkerTuner:
         self.read_sampled_steps()
         if self.settings.trace_dir and self.recorded and request is not None:
             self._write_traces(request)
+        if self.compression is not None and request is not None:
+            self._end_compression(request)
         if cal is None:
             return
         if cal.step_mode or cal.done:
             self._finish(cal)
+
+    def _end_compression(self, request: dict[str, Any]) -> None:
+        """The compression A/B's timed steps read; its choice, once made, stored with the bucket's result."""
+        try:
+            outcome = self.compression.end_request()
+        except Exception as exc:
+            self.give_up("compressed streaming measurement", exc)
+            return
+        result = self.results.get(request["bucket"])
+        if outcome is None or result is None:
+            return
+        result.compressed_streaming, result.compression_ms = outcome
+        if self.identity["rank"] == 0:
+            self.cache.put(self.key(request["bucket"], request["batch_size"]), result)
+
+    def measuring_compression(self) -> bool:
+        return self.compression is not None and self.compression.measuring and self.calibration is None
 
     def read_sampled_steps(self) -> None:
         """Read the sampled steps' events (the request is over: waiting on them costs nothing)."""
@@ -345,6 +373,10 @@ class WorkerTuner:
 
     def run_step(self, original, args, kwargs):
         """One denoising step; our own failures disable tuning, the step itself always runs."""
+        if self.measuring_compression() and self.request is not None:
+            first = self.request["step"] == 0
+            self.request["step"] += 1
+            return self.compression.run_step(original, args, kwargs, first)
         try:
             cal, trace_it = self._before_step()
         except Exception as exc:
@@ -749,6 +781,10 @@ class LiveRun:
             logger().info("[autoperf] live retuning steps aside: %s; sglang's placement stands", blocker)
             return
         self.install(WorkerTuner.for_worker(worker, plan, settings, managers))
+        try:
+            self.tuner.compression = attach_compression(managers, plan, settings)
+        except Exception as exc:  # sglang's raw host buffers are untouched until a commit
+            logger().info("[autoperf] compressed streaming not tried: %s: %s", type(exc).__name__, str(exc)[:200])
         logger().info(
             "[autoperf] overlap monitor ready for %s (%s); its layer hooks run only while calibrating or tracing",
             ", ".join(f"{name} ({len(group)} layer list(s))" for name, group in managers.items()),
@@ -792,7 +828,8 @@ class LiveRun:
         if tuner is None and checker is not None and checker.request is not None:
             return _guarded_around("step", checker.begin_step, checker.end_step, self.drop_compile_check,
                                    original, *args, **kwargs)
-        if tuner is None or (tuner.calibration is None and not tuner.settings.trace_dir):
+        if tuner is None or (tuner.calibration is None and not tuner.settings.trace_dir
+                             and not tuner.measuring_compression()):
             return original(*args, **kwargs)
         return tuner.run_step(original, args, kwargs)
 
@@ -816,6 +853,8 @@ class LiveRun:
         if tuner is not None:
             try:
                 tuner.monitor.detach()
+                if tuner.compression is not None and not tuner.compression.streaming.decided:
+                    tuner.compression.commit(False, "live tuning stepped aside")
                 if tuner.calibration is not None and tuner.placement() != tuner.calibration.baseline:
                     tuner.apply(tuner.calibration.baseline)
             except Exception as restore_exc:

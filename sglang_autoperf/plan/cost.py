@@ -129,6 +129,26 @@ def prefetch_buffer_layers(prefetch: int, policy: str) -> int:
     return prefetch + 1
 
 
+# --- compressed streaming (issue 18) --------------------------------------------------------
+# The lossless bf16 codec (kernels/exponent_codec) leaves 0.7508 of the bytes of the random FLUX.1
+# checkpoint's 57 blocks, and its decoder writes ~1.6 TB/s of bf16 on an H200 (1.50-1.70 per
+# block): benchmarks/results/2026-11-29-h200-kernels/. The decode runs on the copy stream after
+# its layer's copy, so it adds to that layer's copy time.
+CODEC_RATIO = 0.7508
+DECODE_BYTES_PER_S = 1.6e12
+# Compression is tried only where the simulation says it takes this much off the step: on the
+# H200 it cost 1.7-2.7% where copies already hid (FLUX 1024x1024, 18 per list resident, prefetch
+# 4-6) and gave 1.19-1.26x where they did not (benchmarks/results/2026-11-29-h200-compress/).
+COMPRESS_MIN_GAIN = 0.05
+
+
+def compressed_layers(layers: Sequence[LayerCost], ratio: float = CODEC_RATIO,
+                      decode_bytes_per_s: float = DECODE_BYTES_PER_S) -> list[LayerCost]:
+    """The same layers streamed in the codec's bytes: copy x ratio, plus the decode of the bf16 bytes."""
+    return [LayerCost(lc.compute_s, lc.copy_s * ratio + lc.bytes / decode_bytes_per_s, lc.bytes, lc.group,
+                      lc.local_index) for lc in layers]
+
+
 # --- step simulation ------------------------------------------------------------------------
 
 @dataclass(frozen=True)

@@ -77,6 +77,10 @@ class DitDecision:
     policy: str = "leading"
     resident_per_group: list[int] = field(default_factory=list)
     total_layers: int = 0
+    # issue 18: the step the simulation predicts with the streamed layers in the codec's bytes, and
+    # whether that is worth measuring live (the worker then holds both stores until it has)
+    compressed_step_ms: float = 0.0
+    compress: bool = False
 
 
 @dataclass
@@ -343,6 +347,8 @@ def _record_dit(st: _Stage, layout: _Layout, comps: _Components, best: "_Cand", 
     plan.dit = DitDecision(offload=best.offload, resident_layers=best.resident if best.offload else 0,
                            prefetch_layers=best.prefetch if best.offload else 0, policy=best.policy,
                            resident_per_group=list(best.resident_per_group), total_layers=len(layers))
+    if best.offload:
+        _record_compression(st, best, layers, layout.passes * max(1, st.workload.batch_size))
     plan.components = {n: ("cpu" if comps.flag_of[n] in best.offloaded else "gpu") for n in comps.bytes_of}
     for n in model.dits or {model.dit.component: model.dit}:
         plan.components[n] = "layerwise" if best.offload else "gpu"
@@ -355,6 +361,21 @@ def _record_dit(st: _Stage, layout: _Layout, comps: _Components, best: "_Cand", 
                   "passes_per_step": layout.passes} for d in st.used],
         memory=best.memory,
     )
+
+
+def _record_compression(st: _Stage, best: "_Cand", layers, passes: int) -> None:
+    """Whether streaming the codec's bytes is predicted to shorten this placement's step."""
+    groups = sorted({lc.group for lc in layers})
+    counts = [sum(1 for lc in layers if lc.group == g) for g in groups]
+    sim = cost.simulate_step(cost.compressed_layers(layers), best.resident_per_group,
+                             prefetch_per_group(counts, float(best.prefetch)), best.policy, passes)
+    ms = 1e3
+    st.plan.dit.compressed_step_ms = sim.step_s * ms
+    st.plan.dit.compress = sim.step_s < best.sim.step_s * (1 - cost.COMPRESS_MIN_GAIN)
+    if st.plan.dit.compress:
+        st.plan.notes.append(
+            f"compressed streaming (lossless, {cost.CODEC_RATIO:.2f} of the bytes) predicted {sim.step_s * ms:.0f} ms "
+            f"vs {best.sim.step_s * ms:.0f} ms a step: the worker measures both and keeps the faster")
 
 
 def _dit_settings(st: _Stage, comps: _Components, best: "_Cand", layers, res_sim, acts) -> None:

@@ -132,10 +132,40 @@ class Sweep:
         self.first_of_request = True
         self.request_index = -1
         self.t0 = time.time()
+        self.streaming = self._compressed_streaming(managers) if schedule.get("compress") else None
         with open(os.path.join(out_dir, "bandwidth.json"), "w") as f:
             json.dump({"h2d_bytes_per_s": h2d_bytes_per_s(), "card": torch.cuda.get_device_name(),
                        "total_bytes": torch.cuda.mem_get_info()[1],
                        "lists": {ll.key: list(ll.block_bytes) for ll in self.lists}}, f)
+
+    def _compressed_streaming(self, managers: dict):
+        """Every list's layers also held in the codec's bytes (issue 18): a block with "compressed"
+        streams those. Records the store, host bytes and a bit-for-bit check of every decoded layer."""
+        import torch
+
+        from sglang_autoperf.measure.compressed import CompressedStreaming
+
+        raw_host = self.streaming_host_bytes(managers)
+        t0 = time.time()
+        streaming = CompressedStreaming.build(managers)
+        info = {"raw_host_bytes": raw_host, "build_s": time.time() - t0, "built": streaming is not None}
+        if streaming is not None:
+            mismatched = {s.manager.layers_attr_str: s.mismatched_layers() for s in streaming.stores}
+            info.update(report=streaming.report(), both_stores_host_bytes=streaming.host_bytes(),
+                        compressed_host_bytes=sum(lay.nbytes for s in streaming.stores for _, lay in s.packed.values()),
+                        layers_checked=sum(len(s.packed) for s in streaming.stores), mismatched_layers=mismatched,
+                        weights_bit_identical=not any(mismatched.values()))
+            torch.cuda.empty_cache()
+        with open(os.path.join(self.out_dir, "compression.json"), "w") as f:
+            json.dump(info, f, indent=1)
+        _say(self.out_dir, f"compressed streaming: {json.dumps({k: v for k, v in info.items() if k != 'mismatched_layers'})}")
+        return streaming
+
+    def streaming_host_bytes(self, managers: dict) -> int:
+        import torch
+
+        return sum(b.numel() * b.element_size() for group in managers.values() for m in group
+                   for b in self.sa.manager_flat_host_buffers(m, torch.bfloat16).values())
 
     def _interleaved(self, points: list[dict]) -> list[dict]:
         every = max(1, int(self.schedule.get("reference_every", 3)))
@@ -153,6 +183,11 @@ class Sweep:
 
         self.request_index += 1
         self.first_of_request = True
+        switch = os.path.join(self.out_dir, "compressed_switch")
+        if self.done and self.streaming is not None and os.path.exists(switch):
+            with open(switch) as f:
+                self.streaming.set_active(f.read().strip() == "1")
+            _say(self.out_dir, f"request {self.request_index}: compressed streaming {self.streaming.active}")
         if self.block is not None:  # what ran between two denoising loops (decode, encode)
             self.block["between_peak_bytes"] = max(self.block.get("between_peak_bytes", 0),
                                                    int(torch.cuda.max_memory_reserved()))
@@ -227,6 +262,8 @@ class Sweep:
         if not self.queue or time.time() > self.deadline:
             self.done = True
             # the rest of the request in flight runs at the fastest placement, not the last one measured
+            if self.streaming is not None:
+                self.streaming.set_active(bool(self.schedule.get("park_compressed")))
             for key, p in _placement(self.schedule.get("park") or self.schedule["reference"]).lists:
                 self.sa.set_manager_placement(self.by_key[key], prefetch_layers=p.prefetch_layers,
                                               resident_layers=p.resident_layers, policy=p.policy)
@@ -234,6 +271,8 @@ class Sweep:
             _say(self.out_dir, f"done: {len(self.records)} blocks, {len(self.queue)} left unmeasured")
             return False
         spec = self.queue.pop(0)
+        if self.streaming is not None:
+            self.streaming.set_active(bool(spec.get("compressed")))
         placement = _placement(spec["lists"])
         for key, p in placement.lists:
             self.sa.set_manager_placement(self.by_key[key], prefetch_layers=p.prefetch_layers,
