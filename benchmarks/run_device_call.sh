@@ -50,12 +50,13 @@
 #                       2026-11-29 sweep's best, everything resident and the planner's start (issue 17)
 #   lists24             the same at 24 GiB free (12 steps a request, 2 blocks a point)
 #   families            issue 16: two families the probe reads from sglang's registry, 1024x1024, 8 steps:
-#                       Z-Image-Turbo beside a ballast leaving ZIMAGE_FREE_GIB (10), then FLUX.2-klein-4B
-#                       leaving KLEIN_FREE_GIB (8) (budgets where the planner streams and sglang's own
-#                       defaults keep the DiT whole). Each: its random checkpoint; `sglang generate` with the
-#                       plugin (cold cache), with sglang's defaults (plugin off), with the plugin again (warm
-#                       cache, while time is left); then one in-process sweep: everything resident, the
-#                       plugin's cached choice and its neighbours, the planner's start (the reference), a grid
+#                       Z-Image-Turbo beside a ballast leaving ZIMAGE_FREE_GIB (10), FLUX.2-klein-4B leaving
+#                       KLEIN_FREE_GIB (8) (budgets where the planner streams and sglang's own defaults keep
+#                       the DiT whole). Each: its random checkpoint, `sglang generate` with the plugin (cold
+#                       cache), then one in-process sweep: everything resident, the plugin's cached choice and
+#                       its neighbours, the planner's start (the reference), a grid. Then, while time is left,
+#                       sglang's defaults (plugin off) and the plugin's warm-cache run of each (on 2026-11-29
+#                       only Z-Image's defaults fit in 540 s: a sglang process costs ~30 s before it loads)
 # Env: BUDGET_S (seconds for the whole call, default 570); PIN_CPUS (see below).
 # Writes under $OUT: one .tar.gz per part, summary.txt (the parts' tables and key lines).
 set -uo pipefail
