@@ -286,3 +286,25 @@ def test_the_workers_choice_from_the_cache_or_by_measuring(dit, cached, calibrat
     if compressed_after is True:
         assert all(sa.manager_flat_host_buffers(m, torch.bfloat16) == {} for m in managers["transformer"])
     assert forward_matches()
+
+
+@needs_interpreter
+def test_a_store_whose_first_layer_decodes_to_other_bits_is_never_used(dit, monkeypatch, caplog):
+    """Fault injected: the decoder flips one bit. The build's own check catches it before any
+    prefetch streams compressed, and sglang's raw buffers stay as they were."""
+    from sglang_autoperf.measure import compressed
+
+    managers, forward_matches, _ = dit
+    decode = compressed.CompressedLayers._decode
+
+    def flipped(self, entry, non_blocking):
+        out = decode(self, entry, non_blocking)
+        out.view(torch.int16)[0] ^= 1
+        return out
+
+    monkeypatch.setattr(compressed.CompressedLayers, "_decode", flipped)
+    with caplog.at_level(logging.WARNING):
+        assert compressed.CompressedStreaming.build(managers, host_available=1 << 40) is None
+    assert "decodes to other bits" in caplog.text
+    assert all(sa.manager_flat_host_buffers(m, torch.bfloat16) for m in managers["transformer"])
+    assert forward_matches()

@@ -70,6 +70,21 @@ def test_the_planner_predicts_compression_where_copies_are_exposed_and_not_where
     assert hidden.dit.offload and not hidden.dit.compress
 
 
+def test_no_compression_is_predicted_for_wan_14b_81_frames_at_24_gib():
+    """Issue 18's other copies-hidden case: a 480p 81f block computes 98.5 ms (plan/cost.py) and copies in ~10."""
+    from sglang_autoperf.plan.budget import parse_vram_budget
+    from sglang_autoperf.plan.planner import make_plan
+    from sglang_autoperf.probe.gpu import profile_from_snapshot
+    from sglang_autoperf.probe.workload import workload_for
+    from test_cost_model import model
+
+    m = model("Wan2.1-T2V-14B-Diffusers")
+    gpu = profile_from_snapshot(Path(__file__).parent / "fixtures" / "nvml" / "nvml-h200-141gb-2026-11-27.json")
+    plan = make_plan(gpu, m, workload_for(m, 832, 480, num_frames=81), {}, {},
+                     parse_vram_budget("24GiB", gpu.devices[0].memory_free_bytes))
+    assert plan.dit.offload and not plan.dit.compress
+
+
 @pytest.fixture
 def flux_plan():
     """The planner on the published FLUX.1-dev config, on the recorded H200 NVML snapshot's card."""

@@ -148,13 +148,15 @@ class CompressedLayers:
         out = torch.empty(layout.numel, dtype=layout.dtype, device=device)
         return codec.decode_into(codec.from_packed(staged, layout), out)
 
-    def mismatched_layers(self) -> list[int]:
-        """Layers whose decoded buffer differs from sglang's raw one in any bit (while both are held)."""
+    def mismatched_layers(self, only: tuple[int, ...] | None = None) -> list[int]:
+        """Layers (all, or `only` these) whose decoded buffer differs from sglang's raw one in any
+        bit (while both are held)."""
         import torch
 
         device = sa.manager_device(self.manager)
-        return [layer for layer, entry in self.packed.items() if layer in self.raw and not torch.equal(
-            self._decode(entry, False).view(torch.int16), self.raw[layer].to(device).view(torch.int16))]
+        return [layer for layer, entry in self.packed.items() if layer in self.raw and (only is None or layer in only)
+                and not torch.equal(self._decode(entry, False).view(torch.int16),
+                                    self.raw[layer].to(device).view(torch.int16))]
 
     # -- the choice -----------------------------------------------------------------------------
 
@@ -221,7 +223,23 @@ class CompressedStreaming:
             return None
         for store in stores.stores:
             store.build()
-        return stores
+        return stores._checked()
+
+    def _checked(self) -> "CompressedStreaming | None":
+        """One layer decoded and compared with sglang's raw buffer, bit for bit, before anything
+        streams (this also compiles the decoder: 0.9 s in the first compressed step otherwise,
+        benchmarks/results/2026-11-29-h200-compress/)."""
+        store = next((s for s in self.stores if s.packed), None)
+        if store is None:
+            return None
+        first = min(store.packed)
+        mismatched = store.mismatched_layers(only=(first,))
+        if mismatched:
+            self.commit(False)
+            logger().warning("[autoperf] compressed streaming not used: layer %d of %s decodes to other bits",
+                             first, sa.manager_layer_list_name(store.manager))
+            return None
+        return self
 
     @property
     def active(self) -> bool:
