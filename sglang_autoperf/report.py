@@ -72,7 +72,7 @@ def format_calibration_table(result: "TuningResult") -> str:
         m = result.memory  # retune/memory.MemoryCorrection, card-wide (other processes included)
         lines.append(f"  memory at the start placement: peak {gib(m['measured_peak_bytes'], 2)} measured vs "
                      f"{gib(m['predicted_peak_bytes'], 2)} predicted, limit {gib(m['limit_bytes'], 2)} (card-wide), "
-                     f"fragmentation margin {gib(m['margin_bytes'], 2)}: candidates placed at most "
+                     f"kept-free margin {gib(m['margin_bytes'], 2)}: candidates placed at most "
                      f"{gib(m['limit_bytes'] - m['margin_bytes'] - m['fixed_bytes'], 2)}")
     lines.append(f"  reason: {result.reason}")
     return "\n".join(lines)

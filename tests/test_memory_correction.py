@@ -8,7 +8,8 @@ import pytest
 
 from sglang_autoperf.retune.lists import ListPlacement, placed_bytes, propose_lists
 from sglang_autoperf.retune.memory import (
-    MemoryCorrection, MemoryReading, corrected_startup_peak, fill_residency, memory_correction)
+    PEAK_ERROR_MARGIN_BYTES, MemoryCorrection, MemoryReading, corrected_startup_peak, fill_residency,
+    memory_correction)
 from test_list_candidates import (
     DOUBLE, SINGLE, START_16G, START_24G, SWEEP, GiB, lists_of, recording, start_placement, sweep_points)
 
@@ -33,7 +34,7 @@ def test_the_startup_model_over_predicted_and_the_correction_says_by_how_much():
     assert c.measured_peak_bytes == 12922650624 + 1902510080  # reserved peak + non-allocator use, as recorded
     assert c.correction_bytes < -GiB  # issue 17: the startup model over-predicts at 16 GiB
     assert corrected_startup_peak(PLANNED_16G, c) == c.measured_peak_bytes
-    assert 0 < c.margin_bytes < GiB  # the allocator's measured fragmentation
+    assert c.margin_bytes == PEAK_ERROR_MARGIN_BYTES  # the prediction's measured error, not the fragmentation
 
 
 def test_one_reading_predicts_every_measured_placement_within_its_margin():
@@ -82,20 +83,30 @@ def test_a_placement_over_the_limit_shrinks_and_nothing_fitting_is_said():
     assert fill_residency(lists, correction_at(START_24G, 4), start_placement(rec), [DOUBLE, SINGLE]) is None
 
 
-def test_the_16g_choice_from_the_start_trace_is_a_measured_near_best_placement():
-    """Issue 17's bar at 16 GiB, on recorded data: from the start placement's traces and memory
-    reading only, the first candidate is a placement the sweep measured, within 2% of the sweep's
-    best point that peaked under 16 GiB and within 10% of that point's floor, and it peaked under
-    the limit itself."""
+@pytest.mark.parametrize("limit_gib", [12, 14, 16, 20, 24])
+def test_every_measured_placement_the_correction_admits_peaked_under_the_limit(limit_gib):
+    """Safety on recorded data: from the 16 GiB start's reading alone, no placement the sweep
+    measured is admitted whose real peak exceeded the limit."""
     rec = recording(START_16G)
-    c = correction_at(START_16G, 16)
-    first = propose_lists(rec.steps, rec.layer_bytes, start_placement(rec), c.placeable_bytes)[0]
-    measured = {json.dumps(p["lists"], sort_keys=True): p for p in sweep_points()}
-    point = measured[json.dumps(first.placement.to_dict(), sort_keys=True)]
+    lists, c = lists_of(rec), correction_at(START_16G, limit_gib)
+    admitted = [p for p in sweep_points() if c.fits(lists, ListPlacement.from_dict(p["lists"]))]
+    assert admitted and all(p["peak_bytes"] <= limit_gib * GiB for p in admitted)
+
+
+def test_the_16g_candidates_from_the_start_trace_fit_and_the_admitted_best_is_near_the_best():
+    """Issue 17's bar at 16 GiB, on recorded data: the best measured placement the correction
+    admits is within 2% of the sweep's best point that peaked under 16 GiB and within 10% of that
+    point's floor; the candidates proposed from the start's traces hold no more than the best
+    admitted measured placement plus the margin the prediction's error needs."""
+    rec = recording(START_16G)
+    lists, c = lists_of(rec), correction_at(START_16G, 16)
     fitting = [p for p in sweep_points() if p["peak_bytes"] <= 16 * GiB]
     best = min(fitting, key=lambda p: p["step_ms"])
-    assert point["peak_bytes"] <= 16 * GiB
-    assert point["step_ms"] <= 1.02 * best["step_ms"] and point["step_ms"] <= 1.10 * best["floor_ms"]
+    admitted = [p for p in fitting if c.fits(lists, ListPlacement.from_dict(p["lists"]))]
+    chosen = min(admitted, key=lambda p: p["step_ms"])
+    assert chosen["step_ms"] <= 1.02 * best["step_ms"] and chosen["step_ms"] <= 1.10 * best["floor_ms"]
+    candidates = propose_lists(rec.steps, rec.layer_bytes, start_placement(rec), c.placeable_bytes)
+    assert candidates and all(c.peak_of(lists, x.placement) + c.margin_bytes <= 16 * GiB for x in candidates)
 
 
 def test_the_correction_round_trips_and_is_read_strictly():
@@ -110,3 +121,57 @@ def test_the_correction_round_trips_and_is_read_strictly():
     with pytest.raises(ValueError):
         memory_correction(MemoryReading(1, 1, 0), lists_of(recording(START_16G)), start_placement(recording(START_16G)),
                           limit_bytes=0, predicted_peak_bytes=1)
+
+
+# --- two more families, recorded the same way (tests/fixtures/memory/, source inside each file) ---
+
+def _family(name: str):
+    from pathlib import Path
+
+    from sglang_autoperf.retune.lists import LayerList
+
+    data = json.loads((Path(__file__).parent / "fixtures" / "memory" / name).read_text())
+    lists = [LayerList(k, tuple(v)) for k, v in data["lists"].items()]
+    reference = next(p for p in data["points"] if p["kind"] == "reference")
+    reading = MemoryReading(reference["reserved_peak_bytes"], reference["allocated_peak_bytes"],
+                            reference["non_allocator_bytes"])
+    return lists, reading, ListPlacement.from_dict(reference["lists"]), data["points"]
+
+
+FAMILIES = ["h200-flux2-klein-4b-1024-sweep-2026-11-29.json", "h200-z-image-turbo-1024-sweep-2026-11-29.json"]
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_one_reading_predicts_every_placement_of_another_family_within_the_margin(name):
+    lists, reading, start, points = _family(name)
+    c = memory_correction(reading, lists, start, limit_bytes=64 * GiB, predicted_peak_bytes=0)
+    for p in points:
+        assert abs(c.peak_of(lists, ListPlacement.from_dict(p["lists"])) - p["peak_bytes"]) <= c.margin_bytes, p["label"]
+
+
+@pytest.mark.parametrize("name, limit_gib", [(FAMILIES[0], 8), (FAMILIES[1], 10), (FAMILIES[1], 12)])
+def test_admitted_placements_of_another_family_peaked_under_the_limit_and_include_a_near_best(name, limit_gib):
+    lists, reading, start, points = _family(name)
+    c = memory_correction(reading, lists, start, limit_bytes=limit_gib * GiB, predicted_peak_bytes=0)
+    admitted = [p for p in points if c.fits(lists, ListPlacement.from_dict(p["lists"]))]
+    fitting = [p for p in points if p["peak_bytes"] <= limit_gib * GiB]
+    assert admitted and all(p["peak_bytes"] <= limit_gib * GiB for p in admitted)
+    best = min(p["median_ms"] for p in fitting)
+    assert min(p["median_ms"] for p in admitted) <= 1.10 * best  # issue 16's bar, on what the rule admits
+
+
+def test_the_klein_cold_run_beside_its_ballast_would_now_admit_a_near_best_point():
+    """FLUX.2-klein beside a ballast leaving 8 GiB free (benchmarks/results/2026-11-29-h200-families,
+    the cold run's log line): this process peaked at 5.86 GiB of 7.49 GiB; with the 1.26 GiB of
+    fragmentation kept free, 2.65 GiB could be placed and the plugin kept a placement 1.246x the
+    sweep's best point that fit. With the prediction's error kept free instead, the best measured
+    placement that fits the room is within issue 16's 1.10x."""
+    lists, _, _, points = _family(FAMILIES[0])
+    fixed = int((7.49 - 1.26 - 2.65) * GiB)  # limit - margin - placeable, as logged
+    best = min(p["median_ms"] for p in points if p["peak_bytes"] <= 8 * GiB)
+
+    def best_within(room: int) -> float:
+        return min(p["median_ms"] for p in points if placed_bytes(lists, ListPlacement.from_dict(p["lists"])) <= room)
+
+    assert best_within(int(2.65 * GiB)) > 1.2 * best
+    assert best_within(int(7.49 * GiB) - PEAK_ERROR_MARGIN_BYTES - fixed) <= 1.10 * best

@@ -270,6 +270,12 @@ class CompressedStreaming:
                 total.kept_raw[reason] = total.kept_raw.get(reason, 0) + n
         return total.to_dict()
 
+    def staging_bytes(self) -> int:
+        """Device bytes a compressed prefetch adds beside the layer it decodes: the packed bytes'
+        staging buffer (0.67 GiB on FLUX.1's double blocks: every compressed point of
+        benchmarks/results/2026-11-29-h200-compress/ peaked 0.67-0.83 GiB above its raw twin)."""
+        return max((lay.nbytes for s in self.stores for _, lay in s.packed.values()), default=0)
+
     @property
     def decided(self) -> bool:
         return all(s.committed is not None for s in self.stores)
@@ -301,6 +307,10 @@ class CompressionChoice:
     @property
     def measuring(self) -> bool:
         return self.ab is not None
+
+    def staging_bytes(self) -> int:
+        """What a placement must leave free for compressed prefetches (0 once raw was kept)."""
+        return self.streaming.staging_bytes()
 
     def begin_request(self, cached_choice: bool | None, calibrating: bool, placement_label: str) -> None:
         from sglang_autoperf.retune.compression import CompressionAB

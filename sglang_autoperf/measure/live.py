@@ -546,14 +546,16 @@ class WorkerTuner:
         start = ListPlacement(tuple((key, cal.baseline.get(key)) for key in traced))
         total = steps[-1].device_total_bytes
         others = self.others_bytes(total)  # the log speaks of this process alone
+        staging = self.compression.staging_bytes() if self.compression is not None else 0
         cal.memory = replace(memory_correction(
             _memory_reading(steps), lists, start, limit_bytes=self.memory_limit_bytes(total),
-            predicted_peak_bytes=self.predicted_peak_bytes(total)), others_bytes=others)
+            predicted_peak_bytes=self.predicted_peak_bytes(total), unread_bytes=staging), others_bytes=others)
         m = cal.memory
         logger().info("[autoperf] memory at the start placement: this process peaked at %s (the startup model "
-                      "said %s) of %s it may use; keeping the measured fragmentation %s free, %s can hold resident "
-                      "layers and prefetch buffers", gib(m.measured_peak_bytes - others, 2),
+                      "said %s) of %s it may use; keeping %s free (the prediction's measured error%s), %s can hold "
+                      "resident layers and prefetch buffers", gib(m.measured_peak_bytes - others, 2),
                       gib(m.predicted_peak_bytes - others, 2), gib(m.limit_bytes - others, 2), gib(m.margin_bytes, 2),
+                      f" + {gib(staging, 2)} for compressed streaming's staging buffer" if staging else "",
                       gib(m.placeable_bytes, 2))
         candidates = propose_lists(steps, layer_bytes, start, m.placeable_bytes,
                                    max_candidates=cal.max_candidates, fixed=self.fixed)

@@ -5,8 +5,9 @@ worker knows what the process really peaked at: the caching allocator's reserved
 lives outside it (CUDA context, cuBLAS workspaces: total - free - reserved). Everything a placement
 does not change (non-block weights, activations, other components, context) is then measured as
 `fixed_bytes` = peak - the placement's placed bytes (retune/lists.placed_bytes); another placement's
-peak is that plus its own placed bytes. The safety margin is measured too: the allocator's
-fragmentation at the reading (reserved peak - allocated peak).
+peak is that plus its own placed bytes. What is kept free beyond that prediction is its measured
+error (PEAK_ERROR_MARGIN_BYTES), plus what the caller knows the reading did not include (the
+compressed store's staging buffer, measure/compressed.py).
 
 Why this is enough, measured (benchmarks/results/2026-11-29-h200-sweep, H200, FLUX.1-dev-shaped,
 1024x1024): from the one reading of the 16 GiB start placement, the peaks of all 98 placements the
@@ -21,6 +22,15 @@ from typing import Any, Sequence
 
 from sglang_autoperf.retune.lists import LayerList, ListPlacement, fill_resident, placed_bytes
 from sglang_autoperf.trace import Placement
+
+# Kept free beyond the predicted peak: the largest error of the prediction from one reading, measured
+# over every placement of three in-process sweeps on an H200 (measured - predicted): FLUX.1 -0.20 to
+# +0.44 GiB (98 placements, benchmarks/results/2026-11-29-h200-sweep), FLUX.2-klein -0.36 to +0.10
+# (34) and Z-Image -0.00 to +0.19 (27, benchmarks/results/2026-11-29-h200-families). The allocator's
+# fragmentation at the reading (0.48-1.42 GiB there) was kept free before; it is already inside the
+# reserved peak the reading measured, and counting it twice held FLUX.2-klein's candidates to 2.65
+# GiB placed at 8 GiB free, its choice 1.246x the sweep's best point that fit.
+PEAK_ERROR_MARGIN_BYTES = 512 << 20
 
 
 def _whole_bytes(d: dict, name: str) -> int:
@@ -64,7 +74,7 @@ class MemoryCorrection:
     predicted_peak_bytes: int  # the startup model's peak for the measured placement
     measured_peak_bytes: int  # reserved peak + non-allocator use at that placement
     fixed_bytes: int  # measured peak - the placement's placed bytes: what every placement carries
-    margin_bytes: int  # measured fragmentation at the reading
+    margin_bytes: int  # kept free beyond the predicted peak (PEAK_ERROR_MARGIN_BYTES + what the caller adds)
     placement: dict[str, Any]  # the measured ListPlacement (to_dict)
     # what other processes held on the card at the reading (in fixed_bytes): a later start beside
     # more or less of them moves fixed_bytes by the difference (`beside`)
@@ -110,14 +120,15 @@ class MemoryCorrection:
 
 
 def memory_correction(reading: MemoryReading, lists: Sequence[LayerList], placement: ListPlacement, *,
-                      limit_bytes: int, predicted_peak_bytes: int) -> MemoryCorrection:
-    """The correction from one reading at `placement` against the real limit."""
+                      limit_bytes: int, predicted_peak_bytes: int, unread_bytes: int = 0) -> MemoryCorrection:
+    """The correction from one reading at `placement` against the real limit; `unread_bytes`: what
+    other placements will hold that the reading did not (kept free with the error margin)."""
     if limit_bytes <= 0:
         raise ValueError(f"limit {limit_bytes!r} is not a positive number of bytes")
     peak = reading.peak_bytes
     return MemoryCorrection(
         limit_bytes=int(limit_bytes), predicted_peak_bytes=int(predicted_peak_bytes), measured_peak_bytes=peak,
-        fixed_bytes=peak - placed_bytes(lists, placement), margin_bytes=reading.fragmentation_bytes,
+        fixed_bytes=peak - placed_bytes(lists, placement), margin_bytes=PEAK_ERROR_MARGIN_BYTES + max(0, int(unread_bytes)),
         placement=placement.to_dict(),
     )
 
