@@ -6,20 +6,15 @@ one). The same code runs compiled on CUDA in benchmarks/compress_sweep.py."""
 from __future__ import annotations
 
 import logging
-import os
-import re
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
 from sglang_autoperf.sglang_adapter import contract as sa
 from sglang_autoperf.trace import Placement
-from test_sglang_contract import _HostDevice
+from interpreted import INTERPRETED, run_interpreted
+from test_sglang_contract import use_host_device
 
-INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 needs_interpreter = pytest.mark.skipif(not INTERPRETED, reason="kernels need TRITON_INTERPRET=1 from the process "
                                        "start; run by test_this_file_in_a_fresh_interpreted_process")
 
@@ -27,14 +22,7 @@ needs_interpreter = pytest.mark.skipif(not INTERPRETED, reason="kernels need TRI
 def test_this_file_in_a_fresh_interpreted_process():
     if INTERPRETED:
         pytest.skip("already the interpreted process")
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
-    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__],
-                          cwd=Path(__file__).resolve().parents[1], env=env, capture_output=True, text=True,
-                          timeout=900)
-    tail = proc.stdout[-4000:] + proc.stderr[-2000:]
-    assert proc.returncode == 0, tail
-    passed = re.search(r"(\d+) passed", proc.stdout)
-    assert passed and int(passed.group(1)) >= 7 and "failed" not in proc.stdout.splitlines()[-1], tail
+    run_interpreted(__file__, min_passed=8)
 
 
 class _Block(torch.nn.Module):
@@ -68,10 +56,7 @@ class _Dit(torch.nn.Module):
 
 @pytest.fixture
 def dit(monkeypatch):
-    from sglang.multimodal_gen.runtime.managers.memory_managers import layerwise_offload as lo
-
-    monkeypatch.setattr(lo.torch, "get_device_module", lambda: _HostDevice)
-    monkeypatch.setattr(lo.current_platform, "device_type", "cpu")
+    lo = use_host_device(monkeypatch)
     torch.manual_seed(0)
     model = _Dit()
     with torch.no_grad():
@@ -98,12 +83,26 @@ def dit(monkeypatch):
     return {"transformer": managers}, forward_matches, originals
 
 
-@needs_interpreter
-def test_decoded_layers_run_bit_identical_and_hold_fewer_bytes(dit):
+@pytest.fixture
+def built(dit):
+    """The dit fixture's managers with both stores built (a host with room for both)."""
     from sglang_autoperf.measure.compressed import CompressedStreaming
 
-    managers, forward_matches, _ = dit
-    streaming = CompressedStreaming.build(managers, host_available=1 << 40)
+    managers, forward_matches, originals = dit
+    return managers, forward_matches, originals, CompressedStreaming.build(managers, host_available=1 << 40)
+
+
+def _fp32_manager(monkeypatch):
+    """A real manager over three fp32 Linear blocks (nothing for the bf16 codec)."""
+    lo = use_host_device(monkeypatch)
+    model = torch.nn.Module()
+    model.blocks = torch.nn.ModuleList(torch.nn.Linear(8, 8) for _ in range(3))
+    return lo.LayerwiseOffloadManager(model, layers_attr_str="blocks", num_layers=3, enabled=True, pin_cpu_memory=False)
+
+
+@needs_interpreter
+def test_decoded_layers_run_bit_identical_and_hold_fewer_bytes(built):
+    managers, forward_matches, _, streaming = built
     report = streaming.report()
     assert report["layers"] == 8  # every block's bf16 buffer; the fp32 scales stay raw
     assert 0.74 < report["ratio"] < 0.80  # N(0, 0.02) bf16: 0.751 on the H200 page's blocks
@@ -114,11 +113,8 @@ def test_decoded_layers_run_bit_identical_and_hold_fewer_bytes(dit):
 
 
 @needs_interpreter
-def test_a_commit_to_compression_drops_sglangs_raw_buffers_and_follows_placement_changes(dit):
-    from sglang_autoperf.measure.compressed import CompressedStreaming
-
-    managers, forward_matches, _ = dit
-    streaming = CompressedStreaming.build(managers, host_available=1 << 40)
+def test_a_commit_to_compression_drops_sglangs_raw_buffers_and_follows_placement_changes(built):
+    managers, forward_matches, _, streaming = built
     raw_before = sum(b.numel() * 2 for m in managers["transformer"]
                      for b in sa.manager_flat_host_buffers(m, torch.bfloat16).values())
     before = streaming.host_bytes()
@@ -137,11 +133,8 @@ def test_a_commit_to_compression_drops_sglangs_raw_buffers_and_follows_placement
 
 
 @needs_interpreter
-def test_sglang_reading_its_host_buffers_gets_them_back_bit_for_bit(dit, caplog):
-    from sglang_autoperf.measure.compressed import CompressedStreaming
-
-    managers, forward_matches, originals = dit
-    streaming = CompressedStreaming.build(managers, host_available=1 << 40)
+def test_sglang_reading_its_host_buffers_gets_them_back_bit_for_bit(built, caplog):
+    managers, forward_matches, originals, streaming = built
     streaming.commit(True)
     doubles = managers["transformer"][0]
     with caplog.at_level(logging.INFO):
@@ -157,11 +150,8 @@ def test_sglang_reading_its_host_buffers_gets_them_back_bit_for_bit(dit, caplog)
 
 
 @needs_interpreter
-def test_a_commit_to_raw_keeps_sglangs_buffers_and_drops_the_store(dit):
-    from sglang_autoperf.measure.compressed import CompressedStreaming
-
-    managers, forward_matches, _ = dit
-    streaming = CompressedStreaming.build(managers, host_available=1 << 40)
+def test_a_commit_to_raw_keeps_sglangs_buffers_and_drops_the_store(built):
+    managers, forward_matches, _, streaming = built
     streaming.set_active(True)
     streaming.commit(False)
     assert not streaming.active and streaming.host_bytes() == 0
@@ -170,11 +160,8 @@ def test_a_commit_to_raw_keeps_sglangs_buffers_and_drops_the_store(dit):
 
 
 @needs_interpreter
-def test_the_monitor_wraps_the_store_and_unwrapping_keeps_it(dit):
-    from sglang_autoperf.measure.compressed import CompressedStreaming
-
-    managers, forward_matches, _ = dit
-    streaming = CompressedStreaming.build(managers, host_available=1 << 40)
+def test_the_monitor_wraps_the_store_and_unwrapping_keeps_it(built):
+    managers, forward_matches, _, streaming = built
     streaming.commit(True)
     calls = []
     doubles = managers["transformer"][0]
@@ -207,16 +194,9 @@ def test_not_tried_when_the_host_cannot_hold_both_stores(dit, caplog):
 
 @needs_interpreter
 def test_a_manager_without_bf16_layers_is_left_alone(monkeypatch, caplog):
-    from sglang.multimodal_gen.runtime.managers.memory_managers import layerwise_offload as lo
-
     from sglang_autoperf.measure.compressed import CompressedStreaming
 
-    monkeypatch.setattr(lo.torch, "get_device_module", lambda: _HostDevice)
-    monkeypatch.setattr(lo.current_platform, "device_type", "cpu")
-    model = torch.nn.Module()
-    model.blocks = torch.nn.ModuleList(torch.nn.Linear(8, 8) for _ in range(3))  # fp32
-    manager = lo.LayerwiseOffloadManager(model, layers_attr_str="blocks", num_layers=3, enabled=True,
-                                         pin_cpu_memory=False)
+    manager = _fp32_manager(monkeypatch)
     with caplog.at_level(logging.INFO):
         assert CompressedStreaming.build({"transformer": [manager]}, host_available=1 << 40) is None
     assert "no offloaded layer is held as a flat bf16 host buffer" in caplog.text
@@ -236,14 +216,7 @@ def test_the_streaming_contract_holds_on_the_installed_sglang():
 
 def test_monitor_wrappers_stack_and_unwrap_in_order(monkeypatch):
     """Without any kernel: two wrappers over sglang's prefetch_layer, removed in reverse order."""
-    from sglang.multimodal_gen.runtime.managers.memory_managers import layerwise_offload as lo
-
-    monkeypatch.setattr(lo.torch, "get_device_module", lambda: _HostDevice)
-    monkeypatch.setattr(lo.current_platform, "device_type", "cpu")
-    model = torch.nn.Module()
-    model.blocks = torch.nn.ModuleList(torch.nn.Linear(8, 8) for _ in range(3))
-    manager = lo.LayerwiseOffloadManager(model, layers_attr_str="blocks", num_layers=3, enabled=True,
-                                         pin_cpu_memory=False)
+    manager = _fp32_manager(monkeypatch)
     seen = []
 
     def tagging(tag):
@@ -275,11 +248,11 @@ def test_monitor_wrappers_stack_and_unwrap_in_order(monkeypatch):
     (None, True, False, None),      # not measured yet and a calibration is running: wait for it
     (None, False, True, None),      # not measured yet: the A/B starts on this request's steps
 ])
-def test_the_workers_choice_from_the_cache_or_by_measuring(dit, cached, calibrating, measuring, compressed_after):
-    from sglang_autoperf.measure.compressed import CompressedStreaming, CompressionChoice
+def test_the_workers_choice_from_the_cache_or_by_measuring(built, cached, calibrating, measuring, compressed_after):
+    from sglang_autoperf.measure.compressed import CompressionChoice
 
-    managers, forward_matches, _ = dit
-    choice = CompressionChoice(CompressedStreaming.build(managers, host_available=1 << 40))
+    managers, forward_matches, _, streaming = built
+    choice = CompressionChoice(streaming)
     choice.begin_request(cached, calibrating, "a placement")
     assert choice.measuring is measuring
     assert all(s.committed is compressed_after for s in choice.streaming.stores)

@@ -9,7 +9,7 @@ import torch
 from sglang_autoperf.sglang_adapter import contract as sa
 from sglang_autoperf.retune.lists import LayerList, ListPlacement, buffer_bytes, list_key, resident_bytes
 from sglang_autoperf.trace import Placement
-from test_sglang_contract import _HostDevice  # the host-answering device module sglang's own unit tests use
+from test_sglang_contract import use_host_device  # the host-answering device module sglang's own unit tests use
 
 
 class _Double(torch.nn.Module):  # twice a single block's bytes, as FLUX's double blocks are the larger
@@ -37,10 +37,7 @@ class _TwoListDit(torch.nn.Module):
 
 @pytest.fixture
 def two_lists(monkeypatch):
-    from sglang.multimodal_gen.runtime.managers.memory_managers import layerwise_offload as lo
-
-    monkeypatch.setattr(lo.torch, "get_device_module", lambda: _HostDevice)
-    monkeypatch.setattr(lo.current_platform, "device_type", "cpu")
+    lo = use_host_device(monkeypatch)
     torch.manual_seed(0)
     dit, x = _TwoListDit(), torch.randn(2, 8)
     with torch.no_grad():

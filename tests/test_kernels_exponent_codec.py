@@ -4,11 +4,6 @@ payloads, -0 and subnormals count). No GPU: the same kernels run compiled on CUD
 benchmarks/kernel_bench.py."""
 from __future__ import annotations
 
-import os
-import re
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -16,7 +11,7 @@ import torch
 N = 4099  # odd, and not a multiple of the kernels' 2048-element block
 
 
-INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
+from interpreted import INTERPRETED, run_interpreted
 
 
 @pytest.fixture(scope="module")
@@ -38,14 +33,7 @@ def codec():
 def test_this_file_in_a_fresh_interpreted_process():
     if INTERPRETED:
         pytest.skip("already the interpreted process")
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
-    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__],
-                          cwd=Path(__file__).resolve().parents[1], env=env, capture_output=True, text=True,
-                          timeout=600)
-    tail = proc.stdout[-4000:] + proc.stderr[-2000:]
-    assert proc.returncode == 0, tail
-    passed = re.search(r"(\d+) passed", proc.stdout)
-    assert passed and int(passed.group(1)) >= 20 and "failed" not in proc.stdout.splitlines()[-1], tail
+    run_interpreted(__file__, min_passed=20, timeout_s=600)
 
 
 def _gen(seed: int) -> torch.Generator:

@@ -266,13 +266,20 @@ class _HostDevice:
         return contextlib.nullcontext()
 
 
-@pytest.fixture
-def real_manager(monkeypatch):
-    import torch
+def use_host_device(monkeypatch):
+    """sglang's layerwise offload module, its device module answering for the host (_HostDevice)."""
     from sglang.multimodal_gen.runtime.managers.memory_managers import layerwise_offload as lo
 
     monkeypatch.setattr(lo.torch, "get_device_module", lambda: _HostDevice)
     monkeypatch.setattr(lo.current_platform, "device_type", "cpu")
+    return lo
+
+
+@pytest.fixture
+def real_manager(monkeypatch):
+    import torch
+
+    lo = use_host_device(monkeypatch)
 
     class Dit(torch.nn.Module):
         def __init__(self):
