@@ -127,3 +127,14 @@ def test_a_per_list_calibration_recorded_on_an_h200_reads_per_list_with_its_memo
     [line] = [line for line in text.splitlines() if "memory at the start placement" in line]
     assert f"margin {m['margin_bytes'] / 2**30:.2f} GiB" in line
     assert f"at most {(m['limit_bytes'] - m['margin_bytes'] - m['fixed_bytes']) / 2**30:.2f} GiB" in line
+
+
+def test_the_compression_choice_reads_with_its_two_medians_and_is_absent_when_not_measured():
+    result = make_result()
+    assert "compressed layer streaming" not in format_calibration_table(result)
+    # the medians the H200 A/B logged beside a 16 GiB ballast (benchmarks/results/2026-11-29-h200-compress/)
+    result.compressed_streaming, result.compression_ms = True, {"raw": 261.2, "compressed": 211.7}
+    assert "compressed layer streaming: kept: 211.7 ms compressed vs 261.2 ms raw a step" in \
+        format_calibration_table(result)
+    result.compressed_streaming = False
+    assert "compressed layer streaming: not kept" in format_calibration_table(result)
