@@ -281,3 +281,15 @@ def test_a_store_whose_first_layer_decodes_to_other_bits_is_never_used(dit, monk
     assert "decodes to other bits" in caplog.text
     assert all(sa.manager_flat_host_buffers(m, torch.bfloat16) for m in managers["transformer"])
     assert forward_matches()
+
+
+def test_the_store_pins_through_sglangs_exact_size_allocator():
+    """pinned_host_buffer calls sglang's `_pinned_empty(*size, dtype=...)` (no CUDA here to pin: the
+    signature is what can be checked on the CPU; streaming_problems() checks it exists at run time)."""
+    import inspect
+
+    from sglang.multimodal_gen.runtime.managers.memory_managers import layerwise_offload as lo
+
+    params = inspect.signature(lo._pinned_empty).parameters
+    assert any(p.kind is inspect.Parameter.VAR_POSITIONAL for p in params.values())
+    assert params["dtype"].kind is inspect.Parameter.KEYWORD_ONLY

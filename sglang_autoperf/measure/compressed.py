@@ -96,8 +96,9 @@ class CompressedLayers:
             layout = codec.packed_layout(rec)
             staged = torch.empty(layout.nbytes, dtype=torch.uint8, device=source.device)
             codec.pack_into(rec, staged)
-            host = torch.empty(layout.nbytes, dtype=torch.uint8, pin_memory=raw.is_pinned())
+            host = _host_buffer(layout.nbytes, torch.uint8, raw.is_pinned())
             host.copy_(staged)
+            del source, rec, staged  # the next layer's temporaries are not added to these
             self.packed[layer], self.raw[layer] = (host, layout), raw
             self.report.layers += 1
             self.report.raw_bytes += raw.numel() * raw.element_size()
@@ -184,7 +185,7 @@ class CompressedLayers:
         codec, device = _codec(), sa.manager_device(self.manager)
         for layer, (host, layout) in list(self.packed.items()):
             rec = codec.from_packed(host.to(device), layout)
-            raw = torch.empty(layout.numel, dtype=layout.dtype, pin_memory=host.is_pinned())
+            raw = _host_buffer(layout.numel, layout.dtype, host.is_pinned())
             raw.copy_(codec.decode_into(rec, torch.empty(layout.numel, dtype=layout.dtype, device=device)))
             sa.set_manager_flat_host_buffer(self.manager, layer, self.dtype, raw)
         self.packed.clear()
@@ -282,6 +283,13 @@ class CompressedStreaming:
 
     def raw_bytes(self) -> int:
         return sum(s.report.raw_bytes for s in self.stores)
+
+
+def _host_buffer(numel: int, dtype, pinned: bool):
+    """Pinned exactly as sglang pins its own layer buffers, or pageable where sglang's was."""
+    import torch
+
+    return sa.pinned_host_buffer(numel, dtype) if pinned else torch.empty(numel, dtype=dtype)
 
 
 def _empty_device_cache() -> None:

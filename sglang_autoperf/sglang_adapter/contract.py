@@ -793,6 +793,14 @@ def manager_device(manager):
     return manager.device
 
 
+def pinned_host_buffer(numel: int, dtype):
+    """A pinned host tensor of exactly `numel` elements, allocated the way sglang's manager pins its
+    own layer buffers (its `_pinned_empty`: mmap + cudaHostRegister above a size, torch's pool
+    below). torch's pinned pool alone rounds every block up to a power of two: a 203 MiB packed
+    FLUX.1 single block would pin 256 MiB."""
+    return _offload_module()._pinned_empty(int(numel), dtype=dtype)
+
+
 def guard_host_store_methods(manager, before: Callable[[], None]) -> Callable[[], None]:
     """Call `before()` ahead of each of HOST_STORE_METHODS on this manager (instance attributes, the
     class untouched). Returns the undo."""
@@ -831,6 +839,6 @@ def streaming_problems() -> list[str]:
                 if f"self.{name}" not in source and not callable(getattr(cls, name, None))]
     problems += [f"LayerwiseOffloadManager has no method {name}" for name in HOST_STORE_METHODS
                  if not callable(getattr(cls, name, None))]
-    if not callable(getattr(lo, "finish_offload_writeback", None)):
-        problems.append("layerwise offload has no finish_offload_writeback")
+    problems += [f"layerwise offload has no {name}" for name in ("finish_offload_writeback", "_pinned_empty")
+                 if not callable(getattr(lo, name, None))]
     return problems
