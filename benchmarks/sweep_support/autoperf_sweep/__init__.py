@@ -150,7 +150,7 @@ class Sweep:
         streaming = CompressedStreaming.build(managers)
         info = {"raw_host_bytes": raw_host, "build_s": time.time() - t0, "built": streaming is not None}
         if streaming is not None:
-            mismatched = {s.manager.layers_attr_str: s.mismatched_layers() for s in streaming.stores}
+            mismatched = {self.sa.manager_layer_list_name(s.manager): s.mismatched_layers() for s in streaming.stores}
             info.update(report=streaming.report(), both_stores_host_bytes=streaming.host_bytes(),
                         compressed_host_bytes=sum(lay.nbytes for s in streaming.stores for _, lay in s.packed.values()),
                         layers_checked=sum(len(s.packed) for s in streaming.stores), mismatched_layers=mismatched,
