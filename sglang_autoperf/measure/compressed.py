@@ -130,7 +130,7 @@ class CompressedLayers:
             try:
                 return sa.prefetch_layer_filling(manager, layer_idx, non_blocking, fills)
             except Exception as exc:  # the staging buffer did not fit: once more, the allocator's cache freed
-                if not _is_oom(exc):
+                if not is_oom(exc):
                     raise
                 _empty_device_cache()
                 return sa.prefetch_layer_filling(manager, layer_idx, non_blocking, fills)
@@ -299,8 +299,11 @@ def _empty_device_cache() -> None:
         torch.cuda.empty_cache()
 
 
-def _is_oom(exc: BaseException) -> bool:
-    return "out of memory" in str(exc).lower() or type(exc).__name__ == "OutOfMemoryError"
+def is_oom(exc: BaseException) -> bool:
+    """A CUDA out-of-memory error (torch's type, or its message where another layer re-raised it)."""
+    import torch
+
+    return isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in str(exc).lower()
 
 
 class CompressionChoice:
@@ -350,7 +353,7 @@ class CompressionChoice:
         try:
             result = original(*args, **kwargs)
         except Exception as exc:
-            if not compressed or not _is_oom(exc):
+            if not compressed or not is_oom(exc):
                 raise
             self.commit(False, f"a compressed step ran out of memory ({str(exc)[:120]})")
             torch.cuda.empty_cache()

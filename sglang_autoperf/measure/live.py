@@ -21,7 +21,7 @@ from typing import Any, Callable
 from sglang_autoperf.sglang_adapter import contract as sa
 from sglang_autoperf.cache import COMPILE_OBJECTIVE, TuningCache, TuningResult, format_when, shape_bucket, tuning_key
 from sglang_autoperf.measure.compile_check import CompileChecker
-from sglang_autoperf.measure.compressed import CompressionChoice, attach_compression
+from sglang_autoperf.measure.compressed import CompressionChoice, attach_compression, is_oom
 from sglang_autoperf.measure.monitor import OverlapMonitor
 from sglang_autoperf.plan.objective import placement_objective
 from sglang_autoperf.report import format_calibration_table
@@ -592,7 +592,7 @@ class WorkerTuner:
         bad = cal.placement
         cal.failed[bad] = f"{type(exc).__name__}"
         cal.measured[bad] = []
-        what = "ran out of memory" if _is_oom(exc) else f"failed ({type(exc).__name__}: {str(exc)[:200]})"
+        what = "ran out of memory" if is_oom(exc) else f"failed ({type(exc).__name__}: {str(exc)[:200]})"
         logger().warning("[autoperf] %s %s; rolled back to %s", bad.label(), what, cal.baseline.label())
         cal.trials = [p for p in cal.trials if p != bad] if bad != cal.baseline else cal.trials
         cal.trial = 0
@@ -679,12 +679,6 @@ def _quietly(fn) -> None:
         fn()
     except Exception:
         pass
-
-
-def _is_oom(exc: BaseException) -> bool:
-    import torch
-
-    return isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in str(exc).lower()
 
 
 def _dist_world():
