@@ -293,3 +293,28 @@ def test_the_store_pins_through_sglangs_exact_size_allocator():
     params = inspect.signature(lo._pinned_empty).parameters
     assert any(p.kind is inspect.Parameter.VAR_POSITIONAL for p in params.values())
     assert params["dtype"].kind is inspect.Parameter.KEYWORD_ONLY
+
+
+@needs_interpreter
+@pytest.mark.parametrize("committed", [False, True])
+def test_a_failing_decode_leaves_the_manager_streaming_raw_and_the_output_unchanged(built, monkeypatch, caplog,
+                                                                                    committed):
+    """Fault injected after the build: every decode raises. The prefetch steps aside to sglang's raw
+    path (its buffers restored first where the commit had dropped them) and says so once per list."""
+    from sglang_autoperf.measure import compressed
+
+    managers, forward_matches, _, streaming = built
+    if committed:
+        streaming.commit(True)
+    else:
+        streaming.set_active(True)
+
+    def broken(self, entry, non_blocking):
+        raise RuntimeError("injected decoder failure")
+
+    monkeypatch.setattr(compressed.CompressedLayers, "_decode", broken)
+    with caplog.at_level(logging.WARNING):
+        assert forward_matches() and forward_matches()
+    assert caplog.text.count("it streams raw from now on") == 2  # the two layer lists, once each
+    assert not streaming.active
+    assert all(sa.manager_flat_host_buffers(m, torch.bfloat16) for m in managers["transformer"])

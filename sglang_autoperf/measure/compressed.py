@@ -129,13 +129,25 @@ class CompressedLayers:
             fills[self.dtype] = lambda: self._decode(entry, non_blocking)
             try:
                 return sa.prefetch_layer_filling(manager, layer_idx, non_blocking, fills)
-            except Exception as exc:  # the staging buffer did not fit: once more, the allocator's cache freed
-                if not is_oom(exc):
-                    raise
-                _empty_device_cache()
-                return sa.prefetch_layer_filling(manager, layer_idx, non_blocking, fills)
+            except Exception as exc:
+                if is_oom(exc):  # the staging buffer did not fit: once more, the allocator's cache freed
+                    _empty_device_cache()
+                    return sa.prefetch_layer_filling(manager, layer_idx, non_blocking, fills)
+                self._step_aside(exc)  # ours failed: this manager streams raw from now on
+                return original(manager, layer_idx, non_blocking)
 
         return prefetch_layer
+
+    def _step_aside(self, exc: BaseException) -> None:
+        """A failure of the compressed path: sglang's raw buffers in use again (restored if dropped;
+        if even that fails, the error is sglang's to see), one line."""
+        logger().warning("[autoperf] compressed streaming of %s failed (%s: %s); it streams raw from now on",
+                         sa.manager_layer_list_name(self.manager), type(exc).__name__, str(exc)[:200])
+        if self.committed:
+            self.restore_raw()
+        self.packed.clear()
+        self.raw.clear()
+        self.active, self.committed = False, False
 
     def _decode(self, entry, non_blocking: bool):
         """The layer's bf16 device buffer: its packed bytes copied over, then decoded (copy stream)."""
@@ -344,12 +356,15 @@ class CompressionChoice:
         ab = self.ab
         if first_of_request:  # residency is armed on a request's first step: not a step to time
             return original(*args, **kwargs)
-        compressed, timed = ab.compressed_now(), ab.timed_now()
-        self.streaming.set_active(compressed)
-        start = end = None
-        if timed:
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
+        try:
+            compressed, timed = ab.compressed_now(), ab.timed_now()
+            self.streaming.set_active(compressed)
+            events = (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) if timed else None
+            if events:
+                events[0].record()
+        except Exception as exc:  # ours: raw from now on, and the step runs as sglang's
+            self.commit(False, f"the A/B failed ({type(exc).__name__}: {str(exc)[:120]})")
+            return original(*args, **kwargs)
         try:
             result = original(*args, **kwargs)
         except Exception as exc:
@@ -358,9 +373,9 @@ class CompressionChoice:
             self.commit(False, f"a compressed step ran out of memory ({str(exc)[:120]})")
             torch.cuda.empty_cache()
             return original(*args, **kwargs)  # the failed step had not advanced the latents
-        if timed:
-            end.record()
-            self.pending.append((compressed, start, end))
+        if events:
+            events[1].record()
+            self.pending.append((compressed, *events))
         ab.advance()
         return result
 
