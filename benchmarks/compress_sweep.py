@@ -24,7 +24,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "sweep_support"))
 
-from autoperf_sweep import OUT_ENV, SCHEDULE_ENV, normalized_ms  # noqa: E402
+from autoperf_sweep import normalized_ms  # noqa: E402
 
 GiB = 1024**3
 
@@ -52,18 +52,10 @@ def digest(result) -> str | None:
 
 
 def run(args, schedule: dict) -> dict:
-    path = os.path.join(args.out, "schedule.json")
-    with open(path, "w") as f:
-        json.dump(schedule, f, indent=1)
-    os.environ[SCHEDULE_ENV], os.environ[OUT_ENV] = path, args.out
-    os.environ["PYTHONPATH"] = os.pathsep.join([os.path.join(HERE, "sweep_support")] +
-                                               [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])
-    os.environ.pop("SGLANG_AUTOPERF", None)  # the schedule sets placements itself
+    from inprocess_sweep import sweep_process_args
     from sglang.multimodal_gen import DiffGenerator
 
-    server_args = {"num_gpus": 1, "attention_backend": "torch_sdpa", "dit_layerwise_offload": True,
-                   "dit_layerwise_resident_layers": 0, "dit_offload_prefetch_size": 2,
-                   "dit_layerwise_residency_policy": "strided", "model_id": args.model_id}
+    server_args = sweep_process_args(args, schedule, args.out)
     t0 = time.time()
     generator = DiffGenerator.from_pretrained(model_path=args.model_path, **server_args)
     out = {"startup_s": time.time() - t0, "requests": [], "digests": []}

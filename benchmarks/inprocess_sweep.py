@@ -199,22 +199,29 @@ def _product(steps: list[list[int]]) -> list[tuple[int, ...]]:
     return out
 
 
-def run_sweep(args, schedule: dict, out_dir: str) -> dict:
-    """One sglang process: requests until the worker plugin says the schedule is done."""
+def sweep_process_args(args, schedule: dict, out_dir: str) -> dict:
+    """The schedule written where the worker plugin reads it, the environment that loads that plugin
+    (and not the plugin proper: the schedule sets placements itself), and the sweep's ServerArgs."""
     path = os.path.join(out_dir, "schedule.json")
     with open(path, "w") as f:
         json.dump(schedule, f, indent=1)
     os.environ[SCHEDULE_ENV] = path
     os.environ[OUT_ENV] = out_dir
     os.environ["PYTHONPATH"] = os.pathsep.join([SUPPORT] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])
-    os.environ.pop("SGLANG_AUTOPERF", None)  # the sweep sets placements itself
-    from sglang.multimodal_gen import DiffGenerator
-
+    os.environ.pop("SGLANG_AUTOPERF", None)
     server_args = {"num_gpus": 1, "attention_backend": "torch_sdpa", "dit_layerwise_offload": True,
                    "dit_layerwise_resident_layers": 0, "dit_offload_prefetch_size": 2,
-                   "dit_layerwise_residency_policy": "strided", **json.loads(args.server_args)}
+                   "dit_layerwise_residency_policy": "strided", **json.loads(getattr(args, "server_args", "{}"))}
     if args.model_id:
         server_args["model_id"] = args.model_id
+    return server_args
+
+
+def run_sweep(args, schedule: dict, out_dir: str) -> dict:
+    """One sglang process: requests until the worker plugin says the schedule is done."""
+    server_args = sweep_process_args(args, schedule, out_dir)
+    from sglang.multimodal_gen import DiffGenerator
+
     if args.free_gib is not None:  # a real limit: only this much of the card is free (ballast process)
         from compare import Ballast
 

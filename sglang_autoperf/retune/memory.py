@@ -52,11 +52,6 @@ class MemoryReading:
     def peak_bytes(self) -> int:
         return self.reserved_peak_bytes + self.non_allocator_bytes
 
-    @property
-    def fragmentation_bytes(self) -> int:
-        """What the allocator held beyond what was in use at its peak."""
-        return max(0, self.reserved_peak_bytes - self.allocated_peak_bytes)
-
     @classmethod
     def from_dict(cls, d: Any) -> "MemoryReading":
         if not isinstance(d, dict):
