@@ -5,6 +5,10 @@ Folders are config-only, built in the test: the DiT's config.json holds sglang's
 defaults (its PipelineConfig.dit_config), the folder is named like the model id sglang registers for
 that family (so sglang's registry resolves it natively, as it would a downloaded checkpoint), and the
 probe builds the diffusers class on the meta device: no weights, no download.
+
+Families diffusers has no class for (BUILT_FROM_SGLANG) are built from sglang's own DiT class on the
+meta device instead, and their folder carries a safetensors header of that module (tests/sglang_dit_folders.py):
+the probe reads them from the header, as it would a downloaded checkpoint.
 """
 from __future__ import annotations
 
@@ -16,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+import sglang_dit_folders
 from sglang_autoperf.probe.model import probe_model
 from sglang_autoperf.probe.workload import workload_for
 from test_cost_model import h100
@@ -70,10 +75,54 @@ PUBLISHED = {
     "QwenImageTransformer2DModel": "Qwen-Image",
     "HunyuanVideoTransformer3DModel": "HunyuanVideo",
 }
+@dataclasses.dataclass(frozen=True)
+class SglangFamily:
+    model_id: str  # a model id sglang registers (or a name its detector accepts); the folder is its last part
+    pipeline: str  # model_index.json _class_name: the pipeline sglang registers for that config
+    contract: tuple = ()  # (key, value) a checkpoint's config must carry that sglang has no default for
+
+
+# DiT classes read from a folder holding a safetensors header of sglang's own module (built on the meta
+# device from its arch defaults for model_id). Ming-Image's config must state its padding/output
+# contract (sglang refuses a config without one); the single-image Design checkpoint's is this one.
+BUILT_FROM_SGLANG = {
+    "ErnieImageTransformer2DModel": SglangFamily("baidu/ERNIE-Image", "ErnieImagePipeline"),
+    "AnimaTransformer3DModel": SglangFamily("circlestone-labs/Anima-Base-v1.0-Diffusers", "AnimaModularPipeline"),
+    "CausalLingBotWorldTransformer3DModel": SglangFamily("robbyant/lingbot-world-fast-diffusers",
+                                                         "LingBotWorldCausalDMDPipeline"),
+    "LingBotWorldTransformer3DModel": SglangFamily("robbyant/lingbot-world-v2-14b-causal-fast-diffusers",
+                                                   "LingBotWorldCausalDMDPipeline"),
+    "CausalWanTransformer3DModel": SglangFamily("Wan-AI/Wan2.1-T2V-14B-Diffusers", "WanCausalDMDPipeline"),
+    "Cosmos3OmniTransformer": SglangFamily("nvidia/Cosmos3-Nano", "Cosmos3OmniPipeline"),
+    "Hunyuan3D2DiT": SglangFamily("tencent/Hunyuan3D-2", "Hunyuan3D2Pipeline"),
+    "Ideogram4Transformer2DModel": SglangFamily("ideogram-ai/ideogram-4-fp8", "Ideogram4Pipeline"),
+    "JoyImageEditTransformer3DModel": SglangFamily("jdopensource/JoyAI-Image-Edit-Diffusers", "JoyImageEditPipeline"),
+    # the same registry entry; sglang builds either class its config names with JoyImageDiTConfig
+    "JoyTransformer3DModel": SglangFamily("jdopensource/JoyAI-Image-Edit-Diffusers", "JoyImageEditPipeline"),
+    "Kandinsky6SRTransformer3DModel": SglangFamily("kandinskylab/Kandinsky-6.0-VSR-5s-Diffusers",
+                                                   "Kandinsky6SRPipeline"),
+    "Krea2Transformer2DModel": SglangFamily("krea/Krea-2", "Krea2Pipeline"),
+    "LongLive2Transformer3DModel": SglangFamily("Efficient-Large-Model/LongLive-2.0-5B", "LongLive2Pipeline"),
+    "MOSSImageTransformer": SglangFamily("OpenMOSS-Team/MOSS-Image-Base", "MOSSImagePipeline"),
+    "MingImageTransformer2DModel": SglangFamily("inclusionAI/Ming-Image-0.1-Design", "MingImagePipeline",
+                                                (("alignment_padding_mode", "zero_masked"),
+                                                 ("multi_frame_output", False))),
+    "MiniMaxH3DiTModel": SglangFamily("MiniMaxAI/MiniMax-H3", "MiniMaxH3Pipeline"),
+    "NomasTransformer3DModel": SglangFamily("tencent/Hy-Nomas", "NomasPipeline"),
+    "QwenImage21Transformer2DModel": SglangFamily("Qwen/Qwen-Image-2.1", "QwenImage21Pipeline"),
+    "SanaWMTransformer3DModel": SglangFamily("Efficient-Large-Model/SANA-WM_bidirectional", "SanaWMPipeline"),
+    "WanAnimate2Transformer3DModel": SglangFamily("Wan-AI/Wan2.2-Animate-2-14B-Diffusers", "WanAnimate2Pipeline"),
+    "LingBotVideoTransformer3DModel": SglangFamily("LingBot-Video-MoE", "LingBotVideoPipeline"),
+}
+
 _NO_LISTS = "declares no layer_names: sglang's layerwise offload cannot stream it, nothing to place"
 _COMPUTED = "computes layer_names from the built module (not readable from files alone)"
-_NO_FOLDER = ("no diffusers class in the sandbox to build a config-only folder from, and no published "
-              "safetensors header here; the probe reads it once a checkpoint's header is present")
+_PAINT = ("a UNet of Hunyuan3D's paint stage, which builds it itself from the checkpoint's hunyuan3d-paint-v2-0 "
+          "folder: not a component of model_index.json, nothing the probe or the planner places")
+_CONTRACT = ("sglang refuses a config without the exported checkpoint's {what} (\"{error}\"); its values (cameras, "
+             "windows, schema) are not published here and a made-up one would test nothing")
+_MOVA = ("a MOVA tower: MOVA's DiTs are the components video_dit, video_dit_2 and audio_dit (a dual-tower "
+         "bridge between them), and the probe reads transformer / transformer_2 only")
 EXCLUDED = {
     "HunyuanImage3ForCausalMM": _NO_LISTS, "SanaVideo2Transformer3DModel": _NO_LISTS,
     "GlmImageTransformer2DModel": _NO_LISTS, "LLaDAImageTransformer2DModel": _NO_LISTS,
@@ -81,18 +130,20 @@ EXCLUDED = {
     "LLaDAImageSigVQModel": "an LLaDA-Image tokenizer (VQ), not a DiT; " + _NO_LISTS,
     "LLaDAImageTextProjectionModel": "an LLaDA-Image projection, not a DiT; " + _NO_LISTS,
     "Flux3ImageDiT": _COMPUTED, "Kandinsky6Transformer3DModel": _COMPUTED,
-    "Hunyuan3DPaintUNet": "a UNet texture painter (Hunyuan3D paint stage); " + _NO_FOLDER,
-    "StableDiffusionUNet2DConditionModel": "a UNet (SD 1.x/2.x), not a DiT; " + _NO_FOLDER,
-    **{name: _NO_FOLDER for name in (
-        "AnimaTransformer3DModel", "CausalLingBotWorldTransformer3DModel", "CausalWanTransformer3DModel",
-        "Cosmos3MultiviewTransformer", "Cosmos3OmniTransformer", "Cosmos3SimAutoTransformer",
-        "CosmosDreamsTransformer", "ErnieImageTransformer2DModel", "Flux3Transformer", "Hunyuan3D2DiT",
-        "Ideogram4Transformer2DModel", "JoyImageEditTransformer3DModel", "JoyTransformer3DModel",
-        "Kandinsky6SRTransformer3DModel", "Krea2Transformer2DModel", "LingBotVideoTransformer3DModel",
-        "LingBotWorldTransformer3DModel", "LongLive2Transformer3DModel", "MOSSImageTransformer",
-        "MingImageTransformer2DModel", "MiniMaxH3DiTModel", "NomasTransformer3DModel",
-        "QwenImage21Transformer2DModel", "SanaWMLTX2VideoRefiner", "SanaWMTransformer3DModel",
-        "WanAnimate2Transformer3DModel", "WanAudioModel", "WanModel")},
+    "Flux3Transformer": _COMPUTED,  # content_mode_blocks.{stream} for each stream of its config
+    "Hunyuan3DPaintUNet": _PAINT, "StableDiffusionUNet2DConditionModel": _PAINT,
+    "Cosmos3MultiviewTransformer": _CONTRACT.format(
+        what="multiview contract", error="Cosmos3 multiview transformer config must contain a 'multiview' object."),
+    "Cosmos3SimAutoTransformer": _CONTRACT.format(
+        what="Sim-Auto artifact", error="Cosmos3-Nano-Sim-Auto requires transformer/config.json"
+                                        "['cosmos3_nano_sim_auto']"),
+    "CosmosDreamsTransformer": _CONTRACT.format(
+        what="schema-v1 artifact", error="Cosmos-Dreams requires a schema-v1 artifact under transformer/config.json"
+                                         "['cosmos3_nano_sim_bimanual']"),
+    "SanaWMLTX2VideoRefiner": ("SANA-WM's stage-2 refiner, which its two-stage pipeline loads itself from refiner/ "
+                               "(not a model_index.json component); built with SANA-WM's DiT config it fails "
+                               "('SanaWMArchConfig' object has no attribute 'timestep_scale_multiplier')"),
+    "WanAudioModel": _MOVA, "WanModel": _MOVA,
 }
 
 
@@ -138,7 +189,7 @@ def test_every_dit_class_is_read_or_excluded_with_a_reason():
     from sglang_autoperf.sglang_adapter.models import dit_classes
 
     registered = set(dit_classes())
-    read = set(BUILT) | set(PUBLISHED)
+    read = set(BUILT) | set(PUBLISHED) | set(BUILT_FROM_SGLANG)
     assert not read & set(EXCLUDED)
     missing = registered - read - set(EXCLUDED)
     assert not missing, f"sglang registers DiT classes the coverage table does not list: {sorted(missing)}"
@@ -197,3 +248,98 @@ def test_block_bytes_match_the_module_per_block(dit_class, families_root):
         assert list(group.block_bytes) == want, (dit_class, group.name)
     # everything the checkpoint holds: parameters and persistent buffers (SD3's pos_embed)
     assert model.dit.total_bytes == 2 * sum(t.numel() for t in module.state_dict().values())
+
+
+def _vae_stand_in(model_id: str, dit_latents: int) -> dict:
+    """A VAE config with the latent geometry of sglang's VAE config for `model_id` (channels, spatial and
+    temporal compression); the class is diffusers' Wan VAE as a stand-in (the probe builds it on the
+    meta device for its bytes: those are the stand-in's, not the family's). Where sglang's VAE config
+    names no channel count (Nomas, Kandinsky-6 SR), the DiT's own latent channels."""
+    vae = sglang_dit_folders.pipeline_config(model_id).vae_config.arch_config
+    channels = next((v for v in (getattr(vae, k, None) for k in ("z_dim", "latent_channels"))
+                     if isinstance(v, int) and v > 0), dit_latents)
+    spatial = getattr(vae, "scale_factor_spatial", None) or vae.spatial_compression_ratio
+    temporal = getattr(vae, "scale_factor_temporal", None) or vae.temporal_compression_ratio
+    return dict(WAN_VAE, z_dim=channels, scale_factor_spatial=spatial, scale_factor_temporal=temporal)
+
+
+@dataclasses.dataclass(frozen=True)
+class BuiltFromSglang:
+    folder: Path
+    module: object  # sglang's DiT on the meta device, as its loader builds it from the folder's config
+
+
+@pytest.fixture(scope="module")
+def sglang_folders(demo_model, tmp_path_factory) -> dict[str, BuiltFromSglang]:
+    root = tmp_path_factory.mktemp("sglang-families")
+    out = {}
+    with sglang_dit_folders.sglang_cpu_world(demo_model):
+        for dit_class, fam in BUILT_FROM_SGLANG.items():
+            config = {**sglang_dit_folders.arch_config_json(fam.model_id), **dict(fam.contract)}
+            module = sglang_dit_folders.build_sglang_dit(fam.model_id, dit_class, config)
+            folder = root / dit_class / fam.model_id.rsplit("/", 1)[-1]
+            vae = _vae_stand_in(fam.model_id, config.get("num_channels_latents") or 16)
+            out[dit_class] = BuiltFromSglang(
+                sglang_dit_folders.write_sglang_folder(folder, fam.pipeline, dit_class, config, module, vae), module)
+    return out
+
+
+@pytest.mark.parametrize("dit_class", sorted(BUILT_FROM_SGLANG))
+def test_probe_reads_and_plans_sglang_built(dit_class, sglang_folders):
+    """Read from the safetensors header alone: sglang's class, its lists in the order the built module
+    streams them (its layer_names attribute, not the source the probe reads it from), and a plan."""
+    from sglang_autoperf.plan.planner import make_plan
+
+    built = sglang_folders[dit_class]
+    model = probe_model(built.folder)
+    assert model.dit.sglang_class == dit_class
+    assert model.components["transformer"].source == "weights"
+    assert tuple(g.name for g in model.dit.block_groups) == tuple(built.module.layer_names)
+    # sglang's precision for the family (Hunyuan3D-2 runs its DiT in fp16)
+    precision = sglang_dit_folders.pipeline_config(BUILT_FROM_SGLANG[dit_class].model_id).dit_precision
+    assert model.dit.dtype == {"bf16": "bfloat16", "fp16": "float16"}[precision] and model.dit.num_layers >= 2
+    w, h = (832, 480) if model.is_video else (1024, 1024)
+    workload = workload_for(model, w, h, num_frames=33 if model.is_video else 1)
+    plan = make_plan(h100(), model, workload, {}, {}, 40 * GiB)
+    assert plan.dit.total_layers == model.dit.num_layers
+
+
+def _runtime_bytes(t) -> int:
+    # sglang runs these DiTs in bf16 or fp16: floating weights take 2 bytes; fp8 (Ideogram-4's
+    # quantized linears) and integer buffers keep their own size
+    return t.numel() * (2 if t.dtype.is_floating_point and t.element_size() >= 2 else t.element_size())
+
+
+@pytest.mark.parametrize("dit_class", sorted(BUILT_FROM_SGLANG))
+def test_sglang_built_block_bytes_match_the_module_per_block(dit_class, sglang_folders):
+    """Each block's bytes against the module sglang built, summed per block by module path (not by
+    the header's tensor names, not through sglang's name mapping)."""
+    built = sglang_folders[dit_class]
+    model = probe_model(built.folder)
+    for group in model.dit.block_groups:
+        blocks = built.module.get_submodule(group.name)
+        assert group.count == len(blocks)
+        want = [sum(_runtime_bytes(t) for t in blocks[i].state_dict().values()) for i in range(group.count)]
+        assert list(group.block_bytes) == want, (dit_class, group.name)
+
+
+@pytest.mark.parametrize("dit_class", sorted(BUILT_FROM_SGLANG))
+def test_sglang_mapping_leaves_module_names_in_their_block(dit_class, sglang_folders):
+    """The header holds sglang's module names; the probe maps names through the class's
+    param_names_mapping before matching. That mapping must leave a module name in the block it names,
+    or the probe would be matching names a checkpoint of that family never has."""
+    from sglang_autoperf.probe.model import read_safetensors_header
+    from sglang_autoperf.sglang_adapter.models import dit_layout, layer_index_pattern, resolve_model
+
+    folder = sglang_folders[dit_class].folder
+    index = json.loads((folder / "model_index.json").read_text())
+    config = json.loads((folder / "transformer" / "config.json").read_text())
+    layout = dit_layout(resolve_model(str(folder), index["_class_name"]), "transformer", config)
+    header = read_safetensors_header(folder / "transformer" / "diffusion_pytorch_model.safetensors")
+    for name in header:
+        for layer_name in layout.layer_names:
+            m = layer_index_pattern(layer_name).match(name)
+            if m:
+                moved = layer_index_pattern(layer_name).match(layout.to_sglang_name(name))
+                assert moved and moved.group(1) == m.group(1), (name, layout.to_sglang_name(name))
+                break

@@ -65,3 +65,26 @@ def test_every_registered_model_id_resolves_to_plain_data():
         m = sm.resolve_model(f"/models/{short}", "WanPipeline")  # any native pipeline: ids pick the configs
         assert m.native and m.default_steps > 0 and m.task and m.family, hf_id
         assert m.dit_precision in ("bf16", "fp16", "fp32"), (hf_id, m.dit_precision)
+
+
+@pytest.mark.parametrize("folder, index_class, dit_class, channels_field", [
+    ("/models/MOSS-Image-Base", "MOSSImagePipeline", "MOSSImageTransformer", "latent_channels"),
+    ("/models/MiniMax-H3", "MiniMaxH3Pipeline", "MiniMaxH3DiTModel", "latents_dim"),
+])
+def test_input_channels_of_families_that_name_them_otherwise(folder, index_class, dit_class, channels_field):
+    """sglang's arch configs of MOSS-Image and MiniMax-H3 have no in_channels (None); the DiT's input
+    channels are the field their DiT builds its input projection from."""
+    model = sm.resolve_model(folder, index_class)
+    layout = sm.dit_layout(model, "transformer", {"_class_name": dit_class})
+    arch = model.pipeline_config.dit_config.arch_config
+    assert getattr(arch, "in_channels", None) is None
+    assert layout.arch_geometry["in_channels"] == getattr(arch, channels_field) > 0
+
+
+def test_a_family_in_channels_wins_over_its_latent_channels():
+    """LongCat-Image packs 2x2 latents: its DiT takes in_channels=64 from 16 latent channels."""
+    model = sm.resolve_model("/models/LongCat-Image", "LongCatImagePipeline")
+    layout = sm.dit_layout(model, "transformer", {"_class_name": "LongCatImageTransformer2DModel"})
+    arch = model.pipeline_config.dit_config.arch_config
+    assert (arch.in_channels, arch.num_channels_latents) == (64, 16)
+    assert layout.arch_geometry["in_channels"] == 64

@@ -164,10 +164,23 @@ def dit_layout(model: SglangModel, component: str, config: dict) -> DitLayout:
     dit_config.update_model_arch({k: v for k, v in config.items() if k != "_class_name"})
     arch = dit_config.arch_config
     mapping = get_param_names_mapping(dict(arch.param_names_mapping))
-    geometry = {k: getattr(arch, k, None) for k in ("hidden_size", "num_attention_heads", "in_channels")}
     return DitLayout(class_name=cls.__name__, layer_names=declared_layer_names(cls),
                      to_sglang_name=lambda name: mapping(name)[0],
-                     arch_geometry={k: v for k, v in geometry.items() if isinstance(v, int) and v > 0})
+                     arch_geometry=_arch_geometry(arch))
+
+
+def _positive(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v > 0
+
+
+def _arch_geometry(arch) -> dict:
+    """Width, heads and input channels from sglang's arch config. Where a family names no
+    in_channels (MOSS-Image: latent_channels; MiniMax-H3: latents_dim), the base DiTArchConfig's
+    num_channels_latents, which each family's __post_init__ sets to the latent channels its DiT takes."""
+    geometry = {k: getattr(arch, k, None) for k in ("hidden_size", "num_attention_heads", "in_channels")}
+    if not _positive(geometry["in_channels"]):
+        geometry["in_channels"] = getattr(arch, "num_channels_latents", None)
+    return {k: v for k, v in geometry.items() if _positive(v)}
 
 
 def declared_layer_names(cls) -> tuple[str, ...]:
