@@ -16,6 +16,7 @@ import dataclasses
 import functools
 import inspect
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -270,18 +271,45 @@ class BuiltFromSglang:
 
 
 @pytest.fixture(scope="module")
-def sglang_folders(demo_model, tmp_path_factory) -> dict[str, BuiltFromSglang]:
+def sglang_world(demo_model):
+    with sglang_dit_folders.sglang_cpu_world(demo_model):
+        yield
+
+
+@pytest.fixture(scope="module")
+def sglang_folders(sglang_world, tmp_path_factory) -> dict[str, BuiltFromSglang]:
     root = tmp_path_factory.mktemp("sglang-families")
     out = {}
-    with sglang_dit_folders.sglang_cpu_world(demo_model):
-        for dit_class, fam in BUILT_FROM_SGLANG.items():
-            config = {**sglang_dit_folders.arch_config_json(fam.model_id), **dict(fam.contract)}
-            module = sglang_dit_folders.build_sglang_dit(fam.model_id, dit_class, config)
-            folder = root / dit_class / fam.model_id.rsplit("/", 1)[-1]
-            vae = _vae_stand_in(fam.model_id, config.get("num_channels_latents") or 16)
-            out[dit_class] = BuiltFromSglang(
-                sglang_dit_folders.write_sglang_folder(folder, fam.pipeline, dit_class, config, module, vae), module)
+    for dit_class, fam in BUILT_FROM_SGLANG.items():
+        config = {**sglang_dit_folders.arch_config_json(fam.model_id), **dict(fam.contract)}
+        module = sglang_dit_folders.build_sglang_dit(fam.model_id, dit_class, config)
+        folder = root / dit_class / fam.model_id.rsplit("/", 1)[-1]
+        vae = _vae_stand_in(fam.model_id, config.get("num_channels_latents") or 16)
+        out[dit_class] = BuiltFromSglang(
+            sglang_dit_folders.write_sglang_folder(folder, fam.pipeline, dit_class, config, module, vae), module)
     return out
+
+
+# The excluded classes sglang itself refuses to build from its registered defaults: the model id, what
+# the config is given (the contract fields sglang asks for first), and sglang's error.
+REFUSED_BUILDS = {
+    "Cosmos3MultiviewTransformer": ("nvidia/Cosmos3-Nano-Transfer-Auto", {"backbone_type": "cosmos3_multiview"},
+                                    "must contain a 'multiview' object"),
+    "Cosmos3SimAutoTransformer": ("nvidia/Cosmos3-Nano-Sim-Auto", {"backbone_type": "cosmos3_multiview"},
+                                  "requires transformer/config.json['cosmos3_nano_sim_auto']"),
+    "CosmosDreamsTransformer": ("nvidia/Cosmos3-Nano-Sim-Bimanual", {},
+                                "requires a schema-v1 artifact under transformer/config.json['cosmos3_nano_sim_bimanual']"),
+    "SanaWMLTX2VideoRefiner": ("Efficient-Large-Model/SANA-WM_bidirectional", {}, "timestep_scale_multiplier"),
+}
+
+
+@pytest.mark.parametrize("dit_class", sorted(REFUSED_BUILDS))
+def test_excluded_because_sglang_refuses_to_build_them(dit_class, sglang_world):
+    model_id, extra, error = REFUSED_BUILDS[dit_class]
+    assert error in EXCLUDED[dit_class]
+    config = {**sglang_dit_folders.arch_config_json(model_id), **extra}
+    with pytest.raises((ValueError, AttributeError), match=re.escape(error)):
+        sglang_dit_folders.build_sglang_dit(model_id, dit_class, config)
 
 
 @pytest.mark.parametrize("dit_class", sorted(BUILT_FROM_SGLANG))
@@ -343,3 +371,13 @@ def test_sglang_mapping_leaves_module_names_in_their_block(dit_class, sglang_fol
                 moved = layer_index_pattern(layer_name).match(layout.to_sglang_name(name))
                 assert moved and moved.group(1) == m.group(1), (name, layout.to_sglang_name(name))
                 break
+
+
+def test_mova_towers_are_components_the_probe_does_not_read():
+    """MOVA's reason: its pipeline asks for video_dit / video_dit_2 / audio_dit, none a DiT component of ours."""
+    from sglang.multimodal_gen.registry import get_pipeline_class
+    from sglang_autoperf.sglang_adapter.models import DIT_COMPONENTS
+
+    modules = set(get_pipeline_class("MOVAPipeline")._required_config_modules)
+    assert {"video_dit", "video_dit_2", "audio_dit"} <= modules and not modules & set(DIT_COMPONENTS)
+    assert all("MOVA" in EXCLUDED[c] for c in ("WanModel", "WanAudioModel"))
