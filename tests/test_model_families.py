@@ -381,3 +381,43 @@ def test_mova_towers_are_components_the_probe_does_not_read():
     modules = set(get_pipeline_class("MOVAPipeline")._required_config_modules)
     assert {"video_dit", "video_dit_2", "audio_dit"} <= modules and not modules & set(DIT_COMPONENTS)
     assert all("MOVA" in EXCLUDED[c] for c in ("WanModel", "WanAudioModel"))
+
+
+def test_sglang_built_header_is_valid_safetensors(sglang_folders):
+    """The sparse file is one safetensors itself opens (names, dtypes and shapes as the module has them),
+    and it takes no disk for its data."""
+    import os
+
+    from safetensors import safe_open
+
+    built = sglang_folders["Hunyuan3D2DiT"]
+    path = built.folder / "transformer" / "diffusion_pytorch_model.safetensors"
+    want = sglang_dit_folders.checkpoint_tensors(built.module)
+    with safe_open(str(path), framework="pt") as f:
+        got = {name: (f.get_slice(name).get_dtype(), list(f.get_slice(name).get_shape())) for name in f.keys()}
+    assert got == want
+    assert os.stat(path).st_size > 2 * 10**9 > os.stat(path).st_blocks * 512  # a 1.1B-parameter DiT's header
+
+
+# Families whose checkpoints carry a prefix sglang's param_names_mapping strips first (its rules
+# `^model\.(.*)$` and `^model\.diffusion_model\.(.*)$`): the one rule whose inverse is unambiguous.
+CHECKPOINT_PREFIXES = {"Hunyuan3D2DiT": "model.", "MiniMaxH3DiTModel": "model.diffusion_model."}
+
+
+@pytest.mark.parametrize("dit_class", sorted(CHECKPOINT_PREFIXES))
+def test_checkpoint_names_reach_their_blocks_through_sglang_mapping(dit_class, sglang_folders, tmp_path):
+    """A header under the checkpoint's prefixed names matches no layer name as written; the probe's
+    blocks come from sglang's mapping, and are the same as under the module's own names."""
+    import shutil
+
+    built = sglang_folders[dit_class]
+    folder = tmp_path / built.folder.name
+    shutil.copytree(built.folder, folder, ignore=shutil.ignore_patterns("*.safetensors"))
+    prefix = CHECKPOINT_PREFIXES[dit_class]
+    tensors = {prefix + name: t for name, t in sglang_dit_folders.checkpoint_tensors(built.module).items()}
+    sglang_dit_folders.write_sparse_safetensors(folder / "transformer" / "diffusion_pytorch_model.safetensors",
+                                                tensors)
+    want = probe_model(built.folder).dit
+    got = probe_model(folder).dit
+    assert [(g.name, g.block_bytes) for g in got.block_groups] == [(g.name, g.block_bytes) for g in want.block_groups]
+    assert got.total_bytes == want.total_bytes
