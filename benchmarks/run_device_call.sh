@@ -57,6 +57,13 @@
 #                       its neighbours, the planner's start (the reference), a grid. Then, while time is left,
 #                       sglang's defaults (plugin off) and the plugin's warm-cache run of each (on 2026-11-29
 #                       only Z-Image's defaults fit in 540 s: a sglang process costs ~30 s before it loads)
+#   klein-check         FLUX.2-klein-4B at KLEIN_FREE_GIB (8): the plugin cold and warm beside a ballast; its cached
+#                       choice and the best points of limit_points.json in one sweep process beside the ballast;
+#                       then Z-Image-Turbo cold and warm (ZIMAGE_FREE_GIB, 10) while 200 s are left
+#   klein-limit         FLUX.2-klein-4B: LIMIT_POINTS (the Klein page's limit_points.json), each twice, in one sweep
+#                       process beside a ballast leaving KLEIN_FREE_GIB (8): which points really fit, and their speed
+#   klein               FLUX.2-klein-4B alone, every arm of the families plan: cold, its sweep, sglang's
+#                       defaults and the warm run (the families plan's Klein ran out of time after the sweep)
 # Env: BUDGET_S (seconds for the whole call, default 570); PIN_CPUS (see below).
 # Writes under $OUT: one .tar.gz per part, summary.txt (the parts' tables and key lines).
 set -uo pipefail
@@ -287,6 +294,33 @@ case $PLAN in
     family_sweep klein "$KF" 8 3 "$(min 100 $(( $(left) - 60 )))"
     family_e2e zimage z-image-turbo "$ZF" 8 defaults warm
     family_e2e klein flux.2-klein-4b "$KF" 8 defaults warm ;;
+  klein) KF=${KLEIN_FREE_GIB:-8}  # the families plan's FLUX.2-klein arms again, all of them
+    family_e2e klein flux.2-klein-4b "$KF" 8 cold
+    family_sweep klein "$KF" 8 3 "$(min 100 $(( $(left) - 190 )))"
+    family_e2e klein flux.2-klein-4b "$KF" 8 defaults warm ;;
+  klein-limit) KF=${KLEIN_FREE_GIB:-8}; d=$W/klein-limit; mkdir -p "$d"  # which Klein points really fit beside a ballast
+    m=$(checkpoint flux.2-klein-4b "$d/build.log")
+    CUDA_VISIBLE_DEVICES=0 $PIN timeout -k 10 "$(( $(left) - 10 ))" python3 benchmarks/inprocess_sweep.py --model-path "$m" \
+      --budgets "${KF}GiB" --focus "${LIMIT_POINTS:-benchmarks/results/2026-11-29-h200-klein/limit_points.json}" \
+      --repeat 2 --reference-every 4 --free-gib "$KF" --out "$d" --steps-per-request 8 --plan-steps 8 --finish-s 15 \
+      --time-budget "$(( $(left) - 30 ))" > "$d/run.log" 2>&1
+    say "klein-limit rc=$?: $(grep -c . "$d/points.jsonl" 2>/dev/null) blocks" ;;
+  klein-check) KF=${KLEIN_FREE_GIB:-8}; d=$W/klein-e2e  # the plugin cold and warm, then its choice beside the best points
+    family_e2e klein flux.2-klein-4b "$KF" 8 cold warm
+    python3 - "$d" benchmarks/results/2026-11-29-h200-klein/limit_points.json > "$d/focus.json" <<'PY'
+import glob, json, sys
+points = [{"label": "plugin's choice (cache)", "lists": json.load(open(p))["result"]["list_placement"]}
+          for p in glob.glob(f"{sys.argv[1]}/cache/*.json")]
+points = [dict(p, lists=dict(p["lists"])) for p in points if p["lists"]]
+best = ("d5/s3 p1/6", "d5/s3 p1/4", "d5/s5 p1/2", "d5/s4 p1/2", "d5/s3 p1/3", "d5/s3 p1/2")
+print(json.dumps(points + [p for p in json.load(open(sys.argv[2])) if any(b in p["label"] for b in best)], indent=1))
+PY
+    s=$W/klein-limit; mkdir -p "$s"
+    CUDA_VISIBLE_DEVICES=0 $PIN timeout -k 10 "$(( $(left) - 10 ))" python3 benchmarks/inprocess_sweep.py --model-path "$(cat "$d/model")" \
+      --budgets "${KF}GiB" --focus "$d/focus.json" --repeat 2 --reference-every 4 --free-gib "$KF" --out "$s" \
+      --steps-per-request 8 --plan-steps 8 --finish-s 15 --time-budget "$(min 150 $(( $(left) - 30 )))" > "$s/run.log" 2>&1
+    say "klein-limit rc=$?: $(grep -c . "$s/points.jsonl" 2>/dev/null) blocks"
+    [ "$(left)" -gt 200 ] && family_e2e zimage z-image-turbo "${ZIMAGE_FREE_GIB:-10}" 8 cold warm ;;
   wan14b+wan13b81) side_by_side 'case_run 0 wan14b-81f-24g' 'case_run $G1 wan13b-81f' ;;
   *) echo "unknown plan $PLAN"; exit 2 ;;
 esac

@@ -75,7 +75,10 @@ def format_calibration_table(result: "TuningResult") -> str:
     lines.append(f"  calibration: {result.calibration_s:.1f} s, {result.steps_used} steps")
     if result.memory:
         m = result.memory  # retune/memory.MemoryCorrection, card-wide (other processes included)
-        lines.append(f"  memory at the start placement: peak {gib(m['measured_peak_bytes'], 2)} measured vs "
+        started = result.started().to_dict()  # the reading's placement holds the traced lists only
+        at = "the start placement" if all(started.get(k) == p for k, p in m["placement"].items()) \
+            else "the first faster candidate"  # measure/live: a second reading there sized the last candidate
+        lines.append(f"  memory at {at}: peak {gib(m['measured_peak_bytes'], 2)} measured vs "
                      f"{gib(m['predicted_peak_bytes'], 2)} predicted, limit {gib(m['limit_bytes'], 2)} (card-wide), "
                      f"kept-free margin {gib(m['margin_bytes'], 2)}: candidates placed at most "
                      f"{gib(m['limit_bytes'] - m['margin_bytes'] - m['fixed_bytes'], 2)}")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
 import time
 from dataclasses import dataclass, field, replace
 from importlib import metadata
@@ -25,8 +26,9 @@ from sglang_autoperf.measure.compressed import CompressionChoice, attach_compres
 from sglang_autoperf.measure.monitor import OverlapMonitor
 from sglang_autoperf.plan.objective import placement_objective
 from sglang_autoperf.report import format_calibration_table
-from sglang_autoperf.retune.lists import LayerList, ListPlacement, layer_lists_of, list_key, propose_lists
-from sglang_autoperf.retune.memory import MemoryCorrection, MemoryReading, fill_residency, memory_correction
+from sglang_autoperf.retune.lists import LayerList, ListPlacement, layer_lists_of, list_key, placed_bytes, propose_lists
+from sglang_autoperf.retune.memory import (
+    PEAK_ERROR_MARGIN_BYTES, MemoryCorrection, MemoryReading, fill_residency, memory_correction)
 from sglang_autoperf.retune.retuner import all_resident_note, decide, layer_lists, propose
 from sglang_autoperf.trace import PLACEMENT_KNOBS, Placement, StepTrace, TraceRecording, placement_problem
 from sglang_autoperf.retune.schedule import (
@@ -39,7 +41,6 @@ from sglang_autoperf.retune.schedule import (
 from sglang_autoperf.log import logger, step_aside
 from sglang_autoperf.units import gib
 
-VRAM_SAFETY_BYTES = 1 << 30  # fragmentation and allocator slack beyond what the traces showed
 
 def request_bucket(shape: dict[str, Any]) -> str:
     return shape_bucket(shape["width"], shape["height"], shape["num_frames"], shape["batch_size"], shape["cfg"])
@@ -71,7 +72,8 @@ class Calibration:
     done: bool = False
     steps_used: int = 0
     measured_in_trial: int = 0  # per trial, not per placement: the closing baseline needs its own 2 steps
-    memory: Any = None  # retune/memory.MemoryCorrection measured at the baseline (several layer lists)
+    memory: Any = None  # retune/memory.MemoryCorrection: the reading that sized the candidates (several layer lists)
+    refined: bool = False  # the second reading, at the first candidate faster than the start, was taken
 
     def __post_init__(self):
         self.trials = [self.baseline]
@@ -174,16 +176,6 @@ class WorkerTuner:
         order = [(c, name) for c, name, _ in layer_lists(steps)] if steps else list(per_list)
         order += [k for k in per_list if k not in order]
         return [b for key in order for b in per_list.get(key, [])]
-
-    def headroom_bytes(self) -> int:
-        import torch
-
-        free, _total = torch.cuda.mem_get_info()
-        headroom = free - VRAM_SAFETY_BYTES
-        budget = self.plan.budget_bytes
-        if budget:
-            headroom = min(headroom, int(budget) - int(torch.cuda.memory_reserved()))
-        return max(0, int(headroom))
 
     def objective(self) -> str:
         # Where a DiT is streamed at all, a pinned --dit-layerwise-offload can only be on.
@@ -480,6 +472,9 @@ class WorkerTuner:
             cal.trials.extend(candidates)
             if candidates:
                 cal.trials.append(cal.baseline)  # the closing baseline (see the module doc)
+        elif self._refine_due(cal):
+            cal.refined = True
+            self._refine(cal)
         cal.trial += 1
         cal.measured_in_trial = 0
         remaining_steps = (self.request["steps"] - self.request["step"]) if cal.step_mode else None
@@ -518,10 +513,9 @@ class WorkerTuner:
             return []
         if isinstance(cal.baseline, ListPlacement):
             return self._propose_lists(cal)
-        candidates = propose(
-            cal.traces[cal.baseline], self.layer_bytes(cal.traces[cal.baseline]), cal.baseline, self.headroom_bytes(),
-            objective=cal.objective, max_candidates=cal.max_candidates, fixed=self.fixed,
-        )
+        steps = cal.traces[cal.baseline]
+        candidates = propose(steps, self.layer_bytes(steps), cal.baseline, self._single_list_room(steps),
+                             objective=cal.objective, max_candidates=cal.max_candidates, fixed=self.fixed)
         placements = _agree_on_placements([c.placement for c in candidates])
         for c in candidates:
             logger().info(
@@ -529,44 +523,114 @@ class WorkerTuner:
                 c.placement.label(), c.predicted_step_ms, gib(c.extra_vram_bytes, 2, signed=True), c.reason,
             )
         if not placements:
-            logger().info("[autoperf] no candidate predicted faster within the free VRAM; keeping %s", cal.baseline.label())
+            logger().info("[autoperf] no candidate predicted faster within the measured memory; keeping %s",
+                          cal.baseline.label())
         return placements
+
+    def _single_list_room(self, steps: list[StepTrace]) -> int:
+        """VRAM a single-list candidate may add to the start placement (the retuner prices each
+        candidate's own extra bytes): the per-list path's rule (retune/memory) read as room above the
+        peak the traced steps measured, card-wide: the limit, less the measured error margin and the
+        compressed store's staging buffer, less that peak."""
+        total = steps[-1].device_total_bytes
+        staging = self.compression.staging_bytes() if self.compression is not None else 0
+        peak, limit, others = _memory_reading(steps).peak_bytes, self.memory_limit_bytes(total), self.others_bytes(total)
+        room = max(0, limit - PEAK_ERROR_MARGIN_BYTES - staging - peak)
+        logger().info("[autoperf] memory at the start placement: this process peaked at %s of %s it may use; keeping "
+                      "%s free (the prediction's measured error%s), candidates may add %s", gib(peak - others, 2),
+                      gib(limit - others, 2), gib(PEAK_ERROR_MARGIN_BYTES + staging, 2),
+                      f" + {gib(staging, 2)} for compressed streaming's staging buffer" if staging else "", gib(room, 2))
+        return room
+
+    def _list_reading(self, cal: Calibration, at: ListPlacement) -> "_ListReading":
+        """The memory measured over `at`'s traced steps, as a correction against the real limit. Lists
+        the traced steps never ran (Wan2.2's expert for the other noise levels) count in the fixed use."""
+        steps = cal.traces[at]
+        in_steps = layer_lists(steps)
+        traced = [list_key(c, name) for c, name, _ in in_steps]
+        layer_bytes = self.layer_bytes(steps)[:sum(n for _, _, n in in_steps)]  # traced lists first (its contract)
+        lists = layer_lists_of(steps, layer_bytes)
+        here = ListPlacement(tuple((key, at.get(key)) for key in traced))
+        total = steps[-1].device_total_bytes
+        staging = self.compression.staging_bytes() if self.compression is not None else 0
+        # the startup model's peak for `at`: its figure for the start, moved by what `at` places beyond it
+        start = ListPlacement(tuple((key, cal.baseline.get(key)) for key in traced))
+        predicted = self.predicted_peak_bytes(total) + placed_bytes(lists, here) - placed_bytes(lists, start)
+        memory = replace(memory_correction(
+            _memory_reading(steps), lists, here, limit_bytes=self.memory_limit_bytes(total),
+            predicted_peak_bytes=predicted, unread_bytes=staging), others_bytes=self.others_bytes(total))
+        return _ListReading(steps, layer_bytes, lists, traced, here, memory, staging)
+
+    def _list_candidates(self, cal: Calibration, reading: "_ListReading", max_candidates: int) -> list[ListPlacement]:
+        """Per-list candidates from `reading`'s traces within its measured room, as the managers will run them."""
+        candidates = propose_lists(reading.steps, reading.layer_bytes, reading.placement,
+                                   reading.memory.placeable_bytes, max_candidates=max_candidates, fixed=self.fixed)
+        for c in candidates:
+            logger().info("[autoperf] candidate %s: %s", c.placement.label(), c.reason)
+        return _agree_on_placements([ListPlacement(tuple(
+            (key, c.placement.get(key) if key in reading.traced else p) for key, p in cal.baseline.lists))
+            for c in candidates])
 
     def _propose_lists(self, cal: Calibration) -> list[ListPlacement]:
         """Per-list candidates that fit the memory measured at the baseline (retune/memory): the
-        resident blocks and buffers a placement adds or frees are all that changes its peak. Lists
-        the traced steps never ran (Wan2.2's expert for the other noise levels) keep their placement
-        and count in the measured fixed use."""
-        steps = cal.traces[cal.baseline]
-        in_steps = layer_lists(steps)
-        traced = [list_key(c, name) for c, name, _ in in_steps]
-        counts = sum(n for _, _, n in in_steps)
-        layer_bytes = self.layer_bytes(steps)[:counts]  # traced lists come first (layer_bytes' contract)
-        lists = layer_lists_of(steps, layer_bytes)
-        start = ListPlacement(tuple((key, cal.baseline.get(key)) for key in traced))
-        total = steps[-1].device_total_bytes
-        others = self.others_bytes(total)  # the log speaks of this process alone
-        staging = self.compression.staging_bytes() if self.compression is not None else 0
-        cal.memory = replace(memory_correction(
-            _memory_reading(steps), lists, start, limit_bytes=self.memory_limit_bytes(total),
-            predicted_peak_bytes=self.predicted_peak_bytes(total), unread_bytes=staging), others_bytes=others)
-        m = cal.memory
+        resident blocks and buffers a placement adds or frees are all that changes its peak."""
+        reading = self._list_reading(cal, cal.baseline)
+        cal.memory = m = reading.memory
+        others = m.others_bytes  # the log speaks of this process alone
         logger().info("[autoperf] memory at the start placement: this process peaked at %s (the startup model "
                       "said %s) of %s it may use; keeping %s free (the prediction's measured error%s), %s can hold "
                       "resident layers and prefetch buffers", gib(m.measured_peak_bytes - others, 2),
                       gib(m.predicted_peak_bytes - others, 2), gib(m.limit_bytes - others, 2), gib(m.margin_bytes, 2),
-                      f" + {gib(staging, 2)} for compressed streaming's staging buffer" if staging else "",
+                      f" + {gib(reading.staging, 2)} for compressed streaming's staging buffer" if reading.staging else "",
                       gib(m.placeable_bytes, 2))
-        candidates = propose_lists(steps, layer_bytes, start, m.placeable_bytes,
-                                   max_candidates=cal.max_candidates, fixed=self.fixed)
-        placements = _agree_on_placements([ListPlacement(tuple(
-            (key, c.placement.get(key) if key in traced else p) for key, p in cal.baseline.lists)) for c in candidates])
-        for c in candidates:
-            logger().info("[autoperf] candidate %s: %s", c.placement.label(), c.reason)
+        placements = self._list_candidates(cal, reading, cal.max_candidates)
         if not placements:
             logger().info("[autoperf] no per-list candidate predicted faster within the measured memory; keeping %s",
                           cal.baseline.label())
         return placements
+
+    def _refine_due(self, cal: Calibration) -> bool:
+        """A second reading is taken once, at the first candidate that measured faster than the start."""
+        at = cal.placement
+        if cal.refined or at == cal.baseline or not isinstance(at, ListPlacement) or cal.memory is None:
+            return False
+        times, base = cal.measured.get(at), cal.measured.get(cal.baseline)
+        return bool(times and base) and statistics.median(times) < statistics.median(base)
+
+    def _refine(self, cal: Calibration) -> None:
+        """The start's reading predicts every placement's peak from one point, within -0.36..+0.44 GiB
+        (retune/memory.PEAK_ERROR_MARGIN_BYTES); a reading at the candidate just measured predicts the
+        placements near it better. On FLUX.2-klein at 8 GiB (H200, benchmarks/results/2026-11-29-h200-klein)
+        the start's reading over-counted every doubles-resident placement by 0.22 GiB and the candidate it
+        allowed still left 1.6 GiB of the card free. Where the new reading leaves more room, the fastest
+        placement predicted from the candidate's own traces is measured next."""
+        reading = self._list_reading(cal, cal.placement)
+        m, others = reading.memory, reading.memory.others_bytes
+        logger().info("[autoperf] memory at %s: this process peaked at %s (the start's reading said %s); %s can hold "
+                      "resident layers and prefetch buffers", cal.placement.label(), gib(m.measured_peak_bytes - others, 2),
+                      gib(cal.memory.peak_of(reading.lists, reading.placement) - others, 2), gib(m.placeable_bytes, 2))
+        new = [p for p in self._free_knobs_only(self._list_candidates(cal, reading, 1), cal.baseline)
+               if p not in cal.trials]
+        if not new:
+            logger().info("[autoperf] no placement predicted faster than %s fits that", cal.placement.label())
+            return
+        cal.memory = m
+        cal.trials[cal.trial + 1:cal.trial + 1] = new
+        self._fit_pending_trials(cal, keep=new)
+
+    def _fit_pending_trials(self, cal: Calibration, keep: list) -> None:
+        """In a warmup request, the trials still to run fit its steps left: the last of the first
+        round's candidates go first (they were predicted slowest), the closing baseline stays."""
+        if not cal.step_mode or self.request is None:
+            return
+        left = self.request["steps"] - self.request["step"]
+        pending = cal.trials[cal.trial + 1:]
+        while len(pending) * STEPS_PER_TRIAL > left:
+            drop = next((i for i in range(len(pending) - 2, -1, -1) if pending[i] not in keep), None)
+            if drop is None:
+                break
+            del pending[drop]
+        cal.trials[cal.trial + 1:] = pending
 
     def others_bytes(self, total: int) -> int:
         """What other processes held on a card of `total` bytes when the plan was made (0 where unknown)."""
@@ -643,6 +707,19 @@ class WorkerTuner:
         if isinstance(decision.placement, ListPlacement):
             result.set_lists(decision.placement, cal.baseline, cal.memory.to_dict() if cal.memory is not None else None)
         return result
+
+
+@dataclass(frozen=True)
+class _ListReading:
+    """One memory reading of a per-list calibration: the traced steps it came from and what it allows."""
+
+    steps: list
+    layer_bytes: list[int]  # the traced lists' blocks, list after list
+    lists: list[LayerList]
+    traced: list[str]  # the list keys the steps ran
+    placement: ListPlacement  # the measured placement, traced lists only
+    memory: MemoryCorrection
+    staging: int  # compressed streaming's staging buffer, kept free with the margin
 
 
 def _keeping(p, baseline, fixed: frozenset):
