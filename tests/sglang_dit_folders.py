@@ -27,11 +27,12 @@ import struct
 import warnings
 from pathlib import Path
 
-# torch dtype -> safetensors dtype code (the safetensors format's names)
-_ST_DTYPES = {"torch.bfloat16": "BF16", "torch.float16": "F16", "torch.float32": "F32", "torch.float64": "F64",
-              "torch.int64": "I64", "torch.int32": "I32", "torch.int16": "I16", "torch.int8": "I8",
-              "torch.uint8": "U8", "torch.bool": "BOOL", "torch.float8_e4m3fn": "F8_E4M3",
-              "torch.float8_e5m2": "F8_E5M2"}
+# torch dtype -> (safetensors dtype code, bytes per element): the safetensors format's names
+_ST_DTYPES = {"torch.bfloat16": ("BF16", 2), "torch.float16": ("F16", 2), "torch.float32": ("F32", 4),
+              "torch.float64": ("F64", 8), "torch.int64": ("I64", 8), "torch.int32": ("I32", 4),
+              "torch.int16": ("I16", 2), "torch.int8": ("I8", 1), "torch.uint8": ("U8", 1), "torch.bool": ("BOOL", 1),
+              "torch.float8_e4m3fn": ("F8_E4M3", 1), "torch.float8_e5m2": ("F8_E5M2", 1)}
+_ELEMENT_BYTES = dict(_ST_DTYPES.values())
 
 
 def _free_port() -> int:
@@ -89,7 +90,8 @@ def _jsonable(value):
 
 def arch_config_json(model_id: str) -> dict:
     """The JSON fields of sglang's DiT arch config for `model_id`, under sglang's own names (what its
-    loader's update_model_arch sets from a checkpoint's config.json); name mappings left out."""
+    loader's update_model_arch sets from a checkpoint's config.json); name mappings, private fields
+    and fields left at None (sglang's default stands) left out."""
     arch = pipeline_config(model_id).dit_config.arch_config
     out = {}
     for f in dataclasses.fields(arch):
@@ -107,10 +109,11 @@ def build_sglang_dit(model_id: str, dit_class: str, config: dict):
     from sglang.multimodal_gen.runtime.loader.utils import initialize_model
     from sglang.multimodal_gen.runtime.models.registry import ModelRegistry
 
+    hf_config = {k: v for k, v in config.items() if k != "_class_name"}  # the loader pops _class_name
     dit_config = pipeline_config(model_id).dit_config
-    dit_config.update_model_arch({k: v for k, v in config.items() if k != "_class_name"})
+    dit_config.update_model_arch(hf_config)
     cls, _ = ModelRegistry.resolve_model_cls(dit_class)
-    return initialize_model(cls, {"config": dit_config, "hf_config": dict(config), "quant_config": None},
+    return initialize_model(cls, {"config": dit_config, "hf_config": hf_config, "quant_config": None},
                             torch.bfloat16, torch.device("meta"))
 
 
@@ -121,12 +124,8 @@ def checkpoint_tensors(module) -> dict[str, tuple[str, list[int]]]:
         if id(t) in seen:
             continue
         seen.add(id(t))
-        out[name] = (_ST_DTYPES[str(t.dtype)], list(t.shape))
+        out[name] = (_ST_DTYPES[str(t.dtype)][0], list(t.shape))
     return out
-
-
-_BITS = {"BF16": 16, "F16": 16, "F32": 32, "F64": 64, "I64": 64, "I32": 32, "I16": 16, "I8": 8, "U8": 8, "BOOL": 8,
-         "F8_E4M3": 8, "F8_E5M2": 8}
 
 
 def write_sparse_safetensors(path: Path, tensors: dict[str, tuple[str, list[int]]]) -> None:
@@ -136,7 +135,7 @@ def write_sparse_safetensors(path: Path, tensors: dict[str, tuple[str, list[int]
         numel = 1
         for d in shape:
             numel *= d
-        size = numel * _BITS[dtype] // 8
+        size = numel * _ELEMENT_BYTES[dtype]
         header[name] = {"dtype": dtype, "shape": shape, "data_offsets": [offset, offset + size]}
         offset += size
     raw = json.dumps(header, separators=(",", ":")).encode()
