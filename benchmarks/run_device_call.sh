@@ -57,7 +57,7 @@
 #                       its neighbours, the planner's start (the reference), a grid. Then, while time is left,
 #                       sglang's defaults (plugin off) and the plugin's warm-cache run of each (on 2026-11-29
 #                       only Z-Image's defaults fit in 540 s: a sglang process costs ~30 s before it loads)
-#   klein-check         FLUX.2-klein-4B at KLEIN_FREE_GIB (8): the plugin cold and warm beside a ballast; its cached
+#   klein-check         FLUX.2-klein-4B at KLEIN_FREE_GIB (8): the plugin cold and warm (KLEIN_RUNS) beside a ballast; its cached
 #                       choice and the best points of limit_points.json in one sweep process beside the ballast;
 #                       then Z-Image-Turbo cold and warm (ZIMAGE_FREE_GIB, 10) while 200 s are left
 #   klein-limit         FLUX.2-klein-4B: LIMIT_POINTS (the Klein page's limit_points.json), each twice, in one sweep
@@ -306,7 +306,7 @@ case $PLAN in
       --time-budget "$(( $(left) - 30 ))" > "$d/run.log" 2>&1
     say "klein-limit rc=$?: $(grep -c . "$d/points.jsonl" 2>/dev/null) blocks" ;;
   klein-check) KF=${KLEIN_FREE_GIB:-8}; d=$W/klein-e2e  # the plugin cold and warm, then its choice beside the best points
-    family_e2e klein flux.2-klein-4b "$KF" 8 cold warm
+    family_e2e klein flux.2-klein-4b "$KF" 8 ${KLEIN_RUNS:-cold warm}
     python3 - "$d" benchmarks/results/2026-11-29-h200-klein/limit_points.json > "$d/focus.json" <<'PY'
 import glob, json, sys
 points = [{"label": "plugin's choice (cache)", "lists": json.load(open(p))["result"]["list_placement"]}
@@ -320,7 +320,8 @@ PY
       --budgets "${KF}GiB" --focus "$d/focus.json" --repeat 2 --reference-every 4 --free-gib "$KF" --out "$s" \
       --steps-per-request 8 --plan-steps 8 --finish-s 15 --time-budget "$(min 150 $(( $(left) - 30 )))" > "$s/run.log" 2>&1
     say "klein-limit rc=$?: $(grep -c . "$s/points.jsonl" 2>/dev/null) blocks"
-    [ "$(left)" -gt 200 ] && family_e2e zimage z-image-turbo "${ZIMAGE_FREE_GIB:-10}" 8 cold warm ;;
+    [ "$(left)" -gt 200 ] && family_e2e zimage z-image-turbo "${ZIMAGE_FREE_GIB:-10}" 8 cold warm
+    true ;;
   wan14b+wan13b81) side_by_side 'case_run 0 wan14b-81f-24g' 'case_run $G1 wan13b-81f' ;;
   *) echo "unknown plan $PLAN"; exit 2 ;;
 esac

@@ -14,6 +14,7 @@ from sglang_autoperf.plan.planner import make_plan
 from sglang_autoperf.probe.gpu import probe_gpus
 from sglang_autoperf.probe.model import ModelProbeError, probe_model
 from sglang_autoperf.probe.workload import workload_for
+from sglang_autoperf.retune.compression import AB_STEPS
 from sglang_autoperf.retune.schedule import (
     BASELINE_STEPS, MAX_WARMUP_S, STEPS_PER_TRIAL, calibration_steps, warmup_candidates)
 from sglang_autoperf.settings import Settings
@@ -270,11 +271,16 @@ def _calibration_changes(ctx: RunContext, settings: Settings, plan_dict: dict[st
         return
     if cached is not None and _cached_placement(plan_dict, ctx, cached, bucket):
         return
-    _schedule_warmup(ctx, plan_dict, bucket)
+    # the worker measures compressed against raw streaming where the plan predicts it pays and the
+    # user left the choice to it: on the warmup too, so that a one-request run decides it (a
+    # `sglang generate` of 8 steps could not: benchmarks/results/2026-11-29-h200-klein)
+    ab_steps = AB_STEPS if startup.compression_predicted and settings.compress == "auto" else 0
+    _schedule_warmup(ctx, plan_dict, bucket, ab_steps)
 
 
-def _schedule_warmup(ctx: RunContext, plan_dict: dict[str, Any], bucket: str) -> None:
-    """A warmup request to calibrate on (its output is discarded), bounded in time."""
+def _schedule_warmup(ctx: RunContext, plan_dict: dict[str, Any], bucket: str, ab_steps: int = 0) -> None:
+    """A warmup request to calibrate on (its output is discarded), bounded in time; `ab_steps`
+    more after the calibration for the compressed-vs-raw A/B."""
     if ctx.current.get("warmup_mode") not in (None, "off"):
         plan_dict["notes"].append(f"calibrating during the warmup the user configured ({ctx.current.get('warmup_mode')})")
         return
@@ -282,21 +288,22 @@ def _schedule_warmup(ctx: RunContext, plan_dict: dict[str, Any], bucket: str) ->
         plan_dict["notes"].append("warmup is pinned off: calibrating across the first requests instead")
         return
     step_ms = float((plan_dict.get("predicted") or {}).get("step_ms") or 0.0)
-    candidates = warmup_candidates(step_ms)
+    candidates = warmup_candidates(step_ms, ab_steps)
     if candidates < 1:
         plan_dict["notes"].append(
             f"no calibration warmup: a step is predicted at {step_ms / 1e3:.1f} s, so even one candidate "
             f"({calibration_steps(1)} steps) would cost more than the {MAX_WARMUP_S:.0f} s bound; the first requests "
             f"are measured instead")
         return
-    steps = calibration_steps(candidates)
+    steps = calibration_steps(candidates) + ab_steps
     _set_change(plan_dict, ctx, "warmup_mode", "request",
                 f"no tuning for {bucket} in the cache: calibrate resident layers and prefetch on a warmup copy "
                 f"of the first request, so no real request changes placement mid-way")
     _set_change(plan_dict, ctx, "warmup_steps", steps,
                 f"{steps} warmup steps: {BASELINE_STEPS} at the planned placement, then {STEPS_PER_TRIAL} for each of "
-                f"up to {candidates} candidates and {STEPS_PER_TRIAL} at the planned placement again (bounded to "
-                f"~{MAX_WARMUP_S:.0f} s at the predicted {step_ms:.0f} ms/step; the result is cached)")
+                f"up to {candidates} candidates and {STEPS_PER_TRIAL} at the planned placement again"
+                + (f", then {ab_steps} for compressed vs raw streaming at the chosen placement" if ab_steps else "")
+                + f" (bounded to ~{MAX_WARMUP_S:.0f} s at the predicted {step_ms:.0f} ms/step; the result is cached)")
 
 
 def _compile_from_cache(ctx: RunContext, settings: Settings, plan_dict: dict[str, Any], startup: StartupPlan,

@@ -266,3 +266,77 @@ def test_without_an_error_in_the_start_reading_nothing_beyond_its_room_is_tried(
     room = _start_room(tuner)
     _warmup(tuner)
     assert all(placed_bytes(tuner.monitor.lists, p) <= room for p in tuner.monitor.order)
+
+
+class DecidingChoice:
+    """Stands in for measure/compressed.CompressionChoice, whose A/B times steps with CUDA events (no
+    GPU here): the same calls the tuner makes, and once it has run the A/B's steps it reports raw
+    streaming faster, as the real A/B does where compressed is not more than 2% faster."""
+
+    def __init__(self, staging_bytes: int):
+        self.staging, self.streaming = staging_bytes, SimpleNamespace(decided=False)
+        self.ab_steps, self.committed = None, []
+
+    @property
+    def measuring(self) -> bool:
+        return self.ab_steps is not None
+
+    def staging_bytes(self) -> int:
+        return 0 if self.committed == [False] else self.staging
+
+    def begin_request(self, cached_choice, calibrating: bool, placement_label: str) -> None:
+        if self.streaming.decided or self.ab_steps is not None:
+            return
+        if cached_choice is not None:
+            self.commit(cached_choice, "cache")
+        elif not calibrating:
+            self.ab_steps = 0
+
+    def run_step(self, original, args, kwargs, first_of_request: bool):
+        self.ab_steps += 0 if first_of_request else 1
+        return original(*args, **kwargs)
+
+    def end_request(self):
+        from sglang_autoperf.retune.compression import AB_STEPS
+
+        if self.ab_steps is None or self.ab_steps < AB_STEPS:
+            return None
+        self.commit(False, "measured")
+        return False, {"raw": 230.0, "compressed": 231.0}
+
+    def commit(self, keep: bool, why: str) -> None:
+        self.streaming.decided, self.ab_steps = True, None
+        self.committed.append(keep)
+
+
+def test_the_warmup_decides_compression_after_calibrating_and_raw_gives_its_staging_room_to_residency(tmp_path):
+    from sglang_autoperf.retune.compression import AB_STEPS
+    from sglang_autoperf.retune.schedule import calibration_steps
+
+    staging = 3 * GiB // 4  # more than a double block (this recording's 19 doubles hold 0.32-0.54 GiB each)
+    tuner = _tuner(tmp_path)
+    tuner.compression = choice = DecidingChoice(staging)
+    shape = dict(SHAPE, steps=calibration_steps() + AB_STEPS)
+    tuner.begin_request(shape)
+    for _ in range(shape["steps"]):
+        tuner.run_step(lambda: None, (), {})
+    calibrated = tuner.results[tuner.bucket(shape)].chosen() if tuner.results else None
+    tuner.end_request()
+    assert choice.committed == [False] and tuner.calibration is None
+    [result] = tuner.results.values()
+    m, lists = result.memory, tuner.monitor.lists
+    assert result.compressed_streaming is False
+    tried = list(dict.fromkeys(tuner.monitor.order))
+    room_with_staging = 16 * GiB - m["fixed_bytes"] - PEAK_ERROR_MARGIN_BYTES - staging
+    assert all(placed_bytes(lists, p) <= room_with_staging for p in tried)  # calibrated with the staging kept free
+    grown = result.chosen()
+    assert tuner.placement() == grown != calibrated and grown not in tried
+    assert placed_bytes(lists, grown) > room_with_staging
+    assert m["fixed_bytes"] + placed_bytes(lists, grown) + m["margin_bytes"] <= 16 * GiB
+    assert m["margin_bytes"] == PEAK_ERROR_MARGIN_BYTES  # the staging term is gone from the stored rule
+    assert all(grown.get(k).prefetch_layers == calibrated.get(k).prefetch_layers and
+               grown.get(k).resident_layers >= calibrated.get(k).resident_layers for k, _ in grown.lists)
+    warm = _tuner(tmp_path)  # the next start: the cached placement and choice, no A/B, nothing measured
+    warm.compression = DecidingChoice(staging)
+    warm.begin_request(dict(SHAPE, is_warmup=False))
+    assert warm.placement() == grown and warm.compression.committed == [False] and not warm.compression.measuring

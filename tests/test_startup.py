@@ -233,3 +233,22 @@ def test_a_model_sglang_runs_with_its_diffusers_backend_steps_aside_in_one_line(
     plan = plan_startup(ctx(model_path=str(demo_model), backend="diffusers"), settings(tmp_path), gpu=gpu)
     assert plan.active is False and plan.changes == []
     assert "diffusers backend" in plan.reason and "--backend diffusers" in plan.reason and "\n" not in plan.reason
+
+
+@pytest.mark.parametrize("compress, extra", [("auto", True), ("off", False), ("on", False)])
+def test_a_predicted_compression_adds_its_ab_to_the_warmup_unless_the_user_chose(tmp_path, compress, extra):
+    """Where the plan predicts compressed streaming pays, the worker measures it against raw on the
+    warmup after the calibration (a one-request `sglang generate` of 8 steps never finished the A/B on
+    served steps: benchmarks/results/2026-11-29-h200-klein); the user's 0 or 1 needs no measurement."""
+    from dataclasses import replace
+
+    from sglang_autoperf.retune.compression import AB_STEPS, SAMPLES_PER_ARM
+
+    d = plan_dict(150.0)
+    predicted = replace(startup(), plan={"dit": {"offload": True, "compress": True}})
+    _calibration_changes(ctx(), replace(settings(tmp_path), compress=compress), d, predicted, IDENTITY)
+    steps = {c["setting"]: c for c in d["changes"]}["warmup_steps"]
+    assert steps["after"] == calibration_steps() + (AB_STEPS if extra else 0)
+    assert AB_STEPS >= 2 * SAMPLES_PER_ARM  # each mode's timed steps, after one untimed step per switch
+    assert ("compressed vs raw" in steps["reason"]) == extra
+    assert steps["after"] * 150.0 / 1e3 <= 20.0  # still within the warmup's time bound

@@ -26,7 +26,9 @@ from sglang_autoperf.measure.compressed import CompressionChoice, attach_compres
 from sglang_autoperf.measure.monitor import OverlapMonitor
 from sglang_autoperf.plan.objective import placement_objective
 from sglang_autoperf.report import format_calibration_table
-from sglang_autoperf.retune.lists import LayerList, ListPlacement, layer_lists_of, list_key, placed_bytes, propose_lists
+from sglang_autoperf.retune.compression import AB_STEPS
+from sglang_autoperf.retune.lists import (
+    LayerList, ListPlacement, fill_resident, layer_lists_of, list_key, placed_bytes, propose_lists)
 from sglang_autoperf.retune.memory import (
     PEAK_ERROR_MARGIN_BYTES, MemoryCorrection, MemoryReading, fill_residency, memory_correction)
 from sglang_autoperf.retune.retuner import all_resident_note, decide, layer_lists, propose
@@ -74,6 +76,7 @@ class Calibration:
     measured_in_trial: int = 0  # per trial, not per placement: the closing baseline needs its own 2 steps
     memory: Any = None  # retune/memory.MemoryCorrection: the reading that sized the candidates (several layer lists)
     refined: bool = False  # the second reading, at the first candidate faster than the start, was taken
+    reserved_steps: int = 0  # of a warmup request, kept for the compressed-vs-raw A/B after the calibration
 
     def __post_init__(self):
         self.trials = [self.baseline]
@@ -218,9 +221,7 @@ class WorkerTuner:
         lists = self._layer_lists()
         if memory.fits(lists, target):
             return target
-        counts = {ll.key: ll.count for ll in lists}
-        order = sorted(counts, key=lambda k: -target.get(k).resident_layers / counts[k])  # the calibration's order
-        shrunk = fill_residency(lists, memory, target, order)
+        shrunk = fill_residency(lists, memory, target, _calibrated_order(lists, target))
         logger().info("[autoperf] %s: the cached %s needs more memory than this start has beside other processes "
                       "(%s placeable); %s", bucket, target.label(), gib(memory.placeable_bytes, 2),
                       f"applying {shrunk.label()}" if shrunk else "the startup placement stands")
@@ -302,7 +303,8 @@ class WorkerTuner:
 
     def _start_calibration(self, bucket: str, shape: dict[str, Any]) -> None:
         step_mode = shape["is_warmup"]
-        usable = affordable_candidates(shape["steps"]) if step_mode else MAX_CANDIDATES
+        reserved = AB_STEPS if step_mode and self._compression_undecided() else 0
+        usable = affordable_candidates(shape["steps"] - reserved) if step_mode else MAX_CANDIDATES
         if step_mode and usable < 1:
             logger().info(
                 "[autoperf] warmup request has %d steps; calibration needs at least %d: measuring only",
@@ -312,6 +314,7 @@ class WorkerTuner:
         self.calibration = Calibration(
             bucket=bucket, batch_size=shape["batch_size"], step_mode=step_mode, baseline=self.placement(),
             objective=self.objective(), max_candidates=min(MAX_CANDIDATES, usable), started=self.clock(),
+            reserved_steps=reserved,
         )
         pinned = f"; pinned by the user: {', '.join(sorted(self.fixed))}" if self.fixed else ""
         logger().info(
@@ -338,6 +341,7 @@ class WorkerTuner:
 
     def _end_compression(self, request: dict[str, Any]) -> None:
         """The compression A/B's timed steps read; its choice, once made, stored with the bucket's result."""
+        staging = self.compression.staging_bytes()
         try:
             outcome = self.compression.end_request()
         except Exception as exc:
@@ -347,8 +351,29 @@ class WorkerTuner:
         if outcome is None or result is None:
             return
         result.compressed_streaming, result.compression_ms = outcome
+        if not result.compressed_streaming:
+            self._give_back_staging(request["bucket"], result, staging)
         if self.identity["rank"] == 0:
             self.cache.put(self.key(request["bucket"], request["batch_size"]), result)
+
+    def _give_back_staging(self, bucket: str, result, staging: int) -> None:
+        """Raw streaming kept: the room the calibration left for the staging buffer goes to resident
+        layers, list by list in the calibration's order, prefetch and policy as measured. More resident
+        blocks at the same prefetch copy less and compute the same, so this is applied unmeasured
+        (and said); the memory rule is the calibration's reading, without the staging term."""
+        target = result.chosen()
+        if staging <= 0 or not isinstance(target, ListPlacement) or not result.memory or "resident_layers" in self.fixed:
+            return
+        memory = MemoryCorrection.from_dict(result.memory)
+        memory = replace(memory, margin_bytes=max(PEAK_ERROR_MARGIN_BYTES, memory.margin_bytes - staging))
+        lists = self._layer_lists()
+        grown = fill_resident(lists, target, _calibrated_order(lists, target), memory.placeable_bytes)
+        if grown == target:
+            return
+        self.apply(grown)
+        result.set_lists(grown, result.started(), memory.to_dict())
+        logger().info("[autoperf] %s: raw streaming kept, so the %s kept free for the staging buffer hold resident "
+                      "layers: %s (unmeasured: the same prefetch, fewer copies)", bucket, gib(staging, 2), grown.label())
 
     def measuring_compression(self) -> bool:
         return self.compression is not None and self.compression.measuring and self.calibration is None
@@ -431,6 +456,16 @@ class WorkerTuner:
         cal.measured_in_trial += 1
         if cal.measured_in_trial >= 2:
             self._advance(cal)
+        if cal.done and cal.reserved_steps and self._compression_undecided():
+            self._finish(cal)  # the warmup's steps left measure compressed against raw streaming
+            self.compression.begin_request(None, False, self.placement().label())
+
+    def _steps_left(self, cal: Calibration) -> int:
+        """Steps of this warmup request the calibration may still use."""
+        return self.request["steps"] - self.request["step"] - cal.reserved_steps
+
+    def _compression_undecided(self) -> bool:
+        return self.compression is not None and not self.compression.streaming.decided
 
     def _trial_failed(self, cal: "Calibration", exc: BaseException) -> None:
         """A candidate's step raised (out of memory, or anything sglang could not run with it): back
@@ -477,7 +512,7 @@ class WorkerTuner:
             self._refine(cal)
         cal.trial += 1
         cal.measured_in_trial = 0
-        remaining_steps = (self.request["steps"] - self.request["step"]) if cal.step_mode else None
+        remaining_steps = self._steps_left(cal) if cal.step_mode else None
         # Clocks differ between ranks: one rank alone stopping early would leave the others
         # waiting in the next collective, so the ranks agree (any rank out of time stops all).
         out_of_time = _agree_any(self.clock() - cal.started > MAX_CALIBRATION_S)
@@ -623,7 +658,7 @@ class WorkerTuner:
         round's candidates go first (they were predicted slowest), the closing baseline stays."""
         if not cal.step_mode or self.request is None:
             return
-        left = self.request["steps"] - self.request["step"]
+        left = self._steps_left(cal)
         pending = cal.trials[cal.trial + 1:]
         while len(pending) * STEPS_PER_TRIAL > left:
             drop = next((i for i in range(len(pending) - 2, -1, -1) if pending[i] not in keep), None)
@@ -720,6 +755,13 @@ class _ListReading:
     placement: ListPlacement  # the measured placement, traced lists only
     memory: MemoryCorrection
     staging: int  # compressed streaming's staging buffer, kept free with the margin
+
+
+def _calibrated_order(lists: list[LayerList], placement: ListPlacement) -> list[str]:
+    """The order a calibration gave residency in (retune/lists.residency_order), read back from its
+    choice: the list it made most resident, as a share of its blocks, first."""
+    counts = {ll.key: ll.count for ll in lists}
+    return sorted(counts, key=lambda k: -placement.get(k).resident_layers / counts[k])
 
 
 def _keeping(p, baseline, fixed: frozenset):

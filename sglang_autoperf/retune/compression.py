@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 NOISE = 0.02
 SAMPLES_PER_ARM = 3
 PAIR = 2  # steps per mode before switching; the second is timed
+AB_STEPS = 2 * PAIR * SAMPLES_PER_ARM  # the steps one A/B takes: SAMPLES_PER_ARM timed steps per mode
 
 
 @dataclass

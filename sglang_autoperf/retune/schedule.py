@@ -30,8 +30,9 @@ def affordable_candidates(steps: int) -> int:
     return max(0, min(MAX_CANDIDATES, (steps - BASELINE_STEPS - STEPS_PER_TRIAL) // STEPS_PER_TRIAL))
 
 
-def warmup_candidates(step_ms: float) -> int:
-    """How many candidate placements a calibration warmup can try within MAX_WARMUP_S."""
+def warmup_candidates(step_ms: float, other_steps: int = 0) -> int:
+    """How many candidate placements a calibration warmup can try within MAX_WARMUP_S, when
+    `other_steps` of it go to something else (the compressed-vs-raw A/B)."""
     if step_ms <= 0:
         return MAX_CANDIDATES  # no prediction: the live time bound (MAX_CALIBRATION_S) still applies
-    return affordable_candidates(int(MAX_WARMUP_S * 1e3 / step_ms))
+    return affordable_candidates(int(MAX_WARMUP_S * 1e3 / step_ms) - other_steps)
