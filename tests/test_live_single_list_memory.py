@@ -82,3 +82,23 @@ def test_a_budget_below_what_was_free_is_the_limit(tmp_path):
     candidates = _candidates(_tuner(tmp_path, budget_bytes=budget))
     assert 0 < room < _room(rec.steps[0].device_total_bytes)
     assert all((c.resident_layers - start) * rec.layer_bytes[0] <= room for c in candidates)
+
+
+def test_raw_kept_on_the_warmup_gives_a_single_list_the_staging_room_as_resident_layers(tmp_path):
+    """One list (the Wan-1.3B harness of test_monitor_hooks, candidates scripted): the calibration
+    keeps resident=3, the warmup's A/B keeps raw, and the staging room held free for compression
+    (350 MiB here, blocks of 100 MiB) becomes 3 more resident layers at the same prefetch."""
+    from sglang_autoperf.retune.compression import AB_STEPS
+    from sglang_autoperf.retune.schedule import calibration_steps
+    from test_live_lists import DecidingChoice
+    from test_monitor_hooks import R0P8, R3P3, START, _tuner as scripted_tuner, _warmup
+
+    tuner = scripted_tuner(tmp_path, {START: [200.0] * 8, R3P3: [150.0] * 4, R0P8: [180.0] * 4})
+    tuner.layer_bytes = lambda steps=None: [100 << 20] * 30
+    tuner.compression = choice = DecidingChoice(350 << 20)
+    _warmup(tuner, steps=calibration_steps() + AB_STEPS)
+    assert choice.committed == [False]
+    [result] = tuner.results.values()
+    grown = result.chosen()
+    assert (grown.resident_layers, grown.prefetch_layers, grown.policy) == (3 + 3, R3P3.prefetch_layers, R3P3.policy)
+    assert tuner.placement() == grown and "staging room" in result.reason

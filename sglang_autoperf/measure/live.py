@@ -358,20 +358,30 @@ class WorkerTuner:
 
     def _give_back_staging(self, bucket: str, result, staging: int) -> None:
         """Raw streaming kept: the room the calibration left for the staging buffer goes to resident
-        layers, list by list in the calibration's order, prefetch and policy as measured. More resident
-        blocks at the same prefetch copy less and compute the same, so this is applied unmeasured
-        (and said); the memory rule is the calibration's reading, without the staging term."""
+        layers, prefetch and policy as measured. More resident blocks at the same prefetch copy less
+        and compute the same, so this is applied unmeasured (and said in the log and the cached reason)."""
         target = result.chosen()
-        if staging <= 0 or not isinstance(target, ListPlacement) or not result.memory or "resident_layers" in self.fixed:
+        if staging <= 0 or "resident_layers" in self.fixed:
             return
-        memory = MemoryCorrection.from_dict(result.memory)
-        memory = replace(memory, margin_bytes=max(PEAK_ERROR_MARGIN_BYTES, memory.margin_bytes - staging))
-        lists = self._layer_lists()
-        grown = fill_resident(lists, target, _calibrated_order(lists, target), memory.placeable_bytes)
+        if isinstance(target, ListPlacement):
+            if not result.memory:
+                return
+            # the calibration's reading without the staging term, filled list by list in its order
+            memory = MemoryCorrection.from_dict(result.memory)
+            memory = replace(memory, margin_bytes=max(PEAK_ERROR_MARGIN_BYTES, memory.margin_bytes - staging))
+            lists = self._layer_lists()
+            grown = fill_resident(lists, target, _calibrated_order(lists, target), memory.placeable_bytes)
+        else:  # the single-list room held the staging buffer in full: that many more of its biggest layers
+            grown = replace(target, resident_layers=min(
+                self.layer_counts()[0], target.resident_layers + staging // max(self.layer_bytes())))
         if grown == target:
             return
         self.apply(grown)
-        result.set_lists(grown, result.started(), memory.to_dict())
+        if isinstance(grown, ListPlacement):
+            result.set_lists(grown, result.started(), memory.to_dict())
+        else:
+            result.placement = grown
+        result.reason += f"; raw streaming kept: {grown.label()} holds the {gib(staging, 2)} of compression's staging room"
         logger().info("[autoperf] %s: raw streaming kept, so the %s kept free for the staging buffer hold resident "
                       "layers: %s (unmeasured: the same prefetch, fewer copies)", bucket, gib(staging, 2), grown.label())
 
