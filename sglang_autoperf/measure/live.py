@@ -517,7 +517,7 @@ class WorkerTuner:
             cal.trials.extend(candidates)
             if candidates:
                 cal.trials.append(cal.baseline)  # the closing baseline (see the module doc)
-        elif self._refine_due(cal):
+        elif not cal.refined and _agree_any(self._refine_due(cal)):  # every rank refines, or none (collectives)
             cal.refined = True
             self._refine(cal)
         cal.trial += 1
@@ -637,7 +637,7 @@ class WorkerTuner:
     def _refine_due(self, cal: Calibration) -> bool:
         """A second reading is taken once, at the first candidate that measured faster than the start."""
         at = cal.placement
-        if cal.refined or at == cal.baseline or not isinstance(at, ListPlacement) or cal.memory is None:
+        if at == cal.baseline or not isinstance(at, ListPlacement) or cal.memory is None:
             return False
         times, base = cal.measured.get(at), cal.measured.get(cal.baseline)
         return bool(times and base) and statistics.median(times) < statistics.median(base)
