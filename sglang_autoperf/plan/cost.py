@@ -320,6 +320,22 @@ def memory_breakdown(*, dit_weights: int, prefetch_buffers: int, activations: in
     return MemoryBreakdown(dit_weights, prefetch_buffers, activations, components, reserve)
 
 
+def busiest_buffer_bytes(streams: Iterable[tuple[Sequence[int], int, str]]) -> int:
+    """Prefetch buffers at the busiest moment of layer lists that run one after another; each stream
+    is one list's streamed blocks' bytes, its prefetch and its policy. While one list runs it holds its
+    window (its biggest streamed blocks, prefetch_buffer_layers of them) and every other streaming list
+    holds the head of its next pass (prefetch blocks), which sglang's pre-hooks issue at the end of that
+    list's previous pass (the wrap-around). The H200 sweep of 2026-11-29 measured the head:
+    FLUX.1 with 15 doubles resident and the singles streamed at prefetch 6 instead of 2 peaked 1.07 GiB
+    higher, where the windows alone predicted no change (benchmarks/results/2026-11-29-h200-sweep)."""
+    window, head = [], []
+    for streamed, prefetch, policy in streams:
+        biggest = sorted(streamed, reverse=True)
+        window.append(sum(biggest[:prefetch_buffer_layers(max(1, prefetch), policy)]))
+        head.append(sum(biggest[:max(1, prefetch)]))
+    return max((w + sum(head) - h for w, h in zip(window, head) if w), default=0)
+
+
 def dit_placed_bytes(dits: Iterable, resident_setting: float | None, prefetch_setting: float,
                      policy: str) -> tuple[int, int]:
     """(weights kept on the card, prefetch buffers) summed over every DiT (both Wan2.2 experts:
@@ -334,14 +350,12 @@ def dit_placed_bytes(dits: Iterable, resident_setting: float | None, prefetch_se
         weights += dit.non_block_bytes
         res = resident_per_group(counts, resident_setting)
         pf = prefetch_per_group(counts, prefetch_setting)
-        buf = 0
+        streams = []
         for g, r, p in zip(dit.block_groups, res, pf):
             s = streamed_layers(g.count, r, policy)
             streamed = set(s)  # once per list: rebuilt per block it made this quadratic
             weights += sum(g.block_bytes[j] for j in range(g.count) if j not in streamed)
-            if s:
-                k = min(len(s), prefetch_buffer_layers(p, policy))
-                buf = max(buf, sum(sorted((g.block_bytes[j] for j in s), reverse=True)[:k]))
-        # managers run one after another, and one expert at a time: buffers do not add up
-        buffers = max(buffers, buf)
+            streams.append(([g.block_bytes[j] for j in s], p, policy))
+        # one expert (DiT) at a time: the experts' buffers do not add up
+        buffers = max(buffers, busiest_buffer_bytes(streams))
     return weights, buffers

@@ -15,7 +15,8 @@ import statistics
 from dataclasses import dataclass, replace
 from typing import Any, Iterable, Sequence
 
-from sglang_autoperf.plan.cost import LayerCost, prefetch_buffer_layers, simulate_step, streamed_layers
+from sglang_autoperf.plan.cost import (
+    LayerCost, busiest_buffer_bytes, simulate_step, streamed_layers)
 from sglang_autoperf.retune.retuner import (
     MIN_PREDICTED_GAIN, POLICIES, layer_lists, measured_layer_costs, passes_per_step)
 from sglang_autoperf.trace import Placement, StepTrace
@@ -92,20 +93,11 @@ def resident_bytes(lists: Sequence[LayerList], placement: ListPlacement) -> int:
 
 
 def buffer_bytes(lists: Sequence[LayerList], placement: ListPlacement) -> int:
-    """Prefetch buffers at the busiest moment. While one list runs, it holds its window (its
-    biggest streamed blocks, plan/cost.prefetch_buffer_layers of them) and every other streaming
-    list holds the head of its next pass (prefetch_layers blocks), which sglang's pre-hooks issue
-    at the end of that list's previous pass (the wrap-around). The H200 sweep of 2026-11-29
-    (benchmarks/results/2026-11-29-h200-sweep) measured the head: FLUX.1 with 15 doubles resident
-    and the singles streamed at prefetch 6 instead of 2 peaked 1.07 GiB higher, where the windows
-    alone predicted no change."""
-    window, head = {}, {}
-    for ll in lists:
-        p = placement.get(ll.key)
-        biggest = sorted((ll.block_bytes[j] for j in _streamed(ll, p)), reverse=True)
-        window[ll.key] = sum(biggest[:prefetch_buffer_layers(max(1, p.prefetch_layers), p.policy)])
-        head[ll.key] = sum(biggest[:max(1, p.prefetch_layers)])
-    return max((window[k] + sum(h for other, h in head.items() if other != k) for k in window if window[k]), default=0)
+    """Prefetch buffers at the busiest moment (plan/cost.busiest_buffer_bytes: the running list's
+    window and every other streaming list's head)."""
+    return busiest_buffer_bytes(
+        ([ll.block_bytes[j] for j in _streamed(ll, placement.get(ll.key))], placement.get(ll.key).prefetch_layers,
+         placement.get(ll.key).policy) for ll in lists)
 
 
 def placed_bytes(lists: Sequence[LayerList], placement: ListPlacement) -> int:
