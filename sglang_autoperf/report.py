@@ -33,12 +33,17 @@ def format_compile_check(result: "TuningResult") -> str:
             lines.append(f"  {label:9s} median {st.median_ms:.1f} ms/step (min {st.min_ms:.1f}, max {st.max_ms:.1f}, n={st.n})")
     lines.append(f"  check: {result.calibration_s:.1f} s, {result.steps_used} steps")
     if result.compressed_streaming is not None:
-        ms = result.compression_ms or {}
-        measured = (f": {ms['compressed']:.1f} ms compressed vs {ms['raw']:.1f} ms raw a step"
-                    if {"compressed", "raw"} <= set(ms) else "")
-        lines.append(f"  compressed layer streaming: {'kept' if result.compressed_streaming else 'not kept'}{measured}")
+        lines.append(_compression_line(result))
     lines.append(f"  reason: {result.reason}")
     return "\n".join(lines)
+
+
+def _compression_line(result: "TuningResult") -> str:
+    """The compressed-vs-raw choice (measure/compressed.py), with the A/B's medians where it measured."""
+    ms = result.compression_ms or {}
+    measured = (f": {ms['compressed']:.1f} ms compressed vs {ms['raw']:.1f} ms raw a step"
+                if {"compressed", "raw"} <= set(ms) else "")
+    return f"  compressed layer streaming: {'kept' if result.compressed_streaming else 'not kept'}{measured}"
 
 
 def format_calibration_table(result: "TuningResult") -> str:
@@ -83,10 +88,7 @@ def format_calibration_table(result: "TuningResult") -> str:
                      f"kept-free margin {gib(m['margin_bytes'], 2)}: candidates placed at most "
                      f"{gib(m['limit_bytes'] - m['margin_bytes'] - m['fixed_bytes'], 2)}")
     if result.compressed_streaming is not None:
-        ms = result.compression_ms or {}
-        measured = (f": {ms['compressed']:.1f} ms compressed vs {ms['raw']:.1f} ms raw a step"
-                    if {"compressed", "raw"} <= set(ms) else "")
-        lines.append(f"  compressed layer streaming: {'kept' if result.compressed_streaming else 'not kept'}{measured}")
+        lines.append(_compression_line(result))
     lines.append(f"  reason: {result.reason}")
     return "\n".join(lines)
 

@@ -53,8 +53,7 @@ FRAGMENTATION_FRACTION = 0.065
 #  qwen_image: #31538 (RTX 5090, Qwen-Image, prefetch 1, nothing resident) peaked at 5.43 GB:
 #       1.36 GB of prefetch buffers + 0.3 GB non-block/VAE leave ~3.7 GB; 130 gives 3.5 GB at 1024^2.
 #  flux, zimage: each fitted to the all-streamed point (the smallest placement) of one H200 sweep,
-#       1024^2, 4,096 + 512 tokens, buffers as sglang holds them (retune/lists.buffer_bytes; the
-#       dit_placed_bytes below counts only the running list's window, 0.46 GiB fewer at klein 0/0),
+#       1024^2, 4,096 + 512 tokens, buffers as sglang holds them (busiest_buffer_bytes below),
 #       rounded up (tests/fixtures/memory/h200-*-1024-sweep-2026-11-29.json):
 #       flux: FLUX.2-klein-4B 0/0 resident, prefetch 2, peaked at 5.26 GiB -> 44.8 (was 130, unmeasured);
 #       zimage: Z-Image-Turbo 0 resident, prefetch 2, peaked at 5.43 GiB -> 34.6.

@@ -1,7 +1,8 @@
 """Whether compressed layer streaming stays (issue 18): an A/B at the placement the worker runs.
 
 Both stores are held until this decides, and switching between them costs nothing (a decoded layer
-is bit for bit the raw one), so the A/B runs on the steps of served requests: pairs of steps raw,
+is bit for bit the raw one), so the A/B runs on real steps (the calibration warmup's last AB_STEPS, or
+served requests'): pairs of steps raw,
 then pairs compressed, alternating; only the second step of a pair is timed, since the first
 still runs on layers the previous mode prefetched. Compressed stays only when its median step is
 faster than raw's by more than the noise.
