@@ -60,6 +60,8 @@
 #   klein-check         FLUX.2-klein-4B at KLEIN_FREE_GIB (8): the plugin cold and warm (KLEIN_RUNS) beside a ballast; its cached
 #                       choice and the best points of limit_points.json in one sweep process beside the ballast;
 #                       then Z-Image-Turbo cold and warm (ZIMAGE_FREE_GIB, 10) while 200 s are left
+#   klein-compress      FLUX.2-klein-4B at KLEIN_FREE_GIB (8): the plugin cold and warm beside a ballast, then its cached
+#                       choice and the best raw points, each raw and compressed, in one compress_sweep process beside the ballast
 #   klein-limit         FLUX.2-klein-4B: LIMIT_POINTS (the Klein page's limit_points.json), each twice, in one sweep
 #                       process beside a ballast leaving KLEIN_FREE_GIB (8): which points really fit, and their speed
 #   klein               FLUX.2-klein-4B alone, every arm of the families plan: cold, its sweep, sglang's
@@ -322,6 +324,26 @@ PY
       --steps-per-request 8 --plan-steps 8 --finish-s 15 --time-budget "$(min 150 $(( $(left) - 30 )))" > "$s/run.log" 2>&1
     say "klein-limit rc=$?: $(grep -c . "$s/points.jsonl" 2>/dev/null) blocks"
     [ "$(left)" -gt 200 ] && family_e2e zimage z-image-turbo "${ZIMAGE_FREE_GIB:-10}" 8 cold warm
+    true ;;
+  klein-compress) KF=${KLEIN_FREE_GIB:-8}; d=$W/klein-e2e  # the plugin cold and warm, then compressed vs raw beside the ballast
+    family_e2e klein flux.2-klein-4b "$KF" 8 ${KLEIN_RUNS:-cold warm}
+    python3 - "$d" > "$d/points.json" <<'PY'
+import glob, json, sys
+def lists(d, s, pd, ps):
+    return {"transformer.transformer_blocks": {"resident_layers": d, "prefetch_layers": pd, "policy": "strided"},
+            "transformer.single_transformer_blocks": {"resident_layers": s, "prefetch_layers": ps, "policy": "strided"}}
+points = [{"label": "plugin's choice (cache)", "lists": dict(json.load(open(p))["result"]["list_placement"] or {})}
+          for p in glob.glob(f"{sys.argv[1]}/cache/*.json")]
+points = [p for p in points if p["lists"]]
+points += [{"label": "d5/s6 p2/2", "lists": lists(5, 6, 2, 2)}, {"label": "d5/s3 p1/6", "lists": lists(5, 3, 1, 6)},
+           {"label": "d5/s5 p1/2", "lists": lists(5, 5, 1, 2)}, {"label": "d4/s4 p2/2", "lists": lists(4, 4, 2, 2)}]
+print(json.dumps(points, indent=1))
+PY
+    s=$W/klein-compress; mkdir -p "$s"
+    CUDA_VISIBLE_DEVICES=0 $PIN timeout -k 10 "$(( $(left) - 10 ))" python3 benchmarks/compress_sweep.py --model-path "$(cat "$d/model")" \
+      --points "$d/points.json" --free-gib "$KF" --out "$s" --steps-per-request 8 --repeat 4 \
+      --time-budget "$(( $(left) - 30 ))" > "$s/run.log" 2>&1
+    say "klein-compress rc=$?: $(grep -c . "$s/points.jsonl" 2>/dev/null) blocks"; grep "^\[compress\]" "$s/run.log" | tail -14
     true ;;
   wan14b+wan13b81) side_by_side 'case_run 0 wan14b-81f-24g' 'case_run $G1 wan13b-81f' ;;
   *) echo "unknown plan $PLAN"; exit 2 ;;
