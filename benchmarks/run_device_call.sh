@@ -62,6 +62,7 @@
 #                       then Z-Image-Turbo cold and warm (ZIMAGE_FREE_GIB, 10) while 200 s are left
 #   klein-compress      FLUX.2-klein-4B at KLEIN_FREE_GIB (8): the plugin cold and warm beside a ballast, then its cached
 #                       choice and the best raw points, each raw and compressed, in one compress_sweep process beside the ballast
+#   zimage-compress     the same for Z-Image-Turbo at ZIMAGE_FREE_GIB (10): its cached choice and 10-14 resident
 #   klein-limit         FLUX.2-klein-4B: LIMIT_POINTS (the Klein page's limit_points.json), each twice, in one sweep
 #                       process beside a ballast leaving KLEIN_FREE_GIB (8): which points really fit, and their speed
 #   klein               FLUX.2-klein-4B alone, every arm of the families plan: cold, its sweep, sglang's
@@ -344,6 +345,23 @@ PY
       --points "$d/points.json" --free-gib "$KF" --out "$s" --steps-per-request 8 --repeat 4 \
       --time-budget "$(( $(left) - 30 ))" > "$s/run.log" 2>&1
     say "klein-compress rc=$?: $(grep -c . "$s/points.jsonl" 2>/dev/null) blocks"; grep "^\[compress\]" "$s/run.log" | tail -14
+    true ;;
+  zimage-compress) ZF=${ZIMAGE_FREE_GIB:-10}; d=$W/zimage-e2e  # the same for Z-Image-Turbo (one layer list)
+    family_e2e zimage z-image-turbo "$ZF" 8 ${ZIMAGE_RUNS:-cold warm}
+    python3 - "$d" > "$d/points.json" <<'PY'
+import glob, json, sys
+one = lambda r, p=2: {"transformer.layers": {"resident_layers": r, "prefetch_layers": p, "policy": "strided"}}
+cached = [json.load(open(p))["result"] for p in glob.glob(f"{sys.argv[1]}/cache/*.json")]
+points = [{"label": "plugin's choice (cache)", "lists": one(r["placement"]["resident_layers"], r["placement"]["prefetch_layers"])}
+          for r in cached if r.get("placement")]
+points += [{"label": f"{n} resident p2", "lists": one(n)} for n in (10, 11, 12, 13, 14)]  # the likely OOMs last
+print(json.dumps(points, indent=1))
+PY
+    s=$W/zimage-compress; mkdir -p "$s"
+    CUDA_VISIBLE_DEVICES=0 $PIN timeout -k 10 "$(( $(left) - 10 ))" python3 benchmarks/compress_sweep.py --model-path "$(cat "$d/model")" \
+      --points "$d/points.json" --free-gib "$ZF" --out "$s" --steps-per-request 8 --repeat 3 \
+      --time-budget "$(( $(left) - 30 ))" > "$s/run.log" 2>&1
+    say "zimage-compress rc=$?: $(grep -c . "$s/points.jsonl" 2>/dev/null) blocks"; grep "^\[compress\]" "$s/run.log" | tail -14
     true ;;
   wan14b+wan13b81) side_by_side 'case_run 0 wan14b-81f-24g' 'case_run $G1 wan13b-81f' ;;
   *) echo "unknown plan $PLAN"; exit 2 ;;
