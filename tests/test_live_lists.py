@@ -231,7 +231,7 @@ def test_a_cache_hit_beside_a_bigger_process_shrinks_the_placement_to_what_is_fr
 
 
 def test_a_kept_start_that_ran_under_the_limit_but_inside_the_margin_is_not_shrunk_after(tmp_path):
-    """FLUX.2-klein at 8 GiB free (H200, benchmarks/results/2026-11-29-h200-klein-check): the start
+    """FLUX.2-klein at 8 GiB free (H200, benchmarks/results/2026-11-29-h200-families-check): the start
     peaked 0.55 GiB under the limit, less than the margin kept free, so its candidates were smaller,
     measured slower, and the start was kept; the same process then shrank that kept start at its next
     request, and so did the warm start. Here the start peaks 0.25 GiB under what is free."""

@@ -221,8 +221,9 @@ class WorkerTuner:
         lists = self._layer_lists()
         # The kept placement ran through its calibration (and the compression A/B) within that room:
         # with no less room it stands as measured. Checked against the margin instead, FLUX.2-klein's
-        # kept start (0.55 GiB under the limit, 0.84 kept free) was shrunk by the very process that had
-        # just measured it, 80.1 -> 87.7 ms/step (H200, benchmarks/results/2026-11-29-h200-klein-check).
+        # kept start d4/s4 (0.55 GiB under the limit, 0.84 kept free) was shrunk to d5/s2 by the very
+        # process that had just measured it, and by the warm start (its calibration had measured d5/s2
+        # at prefetch 1 9.5% slower; H200, benchmarks/results/2026-11-29-h200-families-check).
         if memory.limit_bytes - memory.others_bytes >= calibrated.limit_bytes - calibrated.others_bytes \
                 or memory.fits(lists, target):
             return target
