@@ -1,4 +1,4 @@
-"""summary.json of this page from raw.tar.gz (three device calls; see README.md):
+"""summary.json of this page from raw.tar.gz (four device calls; see README.md):
     python3 summarize.py   # extracts raw.tar.gz into a temporary folder, writes summary.json
 """
 import glob
@@ -56,7 +56,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         with tarfile.open(os.path.join(HERE, "raw.tar.gz")) as t:
             t.extractall(tmp)
-        for call in ("call1", "call2", "call3"):
+        for call in ("call1", "call2", "call3", "call4"):
             for a in glob.glob(f"{tmp}/{call}/*.tar.gz"):
                 with tarfile.open(a) as t:
                     t.extractall(f"{tmp}/{call}")
@@ -69,6 +69,7 @@ def main() -> None:
                                       for p in klein_limit["points"]]},
             "call2_klein": {"e2e": e2e(f"{tmp}/call2/klein-e2e"), "sweep": compress_rows(f"{tmp}/call2/klein-compress")},
             "call3_zimage": {"e2e": e2e(f"{tmp}/call3/zimage-e2e"), "sweep": compress_rows(f"{tmp}/call3/zimage-compress")},
+            "call4_flux1_16gib": {"e2e": e2e(f"{tmp}/call4/lists16-e2e")},
         }
         summary["issue16"] = {"klein_8gib": ratio(summary["call2_klein"]["sweep"]["rows"]),
                               "zimage_10gib": ratio([r for r in summary["call3_zimage"]["sweep"]["rows"]])}
