@@ -154,6 +154,14 @@ PY
   say "focus points: $(python3 -c "import json,sys; print([p['label'] for p in json.load(open(sys.argv[1]))])" "$d/focus.json")"
 }
 
+compress_beside() {  # NAME E2E_DIR FREE_GIB REPEAT: E2E_DIR/points.json raw and compressed in one process beside a ballast
+  local s=$W/$1; mkdir -p "$s"
+  CUDA_VISIBLE_DEVICES=0 $PIN timeout -k 10 "$(( $(left) - 10 ))" python3 benchmarks/compress_sweep.py --model-path "$(cat "$2/model")" \
+    --points "$2/points.json" --free-gib "$3" --out "$s" --steps-per-request 8 --repeat "$4" \
+    --time-budget "$(( $(left) - 30 ))" > "$s/run.log" 2>&1
+  say "$1 rc=$?: $(grep -c . "$s/points.jsonl" 2>/dev/null) blocks"; grep "^\[compress\]" "$s/run.log" | tail -14
+}
+
 family_e2e() {  # NAME KEY FREE_GIB STEPS RUN...: `sglang generate` beside a ballast leaving FREE_GIB, 1024x1024
   # (issue 16), for each RUN that its time needs allow (cold 1st, defaults, warm: see generate_arm); the
   # first call builds the checkpoint and, on the CPU while the card runs the arms, the planner's start at
@@ -340,11 +348,7 @@ points += [{"label": "d5/s6 p2/2", "lists": lists(5, 6, 2, 2)}, {"label": "d5/s3
            {"label": "d5/s5 p1/2", "lists": lists(5, 5, 1, 2)}, {"label": "d4/s4 p2/2", "lists": lists(4, 4, 2, 2)}]
 print(json.dumps(points, indent=1))
 PY
-    s=$W/klein-compress; mkdir -p "$s"
-    CUDA_VISIBLE_DEVICES=0 $PIN timeout -k 10 "$(( $(left) - 10 ))" python3 benchmarks/compress_sweep.py --model-path "$(cat "$d/model")" \
-      --points "$d/points.json" --free-gib "$KF" --out "$s" --steps-per-request 8 --repeat 4 \
-      --time-budget "$(( $(left) - 30 ))" > "$s/run.log" 2>&1
-    say "klein-compress rc=$?: $(grep -c . "$s/points.jsonl" 2>/dev/null) blocks"; grep "^\[compress\]" "$s/run.log" | tail -14
+    compress_beside klein-compress "$d" "$KF" 4
     true ;;
   zimage-compress) ZF=${ZIMAGE_FREE_GIB:-10}; d=$W/zimage-e2e  # the same for Z-Image-Turbo (one layer list)
     family_e2e zimage z-image-turbo "$ZF" 8 ${ZIMAGE_RUNS:-cold warm}
@@ -357,11 +361,7 @@ points = [{"label": "plugin's choice (cache)", "lists": one(r["placement"]["resi
 points += [{"label": f"{n} resident p2", "lists": one(n)} for n in (10, 11, 12, 13, 14)]  # the likely OOMs last
 print(json.dumps(points, indent=1))
 PY
-    s=$W/zimage-compress; mkdir -p "$s"
-    CUDA_VISIBLE_DEVICES=0 $PIN timeout -k 10 "$(( $(left) - 10 ))" python3 benchmarks/compress_sweep.py --model-path "$(cat "$d/model")" \
-      --points "$d/points.json" --free-gib "$ZF" --out "$s" --steps-per-request 8 --repeat 3 \
-      --time-budget "$(( $(left) - 30 ))" > "$s/run.log" 2>&1
-    say "zimage-compress rc=$?: $(grep -c . "$s/points.jsonl" 2>/dev/null) blocks"; grep "^\[compress\]" "$s/run.log" | tail -14
+    compress_beside zimage-compress "$d" "$ZF" 3
     true ;;
   wan14b+wan13b81) side_by_side 'case_run 0 wan14b-81f-24g' 'case_run $G1 wan13b-81f' ;;
   *) echo "unknown plan $PLAN"; exit 2 ;;
